@@ -1,0 +1,180 @@
+//! Content-addressed files: a file under `blobs/` exists only if its bytes
+//! hash to its name, because the only way in is temp file → verify → rename.
+
+use crate::oci::Digest;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct BlobStore {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+/// A download in progress: a uniquely named file under `tmp/`, shared by
+/// the writer and by readers tailing it (readers use positioned reads, so
+/// they never disturb the writer's offset). Dropping it without
+/// [`BlobStore::commit`] deletes the file.
+pub struct TempBlob {
+    path: PathBuf,
+    file: Arc<File>,
+    committed: bool,
+}
+
+impl TempBlob {
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+}
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl BlobStore {
+    /// Creates the directories and empties `tmp/`: anything there is a
+    /// download that a previous process did not finish.
+    pub fn open(root: &Path) -> io::Result<BlobStore> {
+        let store = BlobStore {
+            blobs: root.join("blobs").join("sha256"),
+            tmp: root.join("tmp"),
+        };
+        fs::create_dir_all(&store.blobs)?;
+        fs::create_dir_all(&store.tmp)?;
+        for entry in fs::read_dir(&store.tmp)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs.join(&hex[..2]).join(hex)
+    }
+
+    /// Opens a complete blob with its length, or `None` if not cached.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+        match File::open(self.path(digest)) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Ok(Some((file, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    pub fn create_temp(&self) -> io::Result<TempBlob> {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = self
+            .tmp
+            .join(format!("{}-{nanos:09}-{n}.partial", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(TempBlob {
+            path,
+            file: Arc::new(file),
+            committed: false,
+        })
+    }
+
+    /// Makes a verified temp file durable and visible under its digest.
+    /// The caller has checked the digest; this only moves bytes into place.
+    pub fn commit(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
+        temp.file.sync_all()?;
+        let dest = self.path(digest);
+        let parent = dest.parent().unwrap_or(&self.blobs);
+        fs::create_dir_all(parent)?;
+        fs::rename(&temp.path, &dest)?;
+        temp.committed = true;
+        // Persist the rename itself, so a crash cannot lose a blob the
+        // index already names.
+        File::open(parent)?.sync_all()
+    }
+
+    /// Stores small content (manifests) already held in memory.
+    pub fn write_verified(&self, bytes: &[u8], digest: &Digest) -> io::Result<()> {
+        if Digest::of(bytes) != *digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "digest mismatch",
+            ));
+        }
+        let temp = self.create_temp()?;
+        (&*temp.file).write_all(bytes)?;
+        self.commit(temp, digest)
+    }
+
+    pub fn read(&self, digest: &Digest) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(digest)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_files_vanish_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let temp = store.create_temp().unwrap();
+        (&**temp.file()).write_all(b"abc").unwrap();
+        drop(temp);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+
+        let digest = Digest::of(b"abc");
+        let temp = store.create_temp().unwrap();
+        (&**temp.file()).write_all(b"abc").unwrap();
+        store.commit(temp, &digest).unwrap();
+        assert_eq!(store.read(&digest).unwrap().unwrap(), b"abc");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn write_verified_refuses_wrong_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"right");
+        assert!(store.write_verified(b"wrong", &digest).is_err());
+        assert!(!store.contains(&digest));
+        store.write_verified(b"right", &digest).unwrap();
+        assert!(store.contains(&digest));
+    }
+
+    #[test]
+    fn open_empties_leftover_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp/old.partial"), b"half").unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

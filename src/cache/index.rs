@@ -1,0 +1,117 @@
+//! The sled index: which digest a tag pointed at and when we last checked,
+//! and per-digest metadata (media type, size, last access). Everything here
+//! can be rebuilt from `blobs/` or by asking the upstream again.
+
+use crate::oci::Digest;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Identifies a tag on one upstream: two registries' `app:latest` never mix.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    pub upstream: String,
+    pub repo: String,
+    pub tag: String,
+}
+
+impl TagKey {
+    fn encode(&self) -> Vec<u8> {
+        // NUL cannot occur in validated names or tags.
+        format!("{}\0{}\0{}", self.upstream, self.repo, self.tag).into_bytes()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: String,
+    pub media_type: String,
+    /// When the upstream last confirmed this mapping (Unix seconds).
+    pub checked_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRecord {
+    /// Set for manifests: the upstream's `Content-Type`, served byte-exact.
+    pub media_type: Option<String>,
+    pub size: u64,
+    pub last_access: u64,
+}
+
+#[derive(Clone)]
+pub struct Index {
+    db: sled::Db,
+    tags: sled::Tree,
+    content: sled::Tree,
+}
+
+impl Index {
+    pub fn open(dir: &Path) -> Result<Index, sled::Error> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(16 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let tags = db.open_tree("tags")?;
+        let content = db.open_tree("content")?;
+        Ok(Index { db, tags, content })
+    }
+
+    pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, sled::Error> {
+        Ok(self
+            .tags
+            .get(key.encode())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<(), sled::Error> {
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        self.tags.insert(key.encode(), value)?;
+        Ok(())
+    }
+
+    pub fn content(&self, digest: &Digest) -> Result<Option<ContentRecord>, sled::Error> {
+        Ok(self
+            .content
+            .get(digest.hex())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn put_content(&self, digest: &Digest, record: &ContentRecord) -> Result<(), sled::Error> {
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        self.content.insert(digest.hex(), value)?;
+        Ok(())
+    }
+
+    /// Whether the index can still write (for readiness).
+    pub fn is_healthy(&self) -> bool {
+        self.db.was_recovered() || self.db.size_on_disk().is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_keyed_by_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let hub = TagKey {
+            upstream: "docker.io".into(),
+            repo: "library/app".into(),
+            tag: "latest".into(),
+        };
+        let ghcr = TagKey {
+            upstream: "ghcr.io".into(),
+            ..hub.clone()
+        };
+        let record = TagRecord {
+            digest: Digest::of(b"x").to_string(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            checked_at: 1,
+        };
+        index.put_tag(&hub, &record).unwrap();
+        assert_eq!(index.tag(&hub).unwrap(), Some(record));
+        assert_eq!(index.tag(&ghcr).unwrap(), None);
+    }
+}

@@ -1,0 +1,366 @@
+//! Configuration: a TOML file, then environment variables, then flags,
+//! each overriding the one before; validated once, at start-up.
+
+use crate::upstream::{Credentials, Secret, UpstreamSettings};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+pub const DEFAULT_CACHE_DIR: &str = "./pullthrough-cache";
+pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cache_dir: PathBuf,
+    /// The first entry is the default upstream.
+    pub upstreams: Vec<UpstreamSettings>,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Values given on the command line or in the environment (clap merges
+/// those two); `None` means "not given here".
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("invalid {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    cache_dir: Option<PathBuf>,
+    max_connections: Option<usize>,
+    shutdown_grace: Option<String>,
+    #[serde(default)]
+    upstream: Vec<FileUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    name: Option<String>,
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    tag_ttl: Option<String>,
+    connect_timeout: Option<String>,
+    read_timeout: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from an optional file and the overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let parsed = match file {
+            Some(path) => parse_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_str = overrides
+            .listen
+            .clone()
+            .or(parsed.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_str.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_str:?} is not an address like 0.0.0.0:5000"),
+            )
+        })?;
+        let cache_dir = overrides
+            .cache_dir
+            .clone()
+            .or(parsed.cache_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+
+        let mut file_upstreams = parsed.upstream;
+        if file_upstreams.is_empty() {
+            file_upstreams.push(FileUpstream::default());
+        }
+        let mut upstreams = Vec::new();
+        for (i, u) in file_upstreams.into_iter().enumerate() {
+            let url_override = if i == 0 {
+                overrides.upstream.clone()
+            } else {
+                None
+            };
+            upstreams.push(upstream_settings(i, u, url_override)?);
+        }
+        for (i, u) in upstreams.iter().enumerate() {
+            if upstreams[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&u.name))
+            {
+                return Err(invalid(
+                    &format!("upstream[{i}].name"),
+                    format!("{:?} is configured twice", u.name),
+                ));
+            }
+        }
+        let shutdown_grace = match parsed.shutdown_grace {
+            Some(s) => parse_duration(&s).map_err(|m| invalid("shutdown_grace", m))?,
+            None => Duration::from_secs(30),
+        };
+        let max_connections = parsed.max_connections.unwrap_or(4096);
+        if max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        Ok(Config {
+            listen,
+            cache_dir,
+            upstreams,
+            max_connections,
+            shutdown_grace,
+        })
+    }
+}
+
+fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0);
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            message: e.message().replace('\n', " "),
+        }
+    })
+}
+
+fn upstream_settings(
+    i: usize,
+    u: FileUpstream,
+    url_override: Option<String>,
+) -> Result<UpstreamSettings, ConfigError> {
+    let key = |k: &str| format!("upstream[{i}].{k}");
+    let url_str = url_override
+        .or(u.url)
+        .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
+    let mut url =
+        url::Url::parse(&url_str).map_err(|e| invalid(&key("url"), format!("{url_str:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            &key("url"),
+            format!("{url_str:?} must be an http(s) URL with a host"),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            &key("url"),
+            "put credentials in username/password, not in the URL",
+        ));
+    }
+    // Joining "v2/…" must keep any path prefix.
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    let name = u.name.unwrap_or_else(|| {
+        if i == 0 {
+            "docker.io".to_owned()
+        } else {
+            url.host_str().unwrap_or_default().to_owned()
+        }
+    });
+    let password = match (u.password, u.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &key("password"),
+                "set password or password_file, not both",
+            ))
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(&file)
+                .map_err(|e| invalid(&key("password_file"), format!("{}: {e}", file.display())))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let credentials = match (u.username, password) {
+        (Some(username), Some(password)) => Some(Credentials {
+            username,
+            password: Secret::new(password),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                &key("username"),
+                "username and password go together",
+            ))
+        }
+    };
+    let duration = |k: &str, v: Option<String>, default: Duration| match v {
+        Some(s) => parse_duration(&s).map_err(|m| invalid(&key(k), m)),
+        None => Ok(default),
+    };
+    Ok(UpstreamSettings {
+        name,
+        url,
+        credentials,
+        tag_ttl: duration("tag_ttl", u.tag_ttl, DEFAULT_TAG_TTL)?,
+        connect_timeout: duration(
+            "connect_timeout",
+            u.connect_timeout,
+            Duration::from_secs(10),
+        )?,
+        read_timeout: duration("read_timeout", u.read_timeout, Duration::from_secs(30))?,
+    })
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `7d`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 2h or 7d"))?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?} is not a duration like 30s, 5m, 2h or 7d"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
+        assert_eq!(c.upstreams[0].name, "docker.io");
+        assert_eq!(c.upstreams[0].url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let f = write("listen = \"127.0.0.1:1\"\ncache_dir = \"/a\"\n[[upstream]]\nurl = \"http://x:1\"\ntag_ttl = \"5m\"\n");
+        let o = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            cache_dir: None,
+            upstream: Some("http://y:2/prefix".into()),
+        };
+        let c = Config::load(Some(f.path()), &o).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.cache_dir, PathBuf::from("/a"));
+        assert_eq!(c.upstreams[0].url.as_str(), "http://y:2/prefix/");
+        assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let f = write("listen = \"127.0.0.1:1\"\ncolour = \"blue\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let f = write("[[upstream]]\ntag_ttl = \"soon\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream[0].tag_ttl"), "{e}");
+        let e = Config::load(
+            None,
+            &Overrides {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::load(
+            None,
+            &Overrides {
+                upstream: Some("ftp://x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("url"), "{e}");
+    }
+
+    #[test]
+    fn password_file_and_redaction() {
+        let pw = write("s3cret\n");
+        let f = write(&format!(
+            "[[upstream]]\nusername = \"u\"\npassword_file = \"{}\"\n",
+            pw.path().display()
+        ));
+        let c = Config::load(Some(f.path()), &Overrides::default()).unwrap();
+        let creds = c.upstreams[0].credentials.as_ref().unwrap();
+        assert_eq!(creds.password.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("7 weeks").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! One upstream fetch per digest: a blob miss starts a single spawned
+//! download that writes `tmp/…partial`, hashes as it goes and publishes its
+//! progress on a watch; every request for the digest tails that file.
+//!
+//! The download belongs to no request: a client hanging up cancels nothing.
+//! It ends either verified and renamed into `blobs/` (readers keep the same
+//! inode open) or failed, in which case every reader's body ends in an error
+//! so no client ever mistakes a broken transfer for a complete one.
+
+use crate::cache::{unix_now, BlobStore, ContentRecord, Index, TempBlob};
+use crate::oci::{Digest, DigestWriter, RepoName};
+use crate::upstream::{Upstream, UpstreamError};
+use futures_util::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Downloads are written in batches of up to this many bytes, so a fast
+/// upstream costs few blocking-pool round trips and a slow one is still
+/// published as soon as its bytes arrive.
+const WRITE_BATCH: usize = 512 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream sent content whose digest is {actual}, not the requested one")]
+    DigestMismatch { actual: Digest },
+    #[error("upstream sent {got} bytes of a blob it announced as {expected} bytes")]
+    Truncated { expected: u64, got: u64 },
+    #[error("cache disk error: {0}")]
+    Disk(String),
+}
+
+/// What readers see of a download.
+#[derive(Clone)]
+pub enum Progress {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// Bytes `[0, written)` of `file` are on disk and may be read.
+    Streaming {
+        file: Arc<File>,
+        total: Option<u64>,
+        written: u64,
+    },
+    /// Verified and moved into the store.
+    Complete {
+        file: Arc<File>,
+        total: u64,
+    },
+    Failed(FetchError),
+}
+
+/// A blob to serve: already complete, or still being written.
+pub struct BlobSource {
+    pub file: Arc<File>,
+    /// Known up front for cached blobs and for downloads whose upstream
+    /// sent a `Content-Length`.
+    pub total: Option<u64>,
+    /// `None` for a complete file; otherwise the download's progress.
+    pub progress: Option<watch::Receiver<Progress>>,
+}
+
+impl BlobSource {
+    pub fn is_cached(&self) -> bool {
+        self.progress.is_none()
+    }
+}
+
+/// The downloads in flight, one per digest.
+pub struct BlobFetcher {
+    store: BlobStore,
+    index: Index,
+    inflight: Mutex<HashMap<Digest, watch::Receiver<Progress>>>,
+}
+
+impl BlobFetcher {
+    pub fn new(store: BlobStore, index: Index) -> Arc<BlobFetcher> {
+        Arc::new(BlobFetcher {
+            store,
+            index,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    /// Number of downloads running now.
+    pub fn inflight_count(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The cached blob, or the (possibly just started) download of it,
+    /// once the upstream has answered with headers.
+    pub async fn open(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobSource, FetchError> {
+        if let Some(source) = self.open_cached(digest)? {
+            return Ok(source);
+        }
+        let mut rx = {
+            let mut inflight = self
+                .inflight
+                .lock()
+                .map_err(|_| FetchError::Disk("in-flight table poisoned".into()))?;
+            match inflight.get(digest) {
+                Some(rx) => rx.clone(),
+                None => {
+                    // A download may have finished between our first look
+                    // and taking the lock.
+                    if let Some(source) = self.open_cached(digest)? {
+                        return Ok(source);
+                    }
+                    let (tx, rx) = watch::channel(Progress::Connecting);
+                    inflight.insert(digest.clone(), rx.clone());
+                    let fetcher = Arc::clone(self);
+                    let (upstream, repo, digest) =
+                        (Arc::clone(upstream), repo.clone(), digest.clone());
+                    tokio::spawn(async move { fetcher.run(upstream, repo, digest, tx).await });
+                    rx
+                }
+            }
+        };
+        let progress = rx
+            .wait_for(|p| !matches!(p, Progress::Connecting))
+            .await
+            .map(|p| p.clone())
+            .map_err(|_| FetchError::Disk("download task ended without a result".into()))?;
+        match progress {
+            Progress::Connecting => Err(FetchError::Disk("download still connecting".into())),
+            Progress::Failed(e) => Err(e),
+            Progress::Streaming { file, total, .. } => Ok(BlobSource {
+                file,
+                total,
+                progress: Some(rx),
+            }),
+            Progress::Complete { file, total } => Ok(BlobSource {
+                file,
+                total: Some(total),
+                progress: None,
+            }),
+        }
+    }
+
+    fn open_cached(&self, digest: &Digest) -> Result<Option<BlobSource>, FetchError> {
+        match self.store.open_blob(digest) {
+            Ok(Some((file, len))) => Ok(Some(BlobSource {
+                file: Arc::new(file),
+                total: Some(len),
+                progress: None,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(FetchError::Disk(e.to_string())),
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        upstream: Arc<Upstream>,
+        repo: RepoName,
+        digest: Digest,
+        tx: watch::Sender<Progress>,
+    ) {
+        let result = self.download(&upstream, &repo, &digest, &tx).await;
+        // Leave the table before announcing the end: a request that comes
+        // after a failure starts afresh, one after success finds the file.
+        if let Ok(mut inflight) = self.inflight.lock() {
+            inflight.remove(&digest);
+        }
+        match result {
+            Ok((file, total)) => {
+                tracing::info!(%digest, bytes = total, upstream = upstream.name(), "blob cached");
+                let _ = tx.send(Progress::Complete { file, total });
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, upstream = upstream.name(), "blob download failed");
+                let _ = tx.send(Progress::Failed(e));
+            }
+        }
+    }
+
+    async fn download(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+        tx: &watch::Sender<Progress>,
+    ) -> Result<(Arc<File>, u64), FetchError> {
+        let resp = upstream.get_blob(repo, digest).await?;
+        let total = resp.content_length();
+        let temp = self
+            .store
+            .create_temp()
+            .map_err(|e| FetchError::Disk(e.to_string()))?;
+        let file = Arc::clone(temp.file());
+        tx.send_replace(Progress::Streaming {
+            file: Arc::clone(&file),
+            total,
+            written: 0,
+        });
+
+        let mut body = resp.bytes_stream();
+        let mut hasher = DigestWriter::default();
+        let mut ended = false;
+        while !ended {
+            let mut batch = match body.next().await {
+                Some(chunk) => chunk
+                    .map_err(|e| FetchError::Upstream(UpstreamError::from_reqwest(e)))?
+                    .to_vec(),
+                None => break,
+            };
+            // Take whatever else is already buffered, without waiting.
+            while batch.len() < WRITE_BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(chunk)) => batch.extend_from_slice(
+                        &chunk.map_err(|e| FetchError::Upstream(UpstreamError::from_reqwest(e)))?,
+                    ),
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if total.is_some_and(|t| hasher.len() + batch.len() as u64 > t) {
+                return Err(FetchError::Truncated {
+                    expected: total.unwrap_or(0),
+                    got: hasher.len() + batch.len() as u64,
+                });
+            }
+            hasher = write_batch(Arc::clone(&file), hasher, batch).await?;
+            let written = hasher.len();
+            tx.send_modify(|p| {
+                if let Progress::Streaming { written: w, .. } = p {
+                    *w = written;
+                }
+            });
+        }
+
+        let got = hasher.len();
+        if let Some(expected) = total {
+            if got != expected {
+                return Err(FetchError::Truncated { expected, got });
+            }
+        }
+        let actual = hasher.finish();
+        if actual != *digest {
+            return Err(FetchError::DigestMismatch { actual });
+        }
+        self.commit(temp, digest, got).await?;
+        Ok((file, got))
+    }
+
+    async fn commit(&self, temp: TempBlob, digest: &Digest, size: u64) -> Result<(), FetchError> {
+        let store = self.store.clone();
+        let index = self.index.clone();
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || {
+            store.commit(temp, &digest)?;
+            let record = ContentRecord {
+                media_type: None,
+                size,
+                last_access: unix_now(),
+            };
+            index
+                .put_content(&digest, &record)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .map_err(|e| FetchError::Disk(e.to_string()))?
+        .map_err(|e| FetchError::Disk(e.to_string()))
+    }
+}
+
+/// Appends and hashes one batch off the async threads.
+async fn write_batch(
+    file: Arc<File>,
+    mut hasher: DigestWriter,
+    batch: Vec<u8>,
+) -> Result<DigestWriter, FetchError> {
+    tokio::task::spawn_blocking(move || {
+        (&*file).write_all(&batch)?;
+        hasher.update(&batch);
+        Ok::<_, std::io::Error>(hasher)
+    })
+    .await
+    .map_err(|e| FetchError::Disk(e.to_string()))?
+    .map_err(|e| FetchError::Disk(e.to_string()))
+}

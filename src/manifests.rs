@@ -1,0 +1,391 @@
+//! Manifest requests: by digest from disk or one coalesced upstream GET; by
+//! tag through a fresh mapping, or a HEAD revalidation that downloads only
+//! when the digest is new.
+
+use crate::cache::{unix_now, BlobStore, ContentRecord, Index, TagKey, TagRecord};
+use crate::oci::{Digest, Reference, RepoName, Tag, MANIFEST_MEDIA_TYPES};
+use crate::upstream::{Upstream, UpstreamError};
+use bytes::Bytes;
+use moka::future::Cache;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A manifest exactly as the upstream sent it.
+#[derive(Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// How a request was answered, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    /// A stale tag that the upstream confirmed (HEAD) without a download.
+    Revalidated,
+    /// Served from cache because the upstream is failing.
+    Stale,
+    /// Joined a fetch another request started.
+    Coalesced,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Stale => "stale",
+            CacheOutcome::Coalesced => "coalesced",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ManifestError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream sent a manifest whose digest is {actual}, not {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("cache error: {0}")]
+    Disk(String),
+}
+
+/// A tag answered from memory until its freshness runs out.
+#[derive(Clone)]
+struct FreshTag {
+    manifest: Arc<Manifest>,
+    fresh_for: Duration,
+}
+
+struct FreshTagExpiry;
+
+impl moka::Expiry<(TagKey, String), FreshTag> for FreshTagExpiry {
+    fn expire_after_create(
+        &self,
+        _: &(TagKey, String),
+        v: &FreshTag,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(v.fresh_for)
+    }
+}
+
+pub struct ManifestService {
+    store: BlobStore,
+    index: Index,
+    /// Hot manifests by digest; also where concurrent misses coalesce.
+    by_digest: Cache<Digest, Arc<Manifest>>,
+    /// Fresh tag answers keyed by tag and the client's Accept list.
+    fresh_tags: Cache<(TagKey, String), FreshTag>,
+}
+
+impl ManifestService {
+    pub fn new(store: BlobStore, index: Index) -> ManifestService {
+        ManifestService {
+            store,
+            index,
+            by_digest: Cache::builder()
+                .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+                .max_capacity(64 * 1024 * 1024)
+                .build(),
+            fresh_tags: Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(FreshTagExpiry)
+                .build(),
+        }
+    }
+
+    /// A manifest by digest: memory, disk, or one upstream GET shared by
+    /// all concurrent askers. Verified before it is stored or served.
+    pub async fn by_digest(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+        accept: &str,
+    ) -> Result<(Arc<Manifest>, CacheOutcome), ManifestError> {
+        let mut outcome = CacheOutcome::Coalesced;
+        let entry = self
+            .by_digest
+            .entry(digest.clone())
+            .or_try_insert_with(async {
+                let (manifest, o) = self.load_or_fetch(upstream, repo, digest, accept).await?;
+                outcome = o;
+                Ok::<_, ManifestError>(manifest)
+            })
+            .await
+            .map_err(|e: Arc<ManifestError>| (*e).clone())?;
+        if !entry.is_fresh() {
+            outcome = CacheOutcome::Hit;
+        }
+        Ok((entry.into_value(), outcome))
+    }
+
+    async fn load_or_fetch(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+        accept: &str,
+    ) -> Result<(Arc<Manifest>, CacheOutcome), ManifestError> {
+        if let Some(m) = self.load(digest).await? {
+            return Ok((m, CacheOutcome::Hit));
+        }
+        let fetched = upstream
+            .get_manifest(repo, &Reference::Digest(digest.clone()), accept)
+            .await?;
+        let actual = Digest::of(&fetched.bytes);
+        if actual != *digest {
+            return Err(ManifestError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let manifest = Arc::new(Manifest {
+            digest: actual,
+            media_type: fetched.media_type,
+            bytes: fetched.bytes,
+        });
+        self.save(Arc::clone(&manifest)).await?;
+        Ok((manifest, CacheOutcome::Miss))
+    }
+
+    /// A manifest stored on disk with its media type, if we have both.
+    async fn load(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, ManifestError> {
+        let (store, index, digest) = (self.store.clone(), self.index.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            let Some(record) = index
+                .content(&digest)
+                .map_err(|e| ManifestError::Disk(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            let Some(media_type) = record.media_type else {
+                return Ok(None);
+            };
+            let Some(bytes) = store
+                .read(&digest)
+                .map_err(|e| ManifestError::Disk(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            // The file's name promises its content; a file that breaks the
+            // promise (disk corruption) is treated as absent.
+            if Digest::of(&bytes) != digest {
+                tracing::error!(%digest, "cached manifest fails verification; refetching");
+                return Ok(None);
+            }
+            Ok(Some(Arc::new(Manifest {
+                digest,
+                media_type,
+                bytes: Bytes::from(bytes),
+            })))
+        })
+        .await
+        .map_err(|e| ManifestError::Disk(e.to_string()))?
+    }
+
+    async fn save(&self, manifest: Arc<Manifest>) -> Result<(), ManifestError> {
+        let (store, index) = (self.store.clone(), self.index.clone());
+        tokio::task::spawn_blocking(move || {
+            store
+                .write_verified(&manifest.bytes, &manifest.digest)
+                .map_err(|e| ManifestError::Disk(e.to_string()))?;
+            let record = ContentRecord {
+                media_type: Some(manifest.media_type.clone()),
+                size: manifest.bytes.len() as u64,
+                last_access: unix_now(),
+            };
+            index
+                .put_content(&manifest.digest, &record)
+                .map_err(|e| ManifestError::Disk(e.to_string()))
+        })
+        .await
+        .map_err(|e| ManifestError::Disk(e.to_string()))?
+    }
+
+    /// A manifest by tag. Within the upstream's `tag_ttl` the recorded
+    /// mapping answers; after it, a HEAD (free on Docker Hub) confirms or
+    /// moves the tag, and only a new digest costs a GET.
+    pub async fn by_tag(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: &str,
+    ) -> Result<(Arc<Manifest>, CacheOutcome), ManifestError> {
+        let key = TagKey {
+            upstream: upstream.name().to_owned(),
+            repo: upstream.upstream_name(repo).to_string(),
+            tag: tag.to_string(),
+        };
+        let mut outcome = CacheOutcome::Coalesced;
+        let entry = self
+            .fresh_tags
+            .entry((key.clone(), accept.to_owned()))
+            .or_try_insert_with(async {
+                let (fresh, o) = self.resolve_tag(upstream, repo, tag, &key, accept).await?;
+                outcome = o;
+                Ok::<_, ManifestError>(fresh)
+            })
+            .await
+            .map_err(|e: Arc<ManifestError>| (*e).clone())?;
+        if !entry.is_fresh() {
+            outcome = CacheOutcome::Hit;
+        }
+        Ok((entry.into_value().manifest, outcome))
+    }
+
+    async fn resolve_tag(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        tag: &Tag,
+        key: &TagKey,
+        accept: &str,
+    ) -> Result<(FreshTag, CacheOutcome), ManifestError> {
+        let ttl = upstream.tag_ttl();
+        let now = unix_now();
+        let recorded = self
+            .index
+            .tag(key)
+            .map_err(|e| ManifestError::Disk(e.to_string()))?;
+        let recorded = recorded.filter(|r| accepts(accept, &r.media_type));
+
+        if let Some(record) = &recorded {
+            let age = Duration::from_secs(now.saturating_sub(record.checked_at));
+            if age < ttl {
+                if let Some(m) = self.cached(record).await? {
+                    let fresh = FreshTag {
+                        manifest: m,
+                        fresh_for: ttl - age,
+                    };
+                    return Ok((fresh, CacheOutcome::Hit));
+                }
+            }
+        }
+
+        let reference = Reference::Tag(tag.clone());
+        let head = match upstream.head_manifest(repo, &reference, accept).await {
+            Ok(head) => head,
+            Err(e) if e.is_outage() => {
+                if let Some(record) = &recorded {
+                    if let Some(m) = self.cached(record).await? {
+                        tracing::warn!(repo = %repo, %tag, error = %e, "upstream failing; serving stale tag");
+                        // Try the upstream again soon, not at every request.
+                        let fresh = FreshTag {
+                            manifest: m,
+                            fresh_for: ttl.min(Duration::from_secs(5)),
+                        };
+                        return Ok((fresh, CacheOutcome::Stale));
+                    }
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        let (manifest, outcome) = match head.digest {
+            Some(digest) => {
+                let (m, o) = self.by_digest(upstream, repo, &digest, accept).await?;
+                let revalidated = recorded
+                    .as_ref()
+                    .is_some_and(|r| r.digest == digest.to_string());
+                (
+                    m,
+                    if revalidated && o == CacheOutcome::Hit {
+                        CacheOutcome::Revalidated
+                    } else {
+                        CacheOutcome::Miss
+                    },
+                )
+            }
+            // A registry that does not name the digest on HEAD: fetch by
+            // tag and name the content ourselves.
+            None => {
+                let fetched = upstream.get_manifest(repo, &reference, accept).await?;
+                let manifest = Arc::new(Manifest {
+                    digest: Digest::of(&fetched.bytes),
+                    media_type: fetched.media_type,
+                    bytes: fetched.bytes,
+                });
+                self.save(Arc::clone(&manifest)).await?;
+                self.by_digest
+                    .insert(manifest.digest.clone(), Arc::clone(&manifest))
+                    .await;
+                (manifest, CacheOutcome::Miss)
+            }
+        };
+        let record = TagRecord {
+            digest: manifest.digest.to_string(),
+            media_type: manifest.media_type.clone(),
+            checked_at: now,
+        };
+        self.index
+            .put_tag(key, &record)
+            .map_err(|e| ManifestError::Disk(e.to_string()))?;
+        Ok((
+            FreshTag {
+                manifest,
+                fresh_for: ttl,
+            },
+            outcome,
+        ))
+    }
+
+    async fn cached(&self, record: &TagRecord) -> Result<Option<Arc<Manifest>>, ManifestError> {
+        let Ok(digest) = record.digest.parse::<Digest>() else {
+            return Ok(None);
+        };
+        if let Some(m) = self.by_digest.get(&digest).await {
+            return Ok(Some(m));
+        }
+        let loaded = self.load(&digest).await?;
+        if let Some(m) = &loaded {
+            self.by_digest.insert(digest, Arc::clone(m)).await;
+        }
+        Ok(loaded)
+    }
+}
+
+/// The `Accept` value to send upstream: the client's, or every manifest
+/// type when the client sent none (otherwise registries fall back to the
+/// obsolete schema 1).
+pub fn accept_or_default(client_accept: Option<&str>) -> String {
+    match client_accept {
+        Some(a) if !a.trim().is_empty() => a.to_owned(),
+        _ => MANIFEST_MEDIA_TYPES.join(", "),
+    }
+}
+
+/// Whether a media type is in an Accept list (parameters ignored).
+pub fn accepts(accept: &str, media_type: &str) -> bool {
+    accept.split(',').any(|item| {
+        let item = item.split(';').next().unwrap_or("").trim();
+        item == "*/*" || item.eq_ignore_ascii_case(media_type)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_matching() {
+        let docker = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json;q=0.5";
+        assert!(accepts(docker, "application/vnd.oci.image.index.v1+json"));
+        assert!(!accepts(
+            docker,
+            "application/vnd.oci.image.manifest.v1+json"
+        ));
+        assert!(accepts("*/*", "anything"));
+        assert!(accepts(
+            &accept_or_default(None),
+            "application/vnd.oci.image.manifest.v1+json"
+        ));
+        assert_eq!(accept_or_default(Some("x/y")), "x/y");
+    }
+}

@@ -1,0 +1,132 @@
+//! Response bodies: small in-memory ones, and blob bodies that read a file
+//! in bounded chunks, tailing a download that is still being written.
+
+use crate::fetch::{BlobSource, Progress};
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Bytes read per chunk: large enough for few blocking-pool trips, small
+/// enough that memory per connection stays bounded.
+const READ_CHUNK: u64 = 256 * 1024;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub fn json_response(status: StatusCode, json: String) -> Response<Body> {
+    let mut resp = Response::new(full(json));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+struct BlobReader {
+    file: Arc<File>,
+    pos: u64,
+    /// Exclusive end; `None` while a download of unknown length runs.
+    end: Option<u64>,
+    progress: Option<watch::Receiver<Progress>>,
+}
+
+impl BlobReader {
+    /// How far the file may be read now, waiting for the download if it
+    /// has not reached `pos` yet. `Ok(None)` means the blob is finished.
+    async fn readable_until(&mut self) -> io::Result<Option<u64>> {
+        loop {
+            let Some(rx) = self.progress.as_mut() else {
+                return Ok(self.end.filter(|&end| end > self.pos));
+            };
+            let state = rx.borrow_and_update().clone();
+            match state {
+                Progress::Complete { total, .. } => {
+                    self.end = Some(self.end.map_or(total, |e| e.min(total)));
+                    self.progress = None;
+                }
+                Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
+                Progress::Streaming { written, .. } if written > self.pos => {
+                    let limit = self.end.map_or(written, |e| e.min(written));
+                    if limit <= self.pos {
+                        return Ok(None);
+                    }
+                    return Ok(Some(limit));
+                }
+                Progress::Streaming { .. } | Progress::Connecting => {
+                    if self.end.is_some_and(|e| e <= self.pos) {
+                        return Ok(None);
+                    }
+                    if rx.changed().await.is_err() {
+                        // The download task is gone; its last word decides.
+                        let last = rx.borrow().clone();
+                        if !matches!(last, Progress::Complete { .. } | Progress::Failed(_)) {
+                            return Err(io::Error::other("download ended without a result"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn next_chunk(mut self) -> Option<(io::Result<Frame<Bytes>>, BlobReader)> {
+        let until = match self.readable_until().await {
+            Ok(Some(until)) => until,
+            Ok(None) => return None,
+            Err(e) => {
+                // End the stream after the error: the client must see a
+                // broken transfer, and nothing more.
+                self.end = Some(self.pos);
+                self.progress = None;
+                return Some((Err(e), self));
+            }
+        };
+        let len = (until - self.pos).min(READ_CHUNK);
+        let (file, pos) = (Arc::clone(&self.file), self.pos);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, pos)?;
+            Ok::<_, io::Error>(Bytes::from(buf))
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match read {
+            Ok(bytes) => {
+                self.pos += len;
+                Some((Ok(Frame::data(bytes)), self))
+            }
+            Err(e) => {
+                self.end = Some(self.pos);
+                self.progress = None;
+                Some((Err(e), self))
+            }
+        }
+    }
+}
+
+/// The bytes `[start, end)` of a blob (to its end when `end` is `None`).
+pub fn blob(source: BlobSource, start: u64, end: Option<u64>) -> Body {
+    let reader = BlobReader {
+        file: source.file,
+        pos: start,
+        end: end.or(source.total),
+        progress: source.progress,
+    };
+    let stream = futures_util::stream::unfold(reader, BlobReader::next_chunk);
+    StreamBody::new(stream).boxed_unsync()
+}

@@ -1,0 +1,250 @@
+//! The one place where errors from every layer become HTTP statuses and
+//! OCI error codes. Messages name the fault (ours, the upstream's, the
+//! request's) and never carry secrets.
+
+use super::body::{self, Body};
+use super::routes::RouteError;
+use crate::fetch::FetchError;
+use crate::manifests::ManifestError;
+use crate::oci::{ErrorBody, ErrorCode};
+use crate::upstream::UpstreamError;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// What kind of object a request was about, to pick `*_UNKNOWN` codes.
+#[derive(Clone, Copy, Debug)]
+pub enum Subject {
+    Manifest,
+    Blob,
+    Repository,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("this is a read-only mirror")]
+    ReadOnly,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("registry {0:?} is not configured on this mirror")]
+    UnknownRegistry(String),
+    #[error("{source}")]
+    Upstream {
+        source: UpstreamError,
+        subject: Subject,
+    },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { total: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn upstream(source: UpstreamError, subject: Subject) -> ApiError {
+        ApiError::Upstream { source, subject }
+    }
+
+    pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
+        match self {
+            ApiError::Route(RouteError::NotFound) => {
+                (StatusCode::NOT_FOUND, ErrorCode::Unsupported)
+            }
+            ApiError::Route(RouteError::Name(_)) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid)
+            }
+            ApiError::Route(RouteError::Reference(_)) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::TagInvalid)
+            }
+            ApiError::Route(RouteError::Digest(_)) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
+            }
+            ApiError::ReadOnly | ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
+            }
+            ApiError::UnknownRegistry(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            ApiError::Upstream { source, subject } => upstream_status(source, *subject),
+            ApiError::Fetch(FetchError::Upstream(source)) => upstream_status(source, Subject::Blob),
+            ApiError::Fetch(FetchError::DigestMismatch { .. } | FetchError::Truncated { .. }) => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+            }
+            ApiError::Fetch(FetchError::Disk(_)) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable)
+            }
+            ApiError::Manifest(ManifestError::Upstream(source)) => {
+                upstream_status(source, Subject::Manifest)
+            }
+            ApiError::Manifest(ManifestError::DigestMismatch { .. }) => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid)
+            }
+            ApiError::Manifest(ManifestError::Disk(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable)
+            }
+            ApiError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
+            }
+        }
+    }
+
+    fn upstream_error(&self) -> Option<&UpstreamError> {
+        match self {
+            ApiError::Upstream { source, .. }
+            | ApiError::Fetch(FetchError::Upstream(source))
+            | ApiError::Manifest(ManifestError::Upstream(source)) => Some(source),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let message = match (code, status) {
+            (ErrorCode::ManifestUnknown, _) => "manifest unknown".to_owned(),
+            (ErrorCode::BlobUnknown, _) => "blob unknown to registry".to_owned(),
+            (ErrorCode::NameUnknown, StatusCode::NOT_FOUND) if self.upstream_error().is_some() => {
+                "repository name not known to registry".to_owned()
+            }
+            _ => self.to_string(),
+        };
+        let detail = match &self {
+            ApiError::Upstream { .. } | ApiError::Fetch(_) | ApiError::Manifest(_) => "",
+            other => match other {
+                ApiError::Route(e) => route_detail(e),
+                _ => "",
+            },
+        };
+        let json = ErrorBody::new(code, &message, detail).to_json();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        let mut resp = body::json_response(status, json);
+        let headers = resp.headers_mut();
+        if let ApiError::RangeNotSatisfiable { total } = &self {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        if let Some(UpstreamError::Status {
+            retry_after: Some(retry),
+            ..
+        }) = self.upstream_error()
+        {
+            if let Ok(v) = HeaderValue::from_str(retry) {
+                headers.insert(header::RETRY_AFTER, v);
+            }
+        }
+        if matches!(self, ApiError::ReadOnly | ApiError::MethodNotAllowed) {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        resp
+    }
+}
+
+fn route_detail(e: &RouteError) -> &'static str {
+    match e {
+        RouteError::NotFound => "",
+        RouteError::Name(_) => {
+            "names follow [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*"
+        }
+        RouteError::Reference(_) => "tags follow [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}",
+        RouteError::Digest(_) => "digests look like sha256:<64 lowercase hex characters>",
+    }
+}
+
+fn upstream_status(e: &UpstreamError, subject: Subject) -> (StatusCode, ErrorCode) {
+    match e {
+        UpstreamError::Status { status: 404, .. } => (
+            StatusCode::NOT_FOUND,
+            match subject {
+                Subject::Manifest => ErrorCode::ManifestUnknown,
+                Subject::Blob => ErrorCode::BlobUnknown,
+                Subject::Repository => ErrorCode::NameUnknown,
+            },
+        ),
+        // The upstream would not let us read it: to our client that is a
+        // denial, not a request to authenticate to the mirror.
+        UpstreamError::Status {
+            status: 401 | 403, ..
+        }
+        | UpstreamError::Auth(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+        UpstreamError::Status { status: 429, .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+        }
+        UpstreamError::Timeout => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable),
+        UpstreamError::Unreachable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+        UpstreamError::Status { .. } | UpstreamError::Protocol(_) => {
+            (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(source: UpstreamError, subject: Subject) -> (u16, &'static str) {
+        let (s, c) = ApiError::upstream(source, subject).status_and_code();
+        (s.as_u16(), c.as_str())
+    }
+
+    fn upstream(status: u16) -> UpstreamError {
+        UpstreamError::Status {
+            status,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn upstream_errors_map_to_client_statuses() {
+        assert_eq!(
+            status(upstream(404), Subject::Manifest),
+            (404, "MANIFEST_UNKNOWN")
+        );
+        assert_eq!(status(upstream(404), Subject::Blob), (404, "BLOB_UNKNOWN"));
+        assert_eq!(
+            status(upstream(404), Subject::Repository),
+            (404, "NAME_UNKNOWN")
+        );
+        assert_eq!(status(upstream(401), Subject::Blob), (403, "DENIED"));
+        assert_eq!(
+            status(upstream(429), Subject::Manifest),
+            (429, "TOOMANYREQUESTS")
+        );
+        assert_eq!(
+            status(upstream(503), Subject::Manifest),
+            (502, "UNAVAILABLE")
+        );
+        assert_eq!(
+            status(UpstreamError::Timeout, Subject::Blob),
+            (504, "UNAVAILABLE")
+        );
+        assert_eq!(
+            status(UpstreamError::Unreachable("x".into()), Subject::Blob),
+            (502, "UNAVAILABLE")
+        );
+    }
+
+    #[test]
+    fn request_errors_are_400s() {
+        use crate::oci::NameError;
+        let (s, c) = ApiError::Route(RouteError::Name(NameError::Grammar)).status_and_code();
+        assert_eq!((s.as_u16(), c.as_str()), (400, "NAME_INVALID"));
+        let (s, c) = ApiError::Route(RouteError::Reference(NameError::Tag)).status_and_code();
+        assert_eq!((s.as_u16(), c.as_str()), (400, "TAG_INVALID"));
+        let (s, c) = ApiError::ReadOnly.status_and_code();
+        assert_eq!((s.as_u16(), c.as_str()), (405, "UNSUPPORTED"));
+    }
+
+    #[test]
+    fn retry_after_is_passed_on() {
+        let e = UpstreamError::Status {
+            status: 429,
+            retry_after: Some("30".into()),
+        };
+        let resp = ApiError::upstream(e, Subject::Manifest).into_response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "30");
+    }
+}

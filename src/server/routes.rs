@@ -1,0 +1,139 @@
+//! Turns a request path into a typed route; names, references and digests
+//! are validated here, before any handler or upstream sees them.
+
+use crate::oci::{Digest, NameError, Reference, RepoName};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`: the API version check.
+    Base,
+    Manifest {
+        name: RepoName,
+        reference: Reference,
+    },
+    Blob {
+        name: RepoName,
+        digest: Digest,
+    },
+    TagsList {
+        name: RepoName,
+    },
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("invalid repository name: {0}")]
+    Name(NameError),
+    #[error("invalid manifest reference: {0}")]
+    Reference(NameError),
+    #[error("invalid digest: {0}")]
+    Digest(NameError),
+}
+
+pub fn parse(path: &str) -> Result<Route, RouteError> {
+    match path {
+        "/healthz" => return Ok(Route::Healthz),
+        "/readyz" => return Ok(Route::Readyz),
+        "/metrics" => return Ok(Route::Metrics),
+        "/v2" | "/v2/" => return Ok(Route::Base),
+        _ => {}
+    }
+    let rest = path.strip_prefix("/v2/").ok_or(RouteError::NotFound)?;
+    // Names contain '/', references and digests never do: split from the
+    // right.
+    let mut parts = rest.rsplitn(3, '/');
+    let (last, kind, name) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(last), Some(kind), Some(name)) => (last, kind, name),
+        _ => return Err(RouteError::NotFound),
+    };
+    let parse_name = || name.parse::<RepoName>().map_err(RouteError::Name);
+    match (kind, last) {
+        ("manifests", reference) => {
+            let name = parse_name()?;
+            let reference = reference.parse().map_err(|e| match e {
+                NameError::Digest(_) => RouteError::Digest(e),
+                _ => RouteError::Reference(e),
+            })?;
+            Ok(Route::Manifest { name, reference })
+        }
+        ("blobs", digest) => {
+            let name = parse_name()?;
+            let digest = digest
+                .parse()
+                .map_err(|e| RouteError::Digest(NameError::Digest(e)))?;
+            Ok(Route::Blob { name, digest })
+        }
+        ("tags", "list") => Ok(Route::TagsList {
+            name: parse_name()?,
+        }),
+        _ => Err(RouteError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse("/v2/"), Ok(Route::Base));
+        assert!(matches!(
+            parse("/v2/library/ubuntu/manifests/latest"),
+            Ok(Route::Manifest { ref name, .. }) if name.as_str() == "library/ubuntu"
+        ));
+        assert!(matches!(
+            parse(&format!("/v2/a/b/c/blobs/{D}")),
+            Ok(Route::Blob { ref name, .. }) if name.as_str() == "a/b/c"
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/manifests/x"),
+            Ok(Route::Manifest { ref name, .. }) if name.as_str() == "a/manifests"
+        ));
+        assert!(matches!(
+            parse("/v2/x/tags/list"),
+            Ok(Route::TagsList { .. })
+        ));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            parse("/v2/UP/manifests/x"),
+            Err(RouteError::Name(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/../b/manifests/x"),
+            Err(RouteError::Name(_))
+        ));
+        assert!(matches!(
+            parse("/v2/%2e%2e/manifests/x"),
+            Err(RouteError::Name(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/-bad"),
+            Err(RouteError::Reference(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/sha256:zz"),
+            Err(RouteError::Digest(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/md5:00"),
+            Err(RouteError::Digest(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/latest"),
+            Err(RouteError::Digest(_))
+        ));
+        assert_eq!(parse("/v2/a/blobs/uploads/"), Err(RouteError::NotFound));
+        assert_eq!(parse("/v2/a"), Err(RouteError::NotFound));
+        assert_eq!(parse("/etc/passwd"), Err(RouteError::NotFound));
+    }
+}

@@ -1,0 +1,414 @@
+//! The client for one upstream registry: auth challenges and scoped tokens,
+//! CDN redirects followed without credentials, timeouts, rate-limit headers.
+
+mod auth;
+
+pub use auth::{parse_challenge, Challenge, Credentials, Secret};
+
+use crate::oci::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
+use auth::{Authenticator, Authorization};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+/// How far redirects are followed; registries use one hop to their CDN.
+const MAX_REDIRECTS: usize = 5;
+
+/// What went wrong talking to an upstream. Clone, so that one coalesced
+/// failure can be handed to every waiter.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream registry is unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream registry timed out")]
+    Timeout,
+    #[error("upstream registry answered HTTP {status}")]
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    #[error("upstream authentication failed: {0}")]
+    Auth(&'static str),
+    #[error("upstream sent an invalid response: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    pub(crate) fn from_reqwest(e: reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            UpstreamError::Timeout
+        } else if e.is_connect() {
+            UpstreamError::Unreachable("connection failed".into())
+        } else {
+            // Drop the URL: CDN URLs carry signatures we should not echo.
+            UpstreamError::Unreachable(e.without_url().to_string())
+        }
+    }
+
+    /// Whether the upstream is out of service (as opposed to answering a
+    /// definite "no" such as 404), so a stale cache entry may answer.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            UpstreamError::Unreachable(_) | UpstreamError::Timeout => true,
+            UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
+            UpstreamError::Auth(_) | UpstreamError::Protocol(_) => false,
+        }
+    }
+}
+
+/// Settings for one upstream, resolved from the config.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// Registry name clients use for it, e.g. `docker.io`.
+    pub name: String,
+    pub url: Url,
+    pub credentials: Option<Credentials>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub tag_ttl: Duration,
+}
+
+/// A manifest as the upstream sent it, byte-exact.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+}
+
+/// What a manifest HEAD told us.
+#[derive(Clone, Debug)]
+pub struct ManifestHead {
+    pub digest: Option<Digest>,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// The upstream's most recent `ratelimit-*` headers (0 = not seen).
+#[derive(Default)]
+pub struct RateLimit {
+    pub limit: AtomicU64,
+    pub remaining: AtomicU64,
+}
+
+pub struct Upstream {
+    settings: UpstreamSettings,
+    http: reqwest::Client,
+    auth: Authenticator,
+    pub rate_limit: RateLimit,
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings) -> Result<Upstream, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("pullthrough/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            // We follow redirects ourselves, to decide per hop whether the
+            // Authorization header may go along.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let auth = Authenticator::new(http.clone(), settings.credentials.clone());
+        Ok(Upstream {
+            settings,
+            http,
+            auth,
+            rate_limit: RateLimit::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    pub fn tag_ttl(&self) -> Duration {
+        self.settings.tag_ttl
+    }
+
+    /// The name the upstream knows the repository by (Docker Hub's
+    /// `library/` rule applies to Docker Hub only).
+    pub fn upstream_name(&self, repo: &RepoName) -> RepoName {
+        if self.settings.name == "docker.io" {
+            repo.with_library_prefix()
+        } else {
+            repo.clone()
+        }
+    }
+
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &str,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let resp = self
+            .send(
+                Method::GET,
+                repo,
+                &format!("manifests/{reference}"),
+                Some(accept),
+                None,
+            )
+            .await?;
+        let resp = expect_success(resp)?;
+        let media_type = content_type(resp.headers());
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(UpstreamError::Protocol(
+                "manifest is larger than 4 MiB".into(),
+            ));
+        }
+        let bytes = read_limited(resp, MAX_MANIFEST_BYTES).await?;
+        Ok(FetchedManifest { bytes, media_type })
+    }
+
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &str,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let resp = self
+            .send(
+                Method::HEAD,
+                repo,
+                &format!("manifests/{reference}"),
+                Some(accept),
+                None,
+            )
+            .await?;
+        let resp = expect_success(resp)?;
+        Ok(ManifestHead {
+            digest: header_digest(resp.headers()),
+            media_type: resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            size: content_length(resp.headers()),
+        })
+    }
+
+    /// Starts a blob download; the caller streams the body.
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let resp = self
+            .send(Method::GET, repo, &format!("blobs/{digest}"), None, None)
+            .await?;
+        expect_success(resp)
+    }
+
+    /// The blob's size, without downloading it.
+    pub async fn head_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError> {
+        let resp = self
+            .send(Method::HEAD, repo, &format!("blobs/{digest}"), None, None)
+            .await?;
+        let resp = expect_success(resp)?;
+        Ok(content_length(resp.headers()))
+    }
+
+    /// `tags/list`, passed through with its pagination query and headers.
+    pub async fn tags_list(
+        &self,
+        repo: &RepoName,
+        query: Option<&str>,
+    ) -> Result<(Bytes, HeaderMap), UpstreamError> {
+        let path = match query {
+            Some(q) => format!("tags/list?{q}"),
+            None => "tags/list".to_owned(),
+        };
+        let resp = self.send(Method::GET, repo, &path, None, None).await?;
+        let resp = expect_success(resp)?;
+        let headers = resp.headers().clone();
+        let bytes = read_limited(resp, MAX_MANIFEST_BYTES).await?;
+        Ok((bytes, headers))
+    }
+
+    /// One logical request: authenticates (answering one 401 with a token
+    /// for the repository's pull scope) and follows redirects.
+    async fn send(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        accept: Option<&str>,
+        range: Option<&str>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let name = self.upstream_name(repo);
+        let url = self
+            .settings
+            .url
+            .join(&format!("v2/{name}/{path}"))
+            .map_err(|e| UpstreamError::Protocol(format!("cannot build upstream URL: {e}")))?;
+        let scope = format!("repository:{name}:pull");
+        let mut authorization = self.auth.authorization(&scope).await?;
+        let mut resp = self
+            .send_following_redirects(&method, url.clone(), accept, range, &authorization)
+            .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            authorization = self
+                .auth
+                .after_unauthorized(challenge.as_deref(), &scope)
+                .await?;
+            resp = self
+                .send_following_redirects(&method, url, accept, range, &authorization)
+                .await?;
+        }
+        self.record_rate_limit(resp.headers());
+        Ok(resp)
+    }
+
+    async fn send_following_redirects(
+        &self,
+        method: &Method,
+        mut url: Url,
+        accept: Option<&str>,
+        range: Option<&str>,
+        authorization: &Authorization,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(accept) = accept {
+                req = req.header(http::header::ACCEPT, accept);
+            }
+            if let Some(range) = range {
+                req = req.header(http::header::RANGE, range);
+            }
+            // Credentials go to the registry only: CDN hosts reject them
+            // and must never see them.
+            if url.origin() == self.settings.url.origin() {
+                req = authorization.apply(req);
+            }
+            let resp = req.send().await.map_err(UpstreamError::from_reqwest)?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let location = resp
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| UpstreamError::Protocol("redirect without Location".into()))?;
+            url = url
+                .join(location)
+                .map_err(|_| UpstreamError::Protocol("redirect to an invalid URL".into()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(UpstreamError::Protocol("redirect to a non-HTTP URL".into()));
+            }
+        }
+        Err(UpstreamError::Protocol("too many redirects".into()))
+    }
+
+    fn record_rate_limit(&self, headers: &HeaderMap) {
+        let parse = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let Some(limit) = parse("ratelimit-limit") {
+            self.rate_limit.limit.store(limit, Ordering::Relaxed);
+        }
+        if let Some(remaining) = parse("ratelimit-remaining") {
+            self.rate_limit
+                .remaining
+                .store(remaining, Ordering::Relaxed);
+        }
+    }
+}
+
+fn expect_success(resp: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Err(UpstreamError::Status {
+        status: status.as_u16(),
+        retry_after,
+    })
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned()
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn header_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(UpstreamError::from_reqwest)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(UpstreamError::Protocol("response body is too large".into()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Every configured upstream; the first is the default (Docker Hub unless
+/// configured otherwise).
+pub struct Upstreams {
+    all: Vec<Arc<Upstream>>,
+}
+
+impl Upstreams {
+    pub fn new(all: Vec<Arc<Upstream>>) -> Option<Upstreams> {
+        if all.is_empty() {
+            None
+        } else {
+            Some(Upstreams { all })
+        }
+    }
+
+    pub fn default_upstream(&self) -> &Arc<Upstream> {
+        &self.all[0]
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.all
+            .iter()
+            .find(|u| u.name().eq_ignore_ascii_case(name))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.all.iter()
+    }
+}

@@ -1,0 +1,4 @@
+//! All integration and end-to-end suites, in one test binary so they share
+//! helpers and build once (the crates.io layout).
+
+mod support;
