@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pullthrough::config::{Config, Overrides};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
