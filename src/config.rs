@@ -11,6 +11,7 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 pub const DEFAULT_CACHE_DIR: &str = "./pullthrough-cache";
 pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(7 * 86_400);
 
 /// The validated configuration the server runs with.
 #[derive(Clone, Debug)]
@@ -76,6 +77,9 @@ struct FileUpstream {
     password: Option<String>,
     password_file: Option<PathBuf>,
     tag_ttl: Option<String>,
+    max_stale: Option<String>,
+    #[serde(default)]
+    immutable_tags: Vec<String>,
     connect_timeout: Option<String>,
     read_timeout: Option<String>,
 }
@@ -236,6 +240,8 @@ fn upstream_settings(
         url,
         credentials,
         tag_ttl: duration("tag_ttl", u.tag_ttl, DEFAULT_TAG_TTL)?,
+        max_stale: duration("max_stale", u.max_stale, DEFAULT_MAX_STALE)?,
+        immutable_tags: u.immutable_tags,
         connect_timeout: duration(
             "connect_timeout",
             u.connect_timeout,
@@ -284,6 +290,8 @@ mod tests {
         assert_eq!(c.upstreams[0].name, "docker.io");
         assert_eq!(c.upstreams[0].url.as_str(), "https://registry-1.docker.io/");
         assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(60));
+        assert_eq!(c.upstreams[0].max_stale, DEFAULT_MAX_STALE);
+        assert!(c.upstreams[0].immutable_tags.is_empty());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum FetchError {
     Truncated { expected: u64, got: u64 },
     #[error("cache disk error: {0}")]
     Disk(String),
+    /// The cache cannot hold the blob now; callers stream it past the cache.
+    #[error("no space left in the cache for this blob")]
+    NoSpace,
 }
 
 /// What readers see of a download.
@@ -168,12 +171,14 @@ impl BlobFetcher {
         digest: Digest,
         tx: watch::Sender<Progress>,
     ) {
+        let entry = InflightEntry {
+            fetcher: &self,
+            digest: &digest,
+        };
         let result = self.download(&upstream, &repo, &digest, &tx).await;
         // Leave the table before announcing the end: a request that comes
         // after a failure starts afresh, one after success finds the file.
-        if let Ok(mut inflight) = self.inflight.lock() {
-            inflight.remove(&digest);
-        }
+        drop(entry);
         match result {
             Ok((file, total)) => {
                 tracing::info!(%digest, bytes = total, upstream = upstream.name(), "blob cached");
@@ -195,10 +200,14 @@ impl BlobFetcher {
     ) -> Result<(Arc<File>, u64), FetchError> {
         let resp = upstream.get_blob(repo, digest).await?;
         let total = resp.content_length();
-        let temp = self
-            .store
-            .create_temp()
-            .map_err(|e| FetchError::Disk(e.to_string()))?;
+        let temp = self.store.create_temp_reserved(total).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+                tracing::warn!(%digest, bytes = total, "cache disk full; streaming without caching");
+                FetchError::NoSpace
+            } else {
+                FetchError::Disk(e.to_string())
+            }
+        })?;
         let file = Arc::clone(temp.file());
         tx.send_replace(Progress::Streaming {
             file: Arc::clone(&file),
@@ -276,6 +285,21 @@ impl BlobFetcher {
         .await
         .map_err(|e| FetchError::Disk(e.to_string()))?
         .map_err(|e| FetchError::Disk(e.to_string()))
+    }
+}
+
+/// Removes a download from the in-flight table when dropped, so that even
+/// a panicking download cannot leave its digest blocked.
+struct InflightEntry<'a> {
+    fetcher: &'a BlobFetcher,
+    digest: &'a Digest,
+}
+
+impl Drop for InflightEntry<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.fetcher.inflight.lock() {
+            inflight.remove(self.digest);
+        }
     }
 }
 

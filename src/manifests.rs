@@ -2,12 +2,13 @@
 //! tag through a fresh mapping, or a HEAD revalidation that downloads only
 //! when the digest is new.
 
-use crate::cache::{unix_now, BlobStore, ContentRecord, Index, TagKey, TagRecord};
-use crate::oci::{Digest, Reference, RepoName, Tag, MANIFEST_MEDIA_TYPES};
+use crate::cache::{unix_now, BlobStore, CacheOutcome, ContentRecord, Index, TagKey, TagRecord};
+use crate::oci::{Digest, Reference, RepoName, Tag, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
 use crate::upstream::{Upstream, UpstreamError};
 use bytes::Bytes;
 use moka::future::Cache;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A manifest exactly as the upstream sent it.
@@ -16,31 +17,6 @@ pub struct Manifest {
     pub digest: Digest,
     pub media_type: String,
     pub bytes: Bytes,
-}
-
-/// How a request was answered, for logs and metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheOutcome {
-    Hit,
-    Miss,
-    /// A stale tag that the upstream confirmed (HEAD) without a download.
-    Revalidated,
-    /// Served from cache because the upstream is failing.
-    Stale,
-    /// Joined a fetch another request started.
-    Coalesced,
-}
-
-impl CacheOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheOutcome::Hit => "hit",
-            CacheOutcome::Miss => "miss",
-            CacheOutcome::Revalidated => "revalidated",
-            CacheOutcome::Stale => "stale",
-            CacheOutcome::Coalesced => "coalesced",
-        }
-    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,6 +56,8 @@ pub struct ManifestService {
     by_digest: Cache<Digest, Arc<Manifest>>,
     /// Fresh tag answers keyed by tag and the client's Accept list.
     fresh_tags: Cache<(TagKey, String), FreshTag>,
+    /// Tags currently served stale, so each outage is logged once per tag.
+    stale_tags: Mutex<HashSet<TagKey>>,
 }
 
 impl ManifestService {
@@ -95,6 +73,7 @@ impl ManifestService {
                 .max_capacity(100_000)
                 .expire_after(FreshTagExpiry)
                 .build(),
+            stale_tags: Mutex::new(HashSet::new()),
         }
     }
 
@@ -157,20 +136,41 @@ impl ManifestService {
     async fn load(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, ManifestError> {
         let (store, index, digest) = (self.store.clone(), self.index.clone(), digest.clone());
         tokio::task::spawn_blocking(move || {
-            let Some(record) = index
+            let record = index
                 .content(&digest)
-                .map_err(|e| ManifestError::Disk(e.to_string()))?
-            else {
+                .map_err(|e| ManifestError::Disk(e.to_string()))?;
+            if record.as_ref().is_some_and(|r| r.media_type.is_none()) {
+                return Ok(None); // a layer, not a manifest
+            }
+            let path = store.path(&digest);
+            if std::fs::metadata(&path)
+                .map(|m| m.len() > MAX_MANIFEST_BYTES as u64)
+                .unwrap_or(true)
+            {
                 return Ok(None);
-            };
-            let Some(media_type) = record.media_type else {
-                return Ok(None);
-            };
+            }
             let Some(bytes) = store
                 .read(&digest)
                 .map_err(|e| ManifestError::Disk(e.to_string()))?
             else {
                 return Ok(None);
+            };
+            // A manifest on disk whose index entry was lost: its own
+            // mediaType field tells how to serve it.
+            let media_type = match record.and_then(|r| r.media_type) {
+                Some(m) => m,
+                None => match sniff_media_type(&bytes) {
+                    Some(m) => {
+                        let adopted = ContentRecord {
+                            media_type: Some(m.clone()),
+                            size: bytes.len() as u64,
+                            last_access: unix_now(),
+                        };
+                        let _ = index.put_content(&digest, &adopted);
+                        m
+                    }
+                    None => return Ok(None),
+                },
             };
             // The file's name promises its content; a file that breaks the
             // promise (disk corruption) is treated as absent.
@@ -257,11 +257,13 @@ impl ManifestService {
 
         if let Some(record) = &recorded {
             let age = Duration::from_secs(now.saturating_sub(record.checked_at));
-            if age < ttl {
+            let immutable = upstream.is_immutable_tag(tag.as_str());
+            if age < ttl || immutable {
                 if let Some(m) = self.cached(record).await? {
+                    let fresh_for = if immutable { ttl } else { ttl - age };
                     let fresh = FreshTag {
                         manifest: m,
-                        fresh_for: ttl - age,
+                        fresh_for,
                     };
                     return Ok((fresh, CacheOutcome::Hit));
                 }
@@ -272,21 +274,24 @@ impl ManifestService {
         let head = match upstream.head_manifest(repo, &reference, accept).await {
             Ok(head) => head,
             Err(e) if e.is_outage() => {
-                if let Some(record) = &recorded {
-                    if let Some(m) = self.cached(record).await? {
-                        tracing::warn!(repo = %repo, %tag, error = %e, "upstream failing; serving stale tag");
-                        // Try the upstream again soon, not at every request.
-                        let fresh = FreshTag {
-                            manifest: m,
-                            fresh_for: ttl.min(Duration::from_secs(5)),
-                        };
-                        return Ok((fresh, CacheOutcome::Stale));
-                    }
+                if let Some(stale) = self
+                    .stale_answer(upstream, key, recorded.as_ref(), now, &e)
+                    .await?
+                {
+                    return Ok((stale, CacheOutcome::Stale));
                 }
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
         };
+        if self
+            .stale_tags
+            .lock()
+            .map(|mut s| s.remove(key))
+            .unwrap_or(false)
+        {
+            tracing::info!(repo = %key.repo, tag = %key.tag, "upstream answers again; tag revalidated");
+        }
 
         let (manifest, outcome) = match head.digest {
             Some(digest) => {
@@ -336,6 +341,42 @@ impl ManifestService {
         ))
     }
 
+    /// The recorded mapping, if the upstream's outage lets us serve it:
+    /// within `max_stale` of its last confirmation and still on disk.
+    async fn stale_answer(
+        &self,
+        upstream: &Upstream,
+        key: &TagKey,
+        recorded: Option<&TagRecord>,
+        now: u64,
+        error: &UpstreamError,
+    ) -> Result<Option<FreshTag>, ManifestError> {
+        let Some(record) = recorded else {
+            return Ok(None);
+        };
+        if Duration::from_secs(now.saturating_sub(record.checked_at)) > upstream.max_stale() {
+            return Ok(None);
+        }
+        let Some(manifest) = self.cached(record).await? else {
+            return Ok(None);
+        };
+        // Once per tag and outage, not once per request.
+        if self
+            .stale_tags
+            .lock()
+            .map(|mut s| s.insert(key.clone()))
+            .unwrap_or(false)
+        {
+            tracing::warn!(repo = %key.repo, tag = %key.tag, error = %error, "upstream failing; serving the cached tag");
+        }
+        // Ask the upstream again soon, not at every request.
+        let fresh_for = upstream.tag_ttl().min(Duration::from_secs(5));
+        Ok(Some(FreshTag {
+            manifest,
+            fresh_for,
+        }))
+    }
+
     async fn cached(&self, record: &TagRecord) -> Result<Option<Arc<Manifest>>, ManifestError> {
         let Ok(digest) = record.digest.parse::<Digest>() else {
             return Ok(None);
@@ -359,6 +400,19 @@ pub fn accept_or_default(client_accept: Option<&str>) -> String {
         Some(a) if !a.trim().is_empty() => a.to_owned(),
         _ => MANIFEST_MEDIA_TYPES.join(", "),
     }
+}
+
+/// The `mediaType` a manifest declares, if it is one we know.
+fn sniff_media_type(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Declared {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    let declared: Declared = serde_json::from_slice(bytes).ok()?;
+    declared
+        .media_type
+        .filter(|m| MANIFEST_MEDIA_TYPES.contains(&m.as_str()))
 }
 
 /// Whether a media type is in an Accept list (parameters ignored).
@@ -387,5 +441,16 @@ mod tests {
             "application/vnd.oci.image.manifest.v1+json"
         ));
         assert_eq!(accept_or_default(Some("x/y")), "x/y");
+    }
+
+    #[test]
+    fn sniffs_declared_manifest_types_only() {
+        let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+        assert_eq!(
+            sniff_media_type(m).as_deref(),
+            Some("application/vnd.oci.image.manifest.v1+json")
+        );
+        assert_eq!(sniff_media_type(br#"{"mediaType":"text/html"}"#), None);
+        assert_eq!(sniff_media_type(b"not json"), None);
     }
 }

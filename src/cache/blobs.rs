@@ -80,6 +80,18 @@ impl BlobStore {
         self.path(digest).is_file()
     }
 
+    /// A temp file with `len` bytes of disk reserved up front, so a full
+    /// disk shows before the first byte is promised to anyone rather than
+    /// in the middle of a download.
+    pub fn create_temp_reserved(&self, len: Option<u64>) -> io::Result<TempBlob> {
+        let temp = self.create_temp()?;
+        if let Some(len) = len.filter(|&l| l > 0) {
+            rustix::fs::fallocate(&*temp.file, rustix::fs::FallocateFlags::empty(), 0, len)
+                .map_err(io::Error::from)?;
+        }
+        Ok(temp)
+    }
+
     pub fn create_temp(&self) -> io::Result<TempBlob> {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()

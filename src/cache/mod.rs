@@ -24,10 +24,54 @@ pub enum CacheError {
     Index(#[from] sled::Error),
 }
 
+/// How a request was answered, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    /// A stale tag that the upstream confirmed (HEAD) without a download.
+    Revalidated,
+    /// Served from cache because the upstream is failing.
+    Stale,
+    /// Joined a fetch another request started.
+    Coalesced,
+    /// Relayed from the upstream without caching (cache disk full).
+    Bypass,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Stale => "stale",
+            CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Bypass => "bypass",
+        }
+    }
+}
+
 /// Opens (creating if needed) the cache directory: the blob store and index.
 pub fn open(dir: &Path) -> Result<(BlobStore, Index), CacheError> {
     let store = BlobStore::open(dir)?;
-    let index = Index::open(&dir.join("index"))?;
+    let index_dir = dir.join("index");
+    let opened = std::panic::catch_unwind(|| Index::open(&index_dir)).unwrap_or_else(|_| {
+        Err(sled::Error::Unsupported(
+            "the index panicked while opening".into(),
+        ))
+    });
+    let index = match opened {
+        Ok(index) => index,
+        Err(e) => {
+            // The index is only metadata: set the broken one aside and start
+            // afresh; blobs stay servable and tags are revalidated.
+            let aside = dir.join(format!("index.broken-{}", unix_now()));
+            tracing::error!(error = %e, aside = %aside.display(), "cache index unreadable; starting a new one");
+            std::fs::rename(&index_dir, &aside)?;
+            Index::open(&index_dir)?
+        }
+    };
     Ok((store, index))
 }
 

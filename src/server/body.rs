@@ -2,7 +2,9 @@
 //! in bounded chunks, tailing a download that is still being written.
 
 use crate::fetch::{BlobSource, Progress};
+use crate::oci::{Digest, DigestWriter};
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -128,5 +130,57 @@ pub fn blob(source: BlobSource, start: u64, end: Option<u64>) -> Body {
         progress: source.progress,
     };
     let stream = futures_util::stream::unfold(reader, BlobReader::next_chunk);
+    StreamBody::new(stream).boxed_unsync()
+}
+
+struct Passthrough<S> {
+    upstream: S,
+    hasher: DigestWriter,
+    digest: Digest,
+    finished: bool,
+}
+
+/// An upstream body relayed as it arrives, without caching (the cache disk
+/// is full). It is still verified: a body that does not hash to `digest`
+/// ends in an error, so the client never takes it for complete.
+pub fn verified_passthrough<S>(upstream: S, digest: Digest) -> Body
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+{
+    let state = Passthrough {
+        upstream,
+        hasher: DigestWriter::default(),
+        digest,
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        if st.finished {
+            return None;
+        }
+        match st.upstream.next().await {
+            Some(Ok(chunk)) => {
+                st.hasher.update(&chunk);
+                Some((Ok(Frame::data(chunk)), st))
+            }
+            Some(Err(e)) => {
+                st.finished = true;
+                Some((Err(io::Error::other(e.without_url())), st))
+            }
+            None => {
+                st.finished = true;
+                let actual = std::mem::take(&mut st.hasher).finish();
+                if actual == st.digest {
+                    None
+                } else {
+                    Some((
+                        Err(io::Error::other(
+                            "upstream content does not match its digest",
+                        )),
+                        st,
+                    ))
+                }
+            }
+        }
+    });
     StreamBody::new(stream).boxed_unsync()
 }

@@ -71,6 +71,9 @@ impl ApiError {
             ApiError::Fetch(FetchError::DigestMismatch { .. } | FetchError::Truncated { .. }) => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
             }
+            ApiError::Fetch(FetchError::NoSpace) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
             ApiError::Fetch(FetchError::Disk(_)) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable)
             }

@@ -4,7 +4,9 @@ use super::body::{self, Body};
 use super::error::{ApiError, Subject};
 use super::range::{parse_range, RangeRequest};
 use super::App;
-use crate::manifests::{accept_or_default, CacheOutcome, Manifest};
+use crate::cache::CacheOutcome;
+use crate::fetch::FetchError;
+use crate::manifests::{accept_or_default, Manifest};
 use crate::oci::{Digest, Reference, RepoName};
 use crate::upstream::Upstream;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -77,7 +79,11 @@ pub async fn blob(
     if method == Method::HEAD {
         return blob_head(app, upstream, name, digest).await;
     }
-    let source = app.blobs.open(upstream, name, digest).await?;
+    let source = match app.blobs.open(upstream, name, digest).await {
+        Ok(source) => source,
+        Err(FetchError::NoSpace) => return blob_passthrough(upstream, name, digest).await,
+        Err(e) => return Err(e.into()),
+    };
     let outcome = if source.is_cached() {
         CacheOutcome::Hit
     } else {
@@ -119,6 +125,34 @@ pub async fn blob(
     Ok(Handled {
         response: resp,
         outcome: Some(outcome),
+    })
+}
+
+/// Streams the blob from the upstream straight to this client, for when the
+/// cache cannot hold it.
+async fn blob_passthrough(
+    upstream: &Arc<Upstream>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<Handled, ApiError> {
+    let resp = upstream
+        .get_blob(name, digest)
+        .await
+        .map_err(|e| ApiError::upstream(e, Subject::Blob))?;
+    let total = resp.content_length();
+    let mut response = Response::new(body::verified_passthrough(
+        resp.bytes_stream(),
+        digest.clone(),
+    ));
+    let h = response.headers_mut();
+    if let Some(total) = total {
+        set(h, header::CONTENT_LENGTH, &total.to_string());
+    }
+    set(h, header::CONTENT_TYPE, "application/octet-stream");
+    set_digest(h, digest);
+    Ok(Handled {
+        response,
+        outcome: Some(CacheOutcome::Bypass),
     })
 }
 

@@ -2,11 +2,13 @@
 //! CDN redirects followed without credentials, timeouts, rate-limit headers.
 
 mod auth;
+mod breaker;
 
 pub use auth::{parse_challenge, Challenge, Credentials, Secret};
 
 use crate::oci::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
 use auth::{Authenticator, Authorization};
+use breaker::CircuitBreaker;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +18,23 @@ use url::Url;
 
 /// How far redirects are followed; registries use one hop to their CDN.
 const MAX_REDIRECTS: usize = 5;
+/// Extra attempts for a request that failed to connect or got a 502/503/504.
+const RETRIES: u32 = 2;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Manifests, HEADs, tokens and tag lists are small: a whole exchange
+/// that takes longer than this is a stalled upstream. Blob bodies have no
+/// total limit, only the idle-read timeout.
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One logical call to the upstream registry API.
+struct Call<'a> {
+    method: Method,
+    /// After `/v2/<name>/`.
+    path: String,
+    accept: Option<&'a str>,
+    /// Whether the whole exchange is bounded by [`SMALL_REQUEST_TIMEOUT`].
+    small: bool,
+}
 
 /// What went wrong talking to an upstream. Clone, so that one coalesced
 /// failure can be handed to every waiter.
@@ -69,6 +88,11 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub tag_ttl: Duration,
+    /// How long a cached tag may be served while the upstream fails.
+    pub max_stale: Duration,
+    /// Tag patterns (`*` and `?` wildcards) whose mapping never changes
+    /// once cached, e.g. `v*.*.*`: never revalidated.
+    pub immutable_tags: Vec<String>,
 }
 
 /// A manifest as the upstream sent it, byte-exact.
@@ -97,6 +121,7 @@ pub struct Upstream {
     settings: UpstreamSettings,
     http: reqwest::Client,
     auth: Authenticator,
+    breaker: CircuitBreaker,
     pub rate_limit: RateLimit,
 }
 
@@ -116,6 +141,7 @@ impl Upstream {
             settings,
             http,
             auth,
+            breaker: CircuitBreaker::default(),
             rate_limit: RateLimit::default(),
         })
     }
@@ -126,6 +152,23 @@ impl Upstream {
 
     pub fn tag_ttl(&self) -> Duration {
         self.settings.tag_ttl
+    }
+
+    pub fn max_stale(&self) -> Duration {
+        self.settings.max_stale
+    }
+
+    /// Whether a tag is configured as immutable once cached.
+    pub fn is_immutable_tag(&self, tag: &str) -> bool {
+        self.settings
+            .immutable_tags
+            .iter()
+            .any(|p| glob_match(p.as_bytes(), tag.as_bytes()))
+    }
+
+    /// Whether calls currently fail fast because the upstream is down.
+    pub fn is_circuit_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     /// The name the upstream knows the repository by (Docker Hub's
@@ -146,11 +189,13 @@ impl Upstream {
     ) -> Result<FetchedManifest, UpstreamError> {
         let resp = self
             .send(
-                Method::GET,
                 repo,
-                &format!("manifests/{reference}"),
-                Some(accept),
-                None,
+                Call {
+                    method: Method::GET,
+                    path: format!("manifests/{reference}"),
+                    accept: Some(accept),
+                    small: true,
+                },
             )
             .await?;
         let resp = expect_success(resp)?;
@@ -175,11 +220,13 @@ impl Upstream {
     ) -> Result<ManifestHead, UpstreamError> {
         let resp = self
             .send(
-                Method::HEAD,
                 repo,
-                &format!("manifests/{reference}"),
-                Some(accept),
-                None,
+                Call {
+                    method: Method::HEAD,
+                    path: format!("manifests/{reference}"),
+                    accept: Some(accept),
+                    small: true,
+                },
             )
             .await?;
         let resp = expect_success(resp)?;
@@ -201,7 +248,15 @@ impl Upstream {
         digest: &Digest,
     ) -> Result<reqwest::Response, UpstreamError> {
         let resp = self
-            .send(Method::GET, repo, &format!("blobs/{digest}"), None, None)
+            .send(
+                repo,
+                Call {
+                    method: Method::GET,
+                    path: format!("blobs/{digest}"),
+                    accept: None,
+                    small: false,
+                },
+            )
             .await?;
         expect_success(resp)
     }
@@ -213,7 +268,15 @@ impl Upstream {
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
         let resp = self
-            .send(Method::HEAD, repo, &format!("blobs/{digest}"), None, None)
+            .send(
+                repo,
+                Call {
+                    method: Method::HEAD,
+                    path: format!("blobs/{digest}"),
+                    accept: None,
+                    small: true,
+                },
+            )
             .await?;
         let resp = expect_success(resp)?;
         Ok(content_length(resp.headers()))
@@ -229,67 +292,121 @@ impl Upstream {
             Some(q) => format!("tags/list?{q}"),
             None => "tags/list".to_owned(),
         };
-        let resp = self.send(Method::GET, repo, &path, None, None).await?;
+        let resp = self
+            .send(
+                repo,
+                Call {
+                    method: Method::GET,
+                    path,
+                    accept: None,
+                    small: true,
+                },
+            )
+            .await?;
         let resp = expect_success(resp)?;
         let headers = resp.headers().clone();
         let bytes = read_limited(resp, MAX_MANIFEST_BYTES).await?;
         Ok((bytes, headers))
     }
 
-    /// One logical request: authenticates (answering one 401 with a token
-    /// for the repository's pull scope) and follows redirects.
+    /// One logical request, through the circuit breaker.
     async fn send(
         &self,
-        method: Method,
         repo: &RepoName,
-        path: &str,
-        accept: Option<&str>,
-        range: Option<&str>,
+        call: Call<'_>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        if !self.breaker.allow() {
+            return Err(UpstreamError::Unreachable(
+                "upstream failed repeatedly; not retrying for a few seconds".into(),
+            ));
+        }
+        let result = self.send_authenticated(repo, &call).await;
+        match &result {
+            Ok(resp) if resp.status().is_server_error() => self.breaker.record_outage(),
+            Ok(_) => self.breaker.record_success(),
+            Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout) => {
+                self.breaker.record_outage()
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Authenticates (answering one 401 with a token for the repository's
+    /// pull scope), follows redirects, and retries transient failures.
+    async fn send_authenticated(
+        &self,
+        repo: &RepoName,
+        call: &Call<'_>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let name = self.upstream_name(repo);
         let url = self
             .settings
             .url
-            .join(&format!("v2/{name}/{path}"))
+            .join(&format!("v2/{name}/{}", call.path))
             .map_err(|e| UpstreamError::Protocol(format!("cannot build upstream URL: {e}")))?;
         let scope = format!("repository:{name}:pull");
-        let mut authorization = self.auth.authorization(&scope).await?;
-        let mut resp = self
-            .send_following_redirects(&method, url.clone(), accept, range, &authorization)
-            .await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            let challenge = resp
-                .headers()
-                .get(http::header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            authorization = self
-                .auth
-                .after_unauthorized(challenge.as_deref(), &scope)
-                .await?;
-            resp = self
-                .send_following_redirects(&method, url, accept, range, &authorization)
-                .await?;
+        let authorization = self.auth.authorization(&scope).await?;
+        let resp = self.send_with_retries(call, &url, &authorization).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            self.record_rate_limit(resp.headers());
+            return Ok(resp);
         }
+        let challenge = resp
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let authorization = self
+            .auth
+            .after_unauthorized(challenge.as_deref(), &scope)
+            .await?;
+        let resp = self.send_with_retries(call, &url, &authorization).await?;
         self.record_rate_limit(resp.headers());
         Ok(resp)
     }
 
+    async fn send_with_retries(
+        &self,
+        call: &Call<'_>,
+        url: &Url,
+        authorization: &Authorization,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .send_following_redirects(call, url.clone(), authorization)
+                .await;
+            // Timeouts are not retried: a stalled upstream would multiply
+            // the client's wait, and the breaker handles repeated stalls.
+            let transient = match &result {
+                Err(UpstreamError::Unreachable(_)) => true,
+                Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
+                Err(_) => false,
+            };
+            if !transient || attempt >= RETRIES {
+                return result;
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff).await;
+            backoff *= 4;
+        }
+    }
+
     async fn send_following_redirects(
         &self,
-        method: &Method,
+        call: &Call<'_>,
         mut url: Url,
-        accept: Option<&str>,
-        range: Option<&str>,
         authorization: &Authorization,
     ) -> Result<reqwest::Response, UpstreamError> {
         for _ in 0..=MAX_REDIRECTS {
-            let mut req = self.http.request(method.clone(), url.clone());
-            if let Some(accept) = accept {
+            let mut req = self.http.request(call.method.clone(), url.clone());
+            if let Some(accept) = call.accept {
                 req = req.header(http::header::ACCEPT, accept);
             }
-            if let Some(range) = range {
-                req = req.header(http::header::RANGE, range);
+            if call.small {
+                req = req.timeout(SMALL_REQUEST_TIMEOUT);
             }
             // Credentials go to the registry only: CDN hosts reject them
             // and must never see them.
@@ -331,6 +448,19 @@ impl Upstream {
                 .remaining
                 .store(remaining, Ordering::Relaxed);
         }
+    }
+}
+
+/// `*` matches any run of characters, `?` any one character.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], text) || (!text.is_empty() && glob_match(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p == t => glob_match(&pattern[1..], &text[1..]),
+        _ => false,
     }
 }
 
@@ -410,5 +540,34 @@ impl Upstreams {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.all.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match(b"v*.*.*", b"v1.2.3"));
+        assert!(!glob_match(b"v*.*.*", b"v1.2"));
+        assert!(glob_match(b"*", b"latest"));
+        assert!(glob_match(b"1.2?", b"1.25"));
+        assert!(!glob_match(b"1.2?", b"1.2"));
+        assert!(glob_match(b"sha-*", b"sha-abc"));
+        assert!(!glob_match(b"latest", b"latest2"));
+    }
+
+    #[test]
+    fn outages_are_distinguished_from_answers() {
+        let status = |s| UpstreamError::Status {
+            status: s,
+            retry_after: None,
+        };
+        assert!(status(503).is_outage());
+        assert!(status(429).is_outage());
+        assert!(!status(404).is_outage());
+        assert!(UpstreamError::Timeout.is_outage());
+        assert!(!UpstreamError::Auth("x").is_outage());
     }
 }
