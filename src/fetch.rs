@@ -8,6 +8,7 @@
 //! so no client ever mistakes a broken transfer for a complete one.
 
 use crate::cache::{unix_now, BlobStore, ContentRecord, Index, TempBlob};
+use crate::metrics::metrics;
 use crate::oci::{Digest, DigestWriter, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 use futures_util::{FutureExt, StreamExt};
@@ -114,7 +115,10 @@ impl BlobFetcher {
                 .lock()
                 .map_err(|_| FetchError::Disk("in-flight table poisoned".into()))?;
             match inflight.get(digest) {
-                Some(rx) => rx.clone(),
+                Some(rx) => {
+                    metrics().coalesced_waiters.inc();
+                    rx.clone()
+                }
                 None => {
                     // A download may have finished between our first look
                     // and taking the lock.
@@ -175,7 +179,9 @@ impl BlobFetcher {
             fetcher: &self,
             digest: &digest,
         };
+        metrics().downloads_in_flight.inc();
         let result = self.download(&upstream, &repo, &digest, &tx).await;
+        metrics().downloads_in_flight.dec();
         // Leave the table before announcing the end: a request that comes
         // after a failure starts afresh, one after success finds the file.
         drop(entry);
@@ -244,6 +250,10 @@ impl BlobFetcher {
                     got: hasher.len() + batch.len() as u64,
                 });
             }
+            metrics()
+                .upstream_bytes
+                .with_label_values(&[upstream.name()])
+                .inc_by(batch.len() as u64);
             hasher = write_batch(Arc::clone(&file), hasher, batch).await?;
             let written = hasher.len();
             tx.send_modify(|p| {
@@ -261,6 +271,7 @@ impl BlobFetcher {
         }
         let actual = hasher.finish();
         if actual != *digest {
+            metrics().digest_mismatches.inc();
             return Err(FetchError::DigestMismatch { actual });
         }
         self.commit(temp, digest, got).await?;

@@ -10,6 +10,7 @@
 //! - [`cache`]: the content-addressed blob store and the sled index.
 //! - [`fetch`]: one upstream download per digest, tailed by every reader.
 //! - [`manifests`]: manifests by digest and by tag, with tag freshness.
+//! - [`metrics`]: the Prometheus registry and its handles.
 //! - [`config`]: the TOML file, environment and flags.
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod config;
 pub mod fetch;
 pub mod manifests;
+pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod upstream;

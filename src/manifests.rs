@@ -118,6 +118,7 @@ impl ManifestService {
             .await?;
         let actual = Digest::of(&fetched.bytes);
         if actual != *digest {
+            crate::metrics::metrics().digest_mismatches.inc();
             return Err(ManifestError::DigestMismatch {
                 expected: digest.clone(),
                 actual,

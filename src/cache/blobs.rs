@@ -120,8 +120,15 @@ impl BlobStore {
         let dest = self.path(digest);
         let parent = dest.parent().unwrap_or(&self.blobs);
         fs::create_dir_all(parent)?;
+        let len = temp.file.metadata()?.len();
+        let replaced = dest.exists();
         fs::rename(&temp.path, &dest)?;
         temp.committed = true;
+        if !replaced {
+            let m = crate::metrics::metrics();
+            m.cache_size_bytes.add(len as i64);
+            m.cache_entries.inc();
+        }
         // Persist the rename itself, so a crash cannot lose a blob the
         // index already names.
         File::open(parent)?.sync_all()

@@ -75,6 +75,33 @@ pub fn open(dir: &Path) -> Result<(BlobStore, Index), CacheError> {
     Ok((store, index))
 }
 
+/// Counts what is already in `blobs/` into the size metrics, off the
+/// request path: a large cache must not delay start-up.
+pub fn spawn_size_scan(dir: std::path::PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let (mut bytes, mut entries) = (0u64, 0u64);
+        let shards = std::fs::read_dir(dir.join("blobs").join("sha256"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for shard in shards {
+            for file in std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(meta) = file.metadata() {
+                    bytes += meta.len();
+                    entries += 1;
+                }
+            }
+        }
+        let m = crate::metrics::metrics();
+        m.cache_size_bytes.add(bytes as i64);
+        m.cache_entries.add(entries as i64);
+    });
+}
+
 /// Seconds since the Unix epoch; the index's clock.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -2,6 +2,7 @@
 //! in bounded chunks, tailing a download that is still being written.
 
 use crate::fetch::{BlobSource, Progress};
+use crate::metrics::metrics;
 use crate::oci::{Digest, DigestWriter};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -46,6 +47,8 @@ struct BlobReader {
     /// Exclusive end; `None` while a download of unknown length runs.
     end: Option<u64>,
     progress: Option<watch::Receiver<Progress>>,
+    /// Metric label: whether these bytes were already cached.
+    source: &'static str,
 }
 
 impl BlobReader {
@@ -110,6 +113,10 @@ impl BlobReader {
         match read {
             Ok(bytes) => {
                 self.pos += len;
+                metrics()
+                    .bytes_served
+                    .with_label_values(&[self.source])
+                    .inc_by(len);
                 Some((Ok(Frame::data(bytes)), self))
             }
             Err(e) => {
@@ -124,6 +131,11 @@ impl BlobReader {
 /// The bytes `[start, end)` of a blob (to its end when `end` is `None`).
 pub fn blob(source: BlobSource, start: u64, end: Option<u64>) -> Body {
     let reader = BlobReader {
+        source: if source.is_cached() {
+            "cache"
+        } else {
+            "upstream"
+        },
         file: source.file,
         pos: start,
         end: end.or(source.total),
@@ -160,6 +172,10 @@ where
         match st.upstream.next().await {
             Some(Ok(chunk)) => {
                 st.hasher.update(&chunk);
+                metrics()
+                    .bytes_served
+                    .with_label_values(&["upstream"])
+                    .inc_by(chunk.len() as u64);
                 Some((Ok(Frame::data(chunk)), st))
             }
             Some(Err(e)) => {
@@ -172,6 +188,7 @@ where
                 if actual == st.digest {
                     None
                 } else {
+                    metrics().digest_mismatches.inc();
                     Some((
                         Err(io::Error::other(
                             "upstream content does not match its digest",

@@ -7,6 +7,7 @@ use super::App;
 use crate::cache::CacheOutcome;
 use crate::fetch::FetchError;
 use crate::manifests::{accept_or_default, Manifest};
+use crate::metrics::metrics;
 use crate::oci::{Digest, Reference, RepoName};
 use crate::upstream::Upstream;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -40,14 +41,27 @@ pub async fn manifest(
     reference: &Reference,
 ) -> Result<Handled, ApiError> {
     let accept = accept_or_default(header_str(headers, header::ACCEPT).as_deref());
-    let (manifest, outcome) = match reference {
-        Reference::Digest(digest) => {
+    let (kind, (manifest, outcome)) = match reference {
+        Reference::Digest(digest) => (
+            "manifest",
             app.manifests
                 .by_digest(upstream, name, digest, &accept)
-                .await?
-        }
-        Reference::Tag(tag) => app.manifests.by_tag(upstream, name, tag, &accept).await?,
+                .await?,
+        ),
+        Reference::Tag(tag) => (
+            "tag",
+            app.manifests.by_tag(upstream, name, tag, &accept).await?,
+        ),
     };
+    let m = metrics();
+    m.cache_lookups
+        .with_label_values(&[kind, outcome.as_str()])
+        .inc();
+    if method != Method::HEAD {
+        m.bytes_served
+            .with_label_values(&["cache"])
+            .inc_by(manifest.bytes.len() as u64);
+    }
     Ok(Handled {
         response: manifest_response(&manifest, method == Method::HEAD),
         outcome: Some(outcome),
@@ -89,6 +103,10 @@ pub async fn blob(
     } else {
         CacheOutcome::Miss
     };
+    metrics()
+        .cache_lookups
+        .with_label_values(&["blob", outcome.as_str()])
+        .inc();
     let range = header_str(headers, header::RANGE);
     let mut resp = match source.total {
         Some(total) => match parse_range(range.as_deref(), total) {
@@ -140,6 +158,11 @@ async fn blob_passthrough(
         .await
         .map_err(|e| ApiError::upstream(e, Subject::Blob))?;
     let total = resp.content_length();
+    metrics().cache_bypasses.inc();
+    metrics()
+        .cache_lookups
+        .with_label_values(&["blob", "bypass"])
+        .inc();
     let mut response = Response::new(body::verified_passthrough(
         resp.bytes_stream(),
         digest.clone(),

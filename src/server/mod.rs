@@ -14,6 +14,7 @@ use crate::cache;
 use crate::config::Config;
 use crate::fetch::BlobFetcher;
 use crate::manifests::ManifestService;
+use crate::metrics::{metrics, status_class};
 use crate::upstream::{Upstream, Upstreams};
 use body::Body;
 use handlers::Handled;
@@ -87,6 +88,8 @@ impl App {
 /// Serves until SIGTERM or SIGINT, then drains within the grace period.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let app = App::open(&config)?;
+    metrics();
+    cache::spawn_size_scan(config.cache_dir.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -180,6 +183,7 @@ async fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Re
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let route_label = route_label(&path);
     let handled = match route(&app, &req).await {
         Ok(h) => h,
         Err(e) => e.into_response().into(),
@@ -191,12 +195,20 @@ async fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Re
             HeaderValue::from_static("registry/2.0"),
         );
     }
+    let status = response.status().as_u16();
+    let m = metrics();
+    m.http_requests
+        .with_label_values(&[route_label, method.as_str(), status_class(status)])
+        .inc();
+    m.http_duration
+        .with_label_values(&[route_label])
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         target: "access",
         %peer,
         method = %method,
         path = %path,
-        status = response.status().as_u16(),
+        status,
         cache = handled.outcome.map(|o| o.as_str()).unwrap_or("-"),
         micros = started.elapsed().as_micros() as u64,
     );
@@ -236,7 +248,7 @@ async fn route(app: &App, req: &Request<Incoming>) -> Result<Handled, ApiError> 
         }
         Route::Healthz => Ok(text(StatusCode::OK, "ok\n").into()),
         Route::Readyz => Ok(readiness(app).into()),
-        Route::Metrics => Err(ApiError::Route(RouteError::NotFound)),
+        Route::Metrics => Ok(metrics_response(app).into()),
     }
 }
 
@@ -280,6 +292,44 @@ fn strip_ns(query: Option<&str>) -> Option<String> {
             .extend_pairs(kept)
             .finish(),
     )
+}
+
+/// A fixed label per endpoint (never the path itself: that would put
+/// repository names into metric labels).
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v2" | "/v2/" => "base",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifest",
+        p if p.starts_with("/v2/") && p.contains("/blobs/") => "blob",
+        p if p.starts_with("/v2/") && p.ends_with("/tags/list") => "tags",
+        _ => "other",
+    }
+}
+
+fn metrics_response(app: &App) -> Response<Body> {
+    let m = metrics();
+    m.downloads_in_flight.set(app.blobs.inflight_count() as i64);
+    for u in app.upstreams.iter() {
+        let name = [u.name()];
+        m.ratelimit_limit
+            .with_label_values(&name)
+            .set(u.rate_limit.limit.load(Ordering::Relaxed) as i64);
+        m.ratelimit_remaining
+            .with_label_values(&name)
+            .set(u.rate_limit.remaining.load(Ordering::Relaxed) as i64);
+        m.upstream_circuit_open
+            .with_label_values(&name)
+            .set(i64::from(u.is_circuit_open()));
+    }
+    let mut resp = Response::new(body::full(m.render()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 fn readiness(app: &App) -> Response<Body> {

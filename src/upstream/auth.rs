@@ -139,6 +139,8 @@ impl moka::Expiry<String, Arc<Token>> for TokenExpiry {
 /// concurrent misses for one scope share one token fetch.
 pub struct Authenticator {
     http: reqwest::Client,
+    /// The upstream's name, for metric labels.
+    upstream: String,
     credentials: Option<Credentials>,
     challenge: RwLock<Option<Challenge>>,
     tokens: Cache<String, Arc<Token>>,
@@ -152,9 +154,10 @@ struct TokenResponse {
 }
 
 impl Authenticator {
-    pub fn new(http: reqwest::Client, credentials: Option<Credentials>) -> Self {
+    pub fn new(http: reqwest::Client, upstream: String, credentials: Option<Credentials>) -> Self {
         Authenticator {
             http,
+            upstream,
             credentials,
             challenge: RwLock::new(None),
             tokens: Cache::builder()
@@ -238,7 +241,17 @@ impl Authenticator {
         if let Some(c) = &self.credentials {
             req = req.basic_auth(&c.username, Some(c.password.expose()));
         }
-        let resp = req.send().await.map_err(UpstreamError::from_reqwest)?;
+        let sent = req.send().await;
+        let result = match &sent {
+            Ok(r) if r.status().is_success() => "ok",
+            Ok(_) => "refused",
+            Err(_) => "error",
+        };
+        crate::metrics::metrics()
+            .token_fetches
+            .with_label_values(&[&self.upstream, result])
+            .inc();
+        let resp = sent.map_err(UpstreamError::from_reqwest)?;
         let status = resp.status();
         if !status.is_success() {
             tracing::warn!(status = status.as_u16(), scope, "token request refused");

@@ -6,6 +6,7 @@ mod breaker;
 
 pub use auth::{parse_challenge, Challenge, Credentials, Secret};
 
+use crate::metrics::metrics;
 use crate::oci::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
 use auth::{Authenticator, Authorization};
 use breaker::CircuitBreaker;
@@ -25,6 +26,19 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// that takes longer than this is a stalled upstream. Blob bodies have no
 /// total limit, only the idle-read timeout.
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Call<'_> {
+    /// The metric label for this call.
+    fn kind(&self) -> &'static str {
+        if self.path.starts_with("manifests/") {
+            "manifest"
+        } else if self.path.starts_with("blobs/") {
+            "blob"
+        } else {
+            "tags"
+        }
+    }
+}
 
 /// One logical call to the upstream registry API.
 struct Call<'a> {
@@ -136,7 +150,11 @@ impl Upstream {
             // Authorization header may go along.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let auth = Authenticator::new(http.clone(), settings.credentials.clone());
+        let auth = Authenticator::new(
+            http.clone(),
+            settings.name.clone(),
+            settings.credentials.clone(),
+        );
         Ok(Upstream {
             settings,
             http,
@@ -413,7 +431,20 @@ impl Upstream {
             if url.origin() == self.settings.url.origin() {
                 req = authorization.apply(req);
             }
-            let resp = req.send().await.map_err(UpstreamError::from_reqwest)?;
+            let started = std::time::Instant::now();
+            let sent = req.send().await;
+            let m = metrics();
+            let status = match &sent {
+                Ok(resp) => resp.status().as_str().to_owned(),
+                Err(_) => "error".to_owned(),
+            };
+            m.upstream_requests
+                .with_label_values(&[self.name(), call.kind(), &status])
+                .inc();
+            m.upstream_duration
+                .with_label_values(&[self.name(), call.kind()])
+                .observe(started.elapsed().as_secs_f64());
+            let resp = sent.map_err(UpstreamError::from_reqwest)?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }

@@ -1,4 +1,6 @@
 //! All integration and end-to-end suites, in one test binary so they share
 //! helpers and build once (the crates.io layout).
 
+mod e2e_docker;
+mod e2e_skopeo;
 mod support;

@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod mirror;
+pub mod oci_layout;
+pub mod process;
+pub mod registry;
 
 use sha2::{Digest as _, Sha256};
 use std::net::TcpListener;

@@ -1,0 +1,218 @@
+//! Prometheus metrics: one process-wide registry and the handles that the
+//! rest of the code bumps. Labels never carry repositories, digests or
+//! anything secret, so cardinality stays fixed.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub cache_lookups: IntCounterVec,
+    pub bytes_served: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_bytes: IntCounterVec,
+    pub downloads_in_flight: IntGauge,
+    pub coalesced_waiters: IntCounter,
+    pub token_fetches: IntCounterVec,
+    pub digest_mismatches: IntCounter,
+    pub cache_bypasses: IntCounter,
+    pub cache_size_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+    pub evictions: IntCounter,
+    pub evicted_bytes: IntCounter,
+    pub ratelimit_limit: IntGaugeVec,
+    pub ratelimit_remaining: IntGaugeVec,
+    pub upstream_circuit_open: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        // Every name and label set below is a constant, so registration
+        // cannot fail at run time; a mistake fails the first unit test.
+        let r = Registry::new_custom(Some("pullthrough".into()), None).expect("valid prefix");
+        let build_info = gauge_vec(
+            &r,
+            "build_info",
+            "Build information; always 1.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            http_requests: counter_vec(
+                &r,
+                "http_requests_total",
+                "HTTP requests answered, by route, method and status class.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram_vec(
+                &r,
+                "http_request_duration_seconds",
+                "Time to answer a request's headers, by route.",
+                &["route"],
+            ),
+            cache_lookups: counter_vec(
+                &r,
+                "cache_lookups_total",
+                "Cache lookups by kind (blob, manifest, tag) and result (hit, miss, stale, revalidated, coalesced, bypass).",
+                &["kind", "result"],
+            ),
+            bytes_served: counter_vec(
+                &r,
+                "served_bytes_total",
+                "Body bytes sent to clients, by source (cache, upstream).",
+                &["source"],
+            ),
+            upstream_requests: counter_vec(
+                &r,
+                "upstream_requests_total",
+                "Requests sent to upstream registries, by upstream, kind and status.",
+                &["upstream", "kind", "status"],
+            ),
+            upstream_duration: histogram_vec(
+                &r,
+                "upstream_request_duration_seconds",
+                "Time to the upstream's response headers, by upstream and kind.",
+                &["upstream", "kind"],
+            ),
+            upstream_bytes: counter_vec(
+                &r,
+                "upstream_fetched_bytes_total",
+                "Blob bytes downloaded from upstreams.",
+                &["upstream"],
+            ),
+            downloads_in_flight: gauge(&r, "downloads_in_flight", "Blob downloads running now."),
+            coalesced_waiters: counter(
+                &r,
+                "coalesced_waiters_total",
+                "Blob requests that joined a download another request started.",
+            ),
+            token_fetches: counter_vec(
+                &r,
+                "upstream_token_fetches_total",
+                "Bearer token requests to upstream token services, by result.",
+                &["upstream", "result"],
+            ),
+            digest_mismatches: counter(
+                &r,
+                "digest_mismatches_total",
+                "Upstream content that did not hash to its digest (discarded).",
+            ),
+            cache_bypasses: counter(
+                &r,
+                "cache_bypasses_total",
+                "Blobs streamed past the cache because its disk was full.",
+            ),
+            cache_size_bytes: gauge(&r, "cache_size_bytes", "Bytes of complete content in the cache."),
+            cache_entries: gauge(&r, "cache_entries", "Blobs and manifests in the cache."),
+            evictions: counter(&r, "cache_evictions_total", "Cache entries evicted."),
+            evicted_bytes: counter(&r, "cache_evicted_bytes_total", "Bytes freed by eviction."),
+            ratelimit_limit: gauge_vec(
+                &r,
+                "upstream_ratelimit_limit",
+                "The upstream's announced pull limit (ratelimit-limit).",
+                &["upstream"],
+            ),
+            ratelimit_remaining: gauge_vec(
+                &r,
+                "upstream_ratelimit_remaining",
+                "Pulls left in the upstream's window (ratelimit-remaining).",
+                &["upstream"],
+            ),
+            upstream_circuit_open: gauge_vec(
+                &r,
+                "upstream_circuit_open",
+                "1 while calls to the upstream fail fast after repeated outages.",
+                &["upstream"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// `2xx`, `4xx`, …: status classes keep label sets small.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_and_renders() {
+        let m = metrics();
+        m.cache_lookups.with_label_values(&["blob", "hit"]).inc();
+        let text = m.render();
+        assert!(text.contains("pullthrough_build_info{version="));
+        assert!(text.contains("pullthrough_cache_lookups_total{kind=\"blob\",result=\"hit\"}"));
+        assert_eq!(status_class(404), "4xx");
+    }
+}

@@ -1,0 +1,134 @@
+//! End to end with a real Docker daemon whose daemon.json names pullthrough in
+//! `registry-mirrors`, in front of the Debian `docker-registry` seeded by
+//! skopeo: pulls, `docker rmi`, and a second pull that fetches no blob
+//! upstream. Docker falls back to Docker Hub (unreachable here) when the
+//! mirror fails, so a failed pull means the mirror failed.
+
+use crate::support::docker::DockerDaemon;
+use crate::support::mirror::Mirror;
+use crate::support::oci_layout::{self, host_architecture};
+use crate::support::registry::Registry;
+use crate::support::require_tool;
+use std::path::Path;
+
+fn tools_present() -> bool {
+    require_tool("docker-registry")
+        && require_tool("skopeo")
+        && require_tool("dockerd")
+        && require_tool("docker")
+}
+
+/// What `docker image inspect` must show after pulling `name:tag`.
+struct Expected {
+    name: &'static str,
+    tag: &'static str,
+    /// The digest the tag names upstream (manifest, or index).
+    repo_digest: String,
+    /// The image ID: the config digest of the host's platform.
+    config_digest: String,
+}
+
+/// Pulls `name:tag`, checks it, removes it, and pulls it again. Returns the
+/// registry's blob GETs made during the second pull.
+fn pull_rmi_pull(docker: &DockerDaemon, registry: &Registry, expected: &Expected) -> usize {
+    let image = format!("{}:{}", expected.name, expected.tag);
+    docker.pull(&image);
+    assert_pulled(docker, &image, expected);
+
+    docker.rmi(&image);
+    assert!(
+        docker.inspect(&image).is_none(),
+        "{image} still present after docker rmi"
+    );
+    let blob_gets = registry.count_requests("GET", "/blobs/");
+    docker.pull(&image);
+    assert_pulled(docker, &image, expected);
+    registry.count_requests("GET", "/blobs/") - blob_gets
+}
+
+fn assert_pulled(docker: &DockerDaemon, image: &str, expected: &Expected) {
+    let inspect = docker
+        .inspect(image)
+        .unwrap_or_else(|| panic!("{image} not present after docker pull"));
+    assert_eq!(
+        inspect["Id"],
+        expected.config_digest.as_str(),
+        "image ID of {image}"
+    );
+    assert_eq!(
+        inspect["Architecture"],
+        host_architecture(),
+        "architecture of {image}"
+    );
+    let repo_digest = format!("{}@{}", expected.name, expected.repo_digest);
+    let repo_digests = inspect["RepoDigests"].as_array().expect("RepoDigests");
+    assert!(
+        repo_digests.iter().any(|d| d == repo_digest.as_str()),
+        "{repo_digest} not in {repo_digests:?}"
+    );
+}
+
+/// Seeds a three-layer image and a two-platform image; returns what to expect.
+fn seed_images(registry: &Registry, dir: &Path) -> [Expected; 2] {
+    let single =
+        oci_layout::write_image(&dir.join("single"), "v1", 31, &[1_500_000, 200_000, 4_000]);
+    registry.seed(&dir.join("single"), "v1", "library/e2e-docker:v1");
+    let multi = oci_layout::write_multi_platform(&dir.join("multi"), "v2", 41, &[600_000, 9_000]);
+    registry.seed(&dir.join("multi"), "v2", "library/e2e-docker-multi:v2");
+    [
+        Expected {
+            name: "e2e-docker",
+            tag: "v1",
+            repo_digest: single.manifest_digest.clone(),
+            config_digest: single.config_digest.clone(),
+        },
+        Expected {
+            name: "e2e-docker-multi",
+            tag: "v2",
+            repo_digest: multi.index_digest.clone(),
+            config_digest: multi.platform(host_architecture()).config_digest.clone(),
+        },
+    ]
+}
+
+/// Checks the harness alone: the daemon uses the seeded registry itself as
+/// its mirror (it serves `library/…`). If this fails, the fault is in the
+/// test setup, not pullthrough.
+#[test]
+fn harness_docker_pulls_with_the_registry_as_mirror() {
+    if !tools_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(&tmp.path().join("registry"));
+    let expected = seed_images(&registry, tmp.path());
+    let docker = DockerDaemon::start(&registry.url());
+    for expected in &expected {
+        let blob_gets = pull_rmi_pull(&docker, &registry, expected);
+        assert!(
+            blob_gets > 0,
+            "the second pull of {} fetched no blob, so rmi left layers behind",
+            expected.name
+        );
+    }
+}
+
+#[test]
+fn docker_pulls_through_the_mirror_and_again_from_cache() {
+    if !tools_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(&tmp.path().join("registry"));
+    let expected = seed_images(&registry, tmp.path());
+    let mirror = Mirror::start(&registry.url(), &[]);
+    let docker = DockerDaemon::start(&mirror.url());
+    for expected in &expected {
+        let blob_gets = pull_rmi_pull(&docker, &registry, expected);
+        assert_eq!(
+            blob_gets, 0,
+            "upstream blob GETs while pulling {} again",
+            expected.name
+        );
+    }
+}
