@@ -3,7 +3,7 @@
 
 use crate::upstream::{Credentials, Secret, UpstreamSettings};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +22,69 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSettings>,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// A second listener that serves `/metrics` (and health) only to
+    /// whoever can reach it; `/metrics` stays on the main listener too.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ProxyNet>,
+}
+
+/// An address or CIDR block, e.g. `10.0.0.0/8` or `::1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl ProxyNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0
+}
+
+impl std::str::FromStr for ProxyNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not an IP address or CIDR block");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(ProxyNet { addr, prefix })
+    }
 }
 
 /// Values given on the command line or in the environment (clap merges
@@ -31,6 +94,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub cache_dir: Option<PathBuf>,
     pub upstream: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +128,9 @@ struct FileConfig {
     cache_dir: Option<PathBuf>,
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
+    metrics_listen: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     #[serde(default)]
     upstream: Vec<FileUpstream>,
 }
@@ -140,12 +207,28 @@ impl Config {
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
+        let metrics_listen = match overrides.metrics_listen.clone().or(parsed.metrics_listen) {
+            Some(s) => Some(s.parse().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    format!("{s:?} is not an address like 0.0.0.0:9090"),
+                )
+            })?),
+            None => None,
+        };
+        let trusted_proxies = parsed
+            .trusted_proxies
+            .iter()
+            .map(|p| p.parse().map_err(|m| invalid("trusted_proxies", m)))
+            .collect::<Result<_, _>>()?;
         Ok(Config {
             listen,
             cache_dir,
             upstreams,
             max_connections,
             shutdown_grace,
+            metrics_listen,
+            trusted_proxies,
         })
     }
 }
@@ -301,6 +384,7 @@ mod tests {
             listen: Some("127.0.0.1:2".into()),
             cache_dir: None,
             upstream: Some("http://y:2/prefix".into()),
+            metrics_listen: None,
         };
         let c = Config::load(Some(f.path()), &o).unwrap();
         assert_eq!(c.listen.port(), 2);
@@ -360,6 +444,22 @@ mod tests {
         let creds = c.upstreams[0].credentials.as_ref().unwrap();
         assert_eq!(creds.password.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn proxy_nets() {
+        let net: ProxyNet = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one: ProxyNet = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let v6: ProxyNet = "fd00::/12".parse().unwrap();
+        assert!(v6.contains("fd01::1".parse().unwrap()));
+        assert!(!v6.contains("fe00::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<ProxyNet>().is_err());
+        assert!("nope".parse::<ProxyNet>().is_err());
     }
 
     #[test]

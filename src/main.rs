@@ -37,6 +37,9 @@ struct ServeArgs {
     /// Base URL of the registry to mirror [default: https://registry-1.docker.io].
     #[arg(long, env = "PULLTHROUGH_UPSTREAM", value_name = "URL")]
     upstream: Option<String>,
+    /// Also serve /metrics on this address (e.g. 127.0.0.1:9090).
+    #[arg(long, env = "PULLTHROUGH_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Log format.
     #[arg(long, env = "PULLTHROUGH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
                 listen: args.listen,
                 cache_dir: args.cache_dir,
                 upstream: args.upstream,
+                metrics_listen: args.metrics_listen,
             };
             let config = match Config::load(args.config.as_deref(), &overrides) {
                 Ok(c) => c,

@@ -63,6 +63,9 @@ pub fn open(dir: &Path) -> Result<(BlobStore, Index), CacheError> {
     });
     let index = match opened {
         Ok(index) => index,
+        // I/O errors (another process holding the lock, permissions) are
+        // not corruption: refuse to start rather than discard the index.
+        Err(e @ sled::Error::Io(_)) => return Err(CacheError::Index(e)),
         Err(e) => {
             // The index is only metadata: set the broken one aside and start
             // afresh; blobs stay servable and tags are revalidated.

@@ -2,8 +2,10 @@
 //! access log, and graceful shutdown.
 
 mod body;
+mod dispatch;
 mod error;
 mod handlers;
+mod ops;
 mod range;
 mod routes;
 
@@ -11,15 +13,11 @@ pub use error::ApiError;
 pub use routes::{parse as parse_route, Route, RouteError};
 
 use crate::cache;
-use crate::config::Config;
+use crate::config::{Config, ProxyNet};
 use crate::fetch::BlobFetcher;
 use crate::manifests::ManifestService;
-use crate::metrics::{metrics, status_class};
+use crate::metrics::metrics;
 use crate::upstream::{Upstream, Upstreams};
-use body::Body;
-use handlers::Handled;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,7 +29,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a request handler can reach.
 pub struct App {
@@ -40,6 +41,7 @@ pub struct App {
     pub manifests: ManifestService,
     pub index: cache::Index,
     pub cache_dir: PathBuf,
+    pub trusted_proxies: Vec<ProxyNet>,
     pub shutting_down: AtomicBool,
 }
 
@@ -80,6 +82,7 @@ impl App {
             manifests: ManifestService::new(store, index.clone()),
             index,
             cache_dir: config.cache_dir.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -90,32 +93,90 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let app = App::open(&config)?;
     metrics();
     cache::spawn_size_scan(config.cache_dir.clone());
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(addr = %local, cache_dir = %config.cache_dir.display(),
-        upstream = %config.upstreams[0].url, "pullthrough listening");
+    let listener = bind(config.listen).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    tracing::info!(
+        addr = %listener.local_addr().unwrap_or(config.listen),
+        cache_dir = %config.cache_dir.display(),
+        upstream = %config.upstreams[0].url,
+        "pullthrough listening"
+    );
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let mut accept_loops = Vec::new();
+    for listener in std::iter::once(listener).chain(metrics_listener) {
+        accept_loops.push(tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&app),
+            Arc::clone(&connections),
+            Arc::clone(&graceful),
+            stop_rx.clone(),
+        )));
+    }
+
+    shutdown_signal().await;
+    app.shutting_down.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    for accept in accept_loops {
+        let _ = accept.await;
+    }
+    let deadline = Instant::now() + config.shutdown_grace;
+    tracing::info!(
+        grace_secs = config.shutdown_grace.as_secs(),
+        "shutting down; draining connections and downloads"
+    );
+    // The accept loops are gone, so this is the last handle.
+    if let Some(graceful) = Arc::into_inner(graceful) {
+        tokio::select! {
+            _ = graceful.shutdown() => {},
+            _ = tokio::time::sleep_until(deadline.into()) => {},
+        }
+    }
+    // Downloads belong to no connection; let them land in the cache too.
+    while app.blobs.inflight_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = app.blobs.inflight_count();
+    if left > 0 {
+        tracing::warn!(downloads = left, "grace period over; abandoning downloads");
+    } else {
+        tracing::info!("drained; exiting");
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Accepts connections until told to stop; each is served on its own task
+/// and counted against the connection limit.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    connections: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(config.max_connections));
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&connections).acquire_owned() => match permit {
                 Ok(p) => p,
-                Err(_) => break,
+                Err(_) => return,
             },
-            _ = &mut shutdown => break,
+            _ = stop.changed() => return,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -127,13 +188,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let service = service_fn(move |req| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(dispatch(app, req, peer).await) }
+            async move { Ok::<_, Infallible>(dispatch::dispatch(app, req, peer).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
@@ -144,18 +205,6 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             drop(permit);
         });
     }
-
-    app.shutting_down.store(true, Ordering::SeqCst);
-    drop(listener);
-    tracing::info!(
-        grace_secs = config.shutdown_grace.as_secs(),
-        "shutting down; draining connections"
-    );
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(config.shutdown_grace) => tracing::warn!("grace period over; exiting with connections open"),
-    }
-    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -177,178 +226,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-}
-
-async fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let route_label = route_label(&path);
-    let handled = match route(&app, &req).await {
-        Ok(h) => h,
-        Err(e) => e.into_response().into(),
-    };
-    let mut response = handled.response;
-    if path.starts_with("/v2") {
-        response.headers_mut().insert(
-            header::HeaderName::from_static("docker-distribution-api-version"),
-            HeaderValue::from_static("registry/2.0"),
-        );
-    }
-    let status = response.status().as_u16();
-    let m = metrics();
-    m.http_requests
-        .with_label_values(&[route_label, method.as_str(), status_class(status)])
-        .inc();
-    m.http_duration
-        .with_label_values(&[route_label])
-        .observe(started.elapsed().as_secs_f64());
-    tracing::info!(
-        target: "access",
-        %peer,
-        method = %method,
-        path = %path,
-        status,
-        cache = handled.outcome.map(|o| o.as_str()).unwrap_or("-"),
-        micros = started.elapsed().as_micros() as u64,
-    );
-    response
-}
-
-async fn route(app: &App, req: &Request<Incoming>) -> Result<Handled, ApiError> {
-    let method = req.method();
-    let readable = method == Method::GET || method == Method::HEAD;
-    let route = match routes::parse(req.uri().path()) {
-        Ok(route) => route,
-        // A write to any registry path is refused as such, even one we
-        // do not route (uploads).
-        Err(_) if !readable && req.uri().path().starts_with("/v2") => {
-            return Err(ApiError::ReadOnly)
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !readable {
-        return Err(match route {
-            Route::Healthz | Route::Readyz | Route::Metrics => ApiError::MethodNotAllowed,
-            _ => ApiError::ReadOnly,
-        });
-    }
-    let upstream = pick_upstream(app, req.uri().query())?;
-    match route {
-        Route::Base => Ok(handlers::base().into()),
-        Route::Manifest { name, reference } => {
-            handlers::manifest(app, upstream, method, req.headers(), &name, &reference).await
-        }
-        Route::Blob { name, digest } => {
-            handlers::blob(app, upstream, method, req.headers(), &name, &digest).await
-        }
-        Route::TagsList { name } => {
-            let query = strip_ns(req.uri().query());
-            handlers::tags_list(upstream, &name, query.as_deref()).await
-        }
-        Route::Healthz => Ok(text(StatusCode::OK, "ok\n").into()),
-        Route::Readyz => Ok(readiness(app).into()),
-        Route::Metrics => Ok(metrics_response(app).into()),
-    }
-}
-
-/// containerd names the registry it means in `?ns=`; without it, the
-/// default upstream answers.
-fn pick_upstream<'a>(app: &'a App, query: Option<&str>) -> Result<&'a Arc<Upstream>, ApiError> {
-    let ns = query.and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "ns")
-            .map(|(_, v)| v.into_owned())
-    });
-    match ns {
-        None => Ok(app.upstreams.default_upstream()),
-        Some(ns) => match app.upstreams.by_name(&ns) {
-            Some(u) => Ok(u),
-            // Docker Hub goes by several names.
-            None if is_docker_hub_alias(&ns) => app
-                .upstreams
-                .by_name("docker.io")
-                .ok_or(ApiError::UnknownRegistry(ns.chars().take(64).collect())),
-            None => Err(ApiError::UnknownRegistry(ns.chars().take(64).collect())),
-        },
-    }
-}
-
-fn is_docker_hub_alias(ns: &str) -> bool {
-    matches!(ns, "docker.io" | "registry-1.docker.io" | "index.docker.io")
-}
-
-fn strip_ns(query: Option<&str>) -> Option<String> {
-    let q = query?;
-    let kept: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
-        .filter(|(k, _)| k == "n" || k == "last")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    if kept.is_empty() {
-        return None;
-    }
-    Some(
-        url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(kept)
-            .finish(),
-    )
-}
-
-/// A fixed label per endpoint (never the path itself: that would put
-/// repository names into metric labels).
-fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v2" | "/v2/" => "base",
-        "/healthz" => "healthz",
-        "/readyz" => "readyz",
-        "/metrics" => "metrics",
-        p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifest",
-        p if p.starts_with("/v2/") && p.contains("/blobs/") => "blob",
-        p if p.starts_with("/v2/") && p.ends_with("/tags/list") => "tags",
-        _ => "other",
-    }
-}
-
-fn metrics_response(app: &App) -> Response<Body> {
-    let m = metrics();
-    m.downloads_in_flight.set(app.blobs.inflight_count() as i64);
-    for u in app.upstreams.iter() {
-        let name = [u.name()];
-        m.ratelimit_limit
-            .with_label_values(&name)
-            .set(u.rate_limit.limit.load(Ordering::Relaxed) as i64);
-        m.ratelimit_remaining
-            .with_label_values(&name)
-            .set(u.rate_limit.remaining.load(Ordering::Relaxed) as i64);
-        m.upstream_circuit_open
-            .with_label_values(&name)
-            .set(i64::from(u.is_circuit_open()));
-    }
-    let mut resp = Response::new(body::full(m.render()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
-}
-
-fn readiness(app: &App) -> Response<Body> {
-    if app.shutting_down.load(Ordering::SeqCst) {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-    }
-    let writable = std::fs::metadata(app.cache_dir.join("tmp"))
-        .map(|m| m.is_dir() && !m.permissions().readonly())
-        .unwrap_or(false);
-    if !writable || !app.index.is_healthy() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "cache not writable\n");
-    }
-    text(StatusCode::OK, "ready\n")
-}
-
-fn text(status: StatusCode, s: &'static str) -> Response<Body> {
-    let mut resp = Response::new(body::full(s));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp
 }

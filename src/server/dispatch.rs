@@ -1,0 +1,212 @@
+//! Per-request plumbing: request ids, the client's address, routing to a
+//! handler, picking the upstream, and one access-log line per request.
+
+use super::body::Body;
+use super::error::ApiError;
+use super::handlers::{self, Handled};
+use super::ops;
+use super::routes::{self, Route};
+use super::App;
+use crate::metrics::{metrics, status_class};
+use crate::upstream::Upstream;
+use http::{header, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+const REQUEST_ID: &str = "x-request-id";
+
+pub async fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let route_label = route_label(&path);
+    let request_id = request_id(req.headers());
+    let client = client_addr(&app, peer.ip(), req.headers());
+    let handled = match route(&app, &req).await {
+        Ok(h) => h,
+        Err(e) => e.into_response().into(),
+    };
+    let mut response = handled.response;
+    let headers = response.headers_mut();
+    if path.starts_with("/v2") {
+        headers.insert(
+            header::HeaderName::from_static("docker-distribution-api-version"),
+            HeaderValue::from_static("registry/2.0"),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    let bytes = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| http_body::Body::size_hint(response.body()).exact())
+        .filter(|_| method != Method::HEAD)
+        .unwrap_or(0);
+    let status = response.status().as_u16();
+    let m = metrics();
+    m.http_requests
+        .with_label_values(&[route_label, method.as_str(), status_class(status)])
+        .inc();
+    m.http_duration
+        .with_label_values(&[route_label])
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        target: "access",
+        request_id = %request_id,
+        client = %client,
+        method = %method,
+        path = %path,
+        status,
+        bytes,
+        cache = handled.outcome.map(|o| o.as_str()).unwrap_or("-"),
+        micros = started.elapsed().as_micros() as u64,
+    );
+    response
+}
+
+/// The client's own id if it sent a sane one (so logs join up across a
+/// load balancer), else a fresh one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let given = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let start = *START_NANOS;
+            format!("{start:012x}{n:08x}")
+        }
+    }
+}
+
+static START_NANOS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64 & 0xffff_ffff_ffff)
+        .unwrap_or(0)
+});
+
+/// `X-Forwarded-For` names the client only when the peer is a proxy we
+/// trust; otherwise anyone could forge their logged address.
+fn client_addr(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    if !app.trusted_proxies.iter().any(|p| p.contains(peer)) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    // Walk from the nearest hop back past our own proxies.
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !app.trusted_proxies.iter().any(|p| p.contains(**ip)))
+        .or(forwarded.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+pub(super) async fn route(app: &App, req: &Request<Incoming>) -> Result<Handled, ApiError> {
+    let method = req.method();
+    let readable = method == Method::GET || method == Method::HEAD;
+    let route = match routes::parse(req.uri().path()) {
+        Ok(route) => route,
+        // A write to any registry path is refused as such, even one we
+        // do not route (uploads).
+        Err(_) if !readable && req.uri().path().starts_with("/v2") => {
+            return Err(ApiError::ReadOnly)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !readable {
+        return Err(match route {
+            Route::Healthz | Route::Readyz | Route::Metrics => ApiError::MethodNotAllowed,
+            _ => ApiError::ReadOnly,
+        });
+    }
+    let upstream = pick_upstream(app, req.uri().query())?;
+    match route {
+        Route::Base => Ok(handlers::base().into()),
+        Route::Manifest { name, reference } => {
+            handlers::manifest(app, upstream, method, req.headers(), &name, &reference).await
+        }
+        Route::Blob { name, digest } => {
+            handlers::blob(app, upstream, method, req.headers(), &name, &digest).await
+        }
+        Route::TagsList { name } => {
+            let query = strip_ns(req.uri().query());
+            handlers::tags_list(upstream, &name, query.as_deref()).await
+        }
+        Route::Healthz => Ok(ops::healthz().into()),
+        Route::Readyz => Ok(ops::readiness(app).into()),
+        Route::Metrics => Ok(ops::metrics_response(app).into()),
+    }
+}
+
+/// containerd names the registry it means in `?ns=`; without it, the
+/// default upstream answers.
+fn pick_upstream<'a>(app: &'a App, query: Option<&str>) -> Result<&'a Arc<Upstream>, ApiError> {
+    let ns = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "ns")
+            .map(|(_, v)| v.into_owned())
+    });
+    match ns {
+        None => Ok(app.upstreams.default_upstream()),
+        Some(ns) => match app.upstreams.by_name(&ns) {
+            Some(u) => Ok(u),
+            // Docker Hub goes by several names.
+            None if is_docker_hub_alias(&ns) => app
+                .upstreams
+                .by_name("docker.io")
+                .ok_or(ApiError::UnknownRegistry(ns.chars().take(64).collect())),
+            None => Err(ApiError::UnknownRegistry(ns.chars().take(64).collect())),
+        },
+    }
+}
+
+fn is_docker_hub_alias(ns: &str) -> bool {
+    matches!(ns, "docker.io" | "registry-1.docker.io" | "index.docker.io")
+}
+
+fn strip_ns(query: Option<&str>) -> Option<String> {
+    let q = query?;
+    let kept: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
+        .filter(|(k, _)| k == "n" || k == "last")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    Some(
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept)
+            .finish(),
+    )
+}
+
+/// A fixed label per endpoint (never the path itself: that would put
+/// repository names into metric labels).
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v2" | "/v2/" => "base",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifest",
+        p if p.starts_with("/v2/") && p.contains("/blobs/") => "blob",
+        p if p.starts_with("/v2/") && p.ends_with("/tags/list") => "tags",
+        _ => "other",
+    }
+}
