@@ -27,6 +27,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ProxyNet>,
+    /// The cache's byte budget; `None` means unbounded.
+    pub max_size: Option<u64>,
 }
 
 /// An address or CIDR block, e.g. `10.0.0.0/8` or `::1`.
@@ -95,6 +97,7 @@ pub struct Overrides {
     pub cache_dir: Option<PathBuf>,
     pub upstream: Option<String>,
     pub metrics_listen: Option<String>,
+    pub max_size: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +132,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
     metrics_listen: Option<String>,
+    max_size: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     #[serde(default)]
@@ -221,7 +225,12 @@ impl Config {
             .iter()
             .map(|p| p.parse().map_err(|m| invalid("trusted_proxies", m)))
             .collect::<Result<_, _>>()?;
+        let max_size = match overrides.max_size.clone().or(parsed.max_size) {
+            Some(s) => Some(parse_size(&s).map_err(|m| invalid("max_size", m))?),
+            None => None,
+        };
         Ok(Config {
+            max_size,
             listen,
             cache_dir,
             upstreams,
@@ -334,6 +343,32 @@ fn upstream_settings(
     })
 }
 
+/// `50GiB`, `500MB`, `1024`: bytes, with decimal (kB, MB, GB, TB) or
+/// binary (KiB, MiB, GiB, TiB) units.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size like 50GiB, 500MB or 1048576");
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err(bad()),
+        Some(v) => Ok(v),
+    }
+}
+
 /// `500ms`, `30s`, `5m`, `2h`, `7d`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -385,12 +420,14 @@ mod tests {
             cache_dir: None,
             upstream: Some("http://y:2/prefix".into()),
             metrics_listen: None,
+            max_size: Some("1GiB".into()),
         };
         let c = Config::load(Some(f.path()), &o).unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.cache_dir, PathBuf::from("/a"));
         assert_eq!(c.upstreams[0].url.as_str(), "http://y:2/prefix/");
         assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(300));
+        assert_eq!(c.max_size, Some(1 << 30));
     }
 
     #[test]
@@ -444,6 +481,17 @@ mod tests {
         let creds = c.upstreams[0].credentials.as_ref().unwrap();
         assert_eq!(creds.password.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("50GiB"), Ok(50 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("2 mib"), Ok(2 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
     }
 
     #[test]

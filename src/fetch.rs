@@ -7,7 +7,7 @@
 //! inode open) or failed, in which case every reader's body ends in an error
 //! so no client ever mistakes a broken transfer for a complete one.
 
-use crate::cache::{unix_now, BlobStore, ContentRecord, Index, TempBlob};
+use crate::cache::{unix_now, BlobStore, ContentRecord, Index, Lease, TempBlob};
 use crate::metrics::metrics;
 use crate::oci::{Digest, DigestWriter, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
@@ -65,6 +65,8 @@ pub struct BlobSource {
     pub total: Option<u64>,
     /// `None` for a complete file; otherwise the download's progress.
     pub progress: Option<watch::Receiver<Progress>>,
+    /// Keeps eviction off this blob while it is being served.
+    pub lease: Lease,
 }
 
 impl BlobSource {
@@ -147,22 +149,29 @@ impl BlobFetcher {
                 file,
                 total,
                 progress: Some(rx),
+                lease: self.store.usage().lease(digest.hex()),
             }),
             Progress::Complete { file, total } => Ok(BlobSource {
                 file,
                 total: Some(total),
                 progress: None,
+                lease: self.store.usage().lease(digest.hex()),
             }),
         }
     }
 
     fn open_cached(&self, digest: &Digest) -> Result<Option<BlobSource>, FetchError> {
         match self.store.open_blob(digest) {
-            Ok(Some((file, len))) => Ok(Some(BlobSource {
-                file: Arc::new(file),
-                total: Some(len),
-                progress: None,
-            })),
+            Ok(Some((file, len))) => {
+                let usage = self.store.usage();
+                usage.touch(digest.hex());
+                Ok(Some(BlobSource {
+                    file: Arc::new(file),
+                    total: Some(len),
+                    progress: None,
+                    lease: usage.lease(digest.hex()),
+                }))
+            }
             Ok(None) => Ok(None),
             Err(e) => Err(FetchError::Disk(e.to_string())),
         }
@@ -207,7 +216,7 @@ impl BlobFetcher {
         let resp = upstream.get_blob(repo, digest).await?;
         let total = resp.content_length();
         let temp = self.store.create_temp_reserved(total).map_err(|e| {
-            if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+            if e.kind() == std::io::ErrorKind::StorageFull {
                 tracing::warn!(%digest, bytes = total, "cache disk full; streaming without caching");
                 FetchError::NoSpace
             } else {

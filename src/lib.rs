@@ -11,10 +11,12 @@
 //! - [`fetch`]: one upstream download per digest, tailed by every reader.
 //! - [`manifests`]: manifests by digest and by tag, with tag freshness.
 //! - [`metrics`]: the Prometheus registry and its handles.
+//! - [`admin`]: the offline `gc` and `cache stats|ls` commands.
 //! - [`config`]: the TOML file, environment and flags.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod fetch;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand, ValueEnum};
+use pullthrough::admin;
 use pullthrough::config::{Config, Overrides};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -21,6 +22,52 @@ struct Cli {
 enum Command {
     /// Run the mirror.
     Serve(ServeArgs),
+    /// Repair the cache and evict down to max_size, offline (stop the
+    /// server first); prints what it removed and freed.
+    Gc(GcArgs),
+    /// Inspect the cache, offline.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Totals: bytes, blobs, manifests, tags, oldest access.
+    Stats(CacheArgs),
+    /// Cached repositories and tags with sizes and last use.
+    Ls {
+        /// Only this repository (e.g. library/ubuntu or ubuntu).
+        repo: Option<String>,
+        #[command(flatten)]
+        args: CacheArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// TOML config file (for cache_dir).
+    #[arg(long, env = "PULLTHROUGH_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Cache directory [default: ./pullthrough-cache].
+    #[arg(long, env = "PULLTHROUGH_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Byte budget to evict down to, e.g. 50GiB [default: max_size from the config].
+    #[arg(long, env = "PULLTHROUGH_MAX_SIZE", value_name = "SIZE")]
+    max_size: Option<String>,
+    /// Report what would be removed without removing anything.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -37,6 +84,10 @@ struct ServeArgs {
     /// Base URL of the registry to mirror [default: https://registry-1.docker.io].
     #[arg(long, env = "PULLTHROUGH_UPSTREAM", value_name = "URL")]
     upstream: Option<String>,
+    /// Cache byte budget, e.g. 50GiB; least recently used content is
+    /// evicted beyond it [default: unbounded].
+    #[arg(long, env = "PULLTHROUGH_MAX_SIZE", value_name = "SIZE")]
+    max_size: Option<String>,
     /// Also serve /metrics on this address (e.g. 127.0.0.1:9090).
     #[arg(long, env = "PULLTHROUGH_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
@@ -51,9 +102,9 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -64,41 +115,119 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn load_config(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, ExitCode> {
+    Config::load(file, overrides).map_err(|e| {
+        eprintln!("pullthrough: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn print_or_fail<T: serde::Serialize>(
+    result: Result<T, pullthrough::admin::AdminError>,
+    json: bool,
+    render: impl Fn(&T) -> String,
+) -> ExitCode {
+    match result {
+        Ok(value) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => {
-            init_logging(args.log_format);
+        Command::Serve(args) => serve(args),
+        Command::Gc(args) => {
+            init_logging(LogFormat::Text, "warn");
             let overrides = Overrides {
-                listen: args.listen,
-                cache_dir: args.cache_dir,
-                upstream: args.upstream,
-                metrics_listen: args.metrics_listen,
+                cache_dir: args.cache.cache_dir,
+                max_size: args.max_size,
+                ..Overrides::default()
             };
-            let config = match Config::load(args.config.as_deref(), &overrides) {
+            let config = match load_config(args.cache.config.as_deref(), &overrides) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("pullthrough: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("pullthrough: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let protect = config
+                .upstreams
+                .iter()
+                .map(|u| u.tag_ttl)
+                .max()
+                .unwrap_or_default();
+            let result = admin::gc(&config.cache_dir, config.max_size, protect, args.dry_run);
+            print_or_fail(result, args.cache.json, admin::render_gc)
+        }
+        Command::Cache { command } => {
+            init_logging(LogFormat::Text, "warn");
+            let (args, repo) = match command {
+                CacheCommand::Stats(args) => (args, None),
+                CacheCommand::Ls { repo, args } => (args, Some(repo)),
             };
-            match runtime.block_on(pullthrough::server::serve(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("pullthrough: {e}");
-                    ExitCode::FAILURE
-                }
+            let overrides = Overrides {
+                cache_dir: args.cache_dir,
+                ..Overrides::default()
+            };
+            let config = match load_config(args.config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match repo {
+                None => print_or_fail(
+                    admin::stats(&config.cache_dir),
+                    args.json,
+                    admin::render_stats,
+                ),
+                Some(repo) => print_or_fail(
+                    admin::list(&config.cache_dir, repo.as_deref()),
+                    args.json,
+                    |rows| admin::render_list(rows),
+                ),
             }
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format, "info");
+    let overrides = Overrides {
+        listen: args.listen,
+        cache_dir: args.cache_dir,
+        upstream: args.upstream,
+        metrics_listen: args.metrics_listen,
+        max_size: args.max_size,
+    };
+    let config = match load_config(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pullthrough: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pullthrough::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            ExitCode::FAILURE
         }
     }
 }

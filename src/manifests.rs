@@ -140,9 +140,6 @@ impl ManifestService {
             let record = index
                 .content(&digest)
                 .map_err(|e| ManifestError::Disk(e.to_string()))?;
-            if record.as_ref().is_some_and(|r| r.media_type.is_none()) {
-                return Ok(None); // a layer, not a manifest
-            }
             let path = store.path(&digest);
             if std::fs::metadata(&path)
                 .map(|m| m.len() > MAX_MANIFEST_BYTES as u64)

@@ -1,6 +1,7 @@
 //! Content-addressed files: a file under `blobs/` exists only if its bytes
 //! hash to its name, because the only way in is temp file → verify → rename.
 
+use super::usage::CacheUsage;
 use crate::oci::Digest;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -12,6 +13,9 @@ use std::sync::Arc;
 pub struct BlobStore {
     blobs: PathBuf,
     tmp: PathBuf,
+    usage: Arc<CacheUsage>,
+    /// The cache's byte budget: a blob larger than this is never stored.
+    max_size: Option<u64>,
 }
 
 /// A download in progress: a uniquely named file under `tmp/`, shared by
@@ -43,10 +47,12 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl BlobStore {
     /// Creates the directories and empties `tmp/`: anything there is a
     /// download that a previous process did not finish.
-    pub fn open(root: &Path) -> io::Result<BlobStore> {
+    pub fn open(root: &Path, max_size: Option<u64>) -> io::Result<BlobStore> {
         let store = BlobStore {
             blobs: root.join("blobs").join("sha256"),
             tmp: root.join("tmp"),
+            usage: Arc::new(CacheUsage::default()),
+            max_size,
         };
         fs::create_dir_all(&store.blobs)?;
         fs::create_dir_all(&store.tmp)?;
@@ -60,8 +66,56 @@ impl BlobStore {
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.blobs.join(&hex[..2]).join(hex)
+        self.path_of_hex(digest.hex())
+    }
+
+    fn path_of_hex(&self, hex: &str) -> PathBuf {
+        self.blobs.join(hex.get(..2).unwrap_or("__")).join(hex)
+    }
+
+    pub fn usage(&self) -> &Arc<CacheUsage> {
+        &self.usage
+    }
+
+    pub fn max_size(&self) -> Option<u64> {
+        self.max_size
+    }
+
+    /// Deletes a complete blob; returns the bytes freed (0 if absent).
+    /// Readers that have it open keep reading the same inode.
+    pub fn remove(&self, hex: &str) -> io::Result<u64> {
+        let path = self.path_of_hex(hex);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        fs::remove_file(&path)?;
+        self.usage.removed(len);
+        Ok(len)
+    }
+
+    /// Every file under `blobs/` as (shard dir name, file name, path, length).
+    pub fn walk(&self) -> impl Iterator<Item = (String, String, PathBuf, u64)> {
+        let shards = fs::read_dir(&self.blobs).into_iter().flatten().flatten();
+        shards.flat_map(|shard| {
+            let shard_name = shard.file_name().to_string_lossy().into_owned();
+            fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(move |f| {
+                    let meta = f.metadata().ok()?;
+                    meta.is_file().then(|| {
+                        (
+                            shard_name.clone(),
+                            f.file_name().to_string_lossy().into_owned(),
+                            f.path(),
+                            meta.len(),
+                        )
+                    })
+                })
+        })
     }
 
     /// Opens a complete blob with its length, or `None` if not cached.
@@ -84,6 +138,14 @@ impl BlobStore {
     /// disk shows before the first byte is promised to anyone rather than
     /// in the middle of a download.
     pub fn create_temp_reserved(&self, len: Option<u64>) -> io::Result<TempBlob> {
+        if let (Some(len), Some(max)) = (len, self.max_size) {
+            if len > max {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "blob is larger than the cache budget",
+                ));
+            }
+        }
         let temp = self.create_temp()?;
         if let Some(len) = len.filter(|&l| l > 0) {
             rustix::fs::fallocate(&*temp.file, rustix::fs::FallocateFlags::empty(), 0, len)
@@ -125,9 +187,7 @@ impl BlobStore {
         fs::rename(&temp.path, &dest)?;
         temp.committed = true;
         if !replaced {
-            let m = crate::metrics::metrics();
-            m.cache_size_bytes.add(len as i64);
-            m.cache_entries.inc();
+            self.usage.added(len);
         }
         // Persist the rename itself, so a crash cannot lose a blob the
         // index already names.
@@ -163,7 +223,7 @@ mod tests {
     #[test]
     fn temp_files_vanish_unless_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path(), None).unwrap();
         let temp = store.create_temp().unwrap();
         (&**temp.file()).write_all(b"abc").unwrap();
         drop(temp);
@@ -180,7 +240,7 @@ mod tests {
     #[test]
     fn write_verified_refuses_wrong_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path(), None).unwrap();
         let digest = Digest::of(b"right");
         assert!(store.write_verified(b"wrong", &digest).is_err());
         assert!(!store.contains(&digest));
@@ -193,7 +253,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("tmp")).unwrap();
         fs::write(dir.path().join("tmp/old.partial"), b"half").unwrap();
-        BlobStore::open(dir.path()).unwrap();
+        BlobStore::open(dir.path(), None).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

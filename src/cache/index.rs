@@ -82,6 +82,50 @@ impl Index {
         Ok(())
     }
 
+    /// Updates a record's last access (from the batched tracker).
+    pub fn touch_content(&self, hex: &str, at: u64) -> Result<(), sled::Error> {
+        self.content.fetch_and_update(hex, |old| {
+            let mut record: ContentRecord = serde_json::from_slice(old?).ok()?;
+            record.last_access = record.last_access.max(at);
+            serde_json::to_vec(&record).ok()
+        })?;
+        Ok(())
+    }
+
+    pub fn remove_content(&self, hex: &str) -> Result<(), sled::Error> {
+        self.content.remove(hex)?;
+        Ok(())
+    }
+
+    /// Every content record, by digest hex; unreadable entries are skipped.
+    pub fn contents(&self) -> impl Iterator<Item = (String, ContentRecord)> + '_ {
+        self.content.iter().filter_map(|kv| {
+            let (k, v) = kv.ok()?;
+            let hex = String::from_utf8(k.to_vec()).ok()?;
+            Some((hex, serde_json::from_slice(&v).ok()?))
+        })
+    }
+
+    /// Every tag mapping.
+    pub fn tags(&self) -> impl Iterator<Item = (TagKey, TagRecord)> + '_ {
+        self.tags.iter().filter_map(|kv| {
+            let (k, v) = kv.ok()?;
+            let key = String::from_utf8(k.to_vec()).ok()?;
+            let mut parts = key.splitn(3, '\0');
+            let key = TagKey {
+                upstream: parts.next()?.to_owned(),
+                repo: parts.next()?.to_owned(),
+                tag: parts.next()?.to_owned(),
+            };
+            Some((key, serde_json::from_slice(&v).ok()?))
+        })
+    }
+
+    /// Writes everything buffered to disk (before an offline command exits).
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
+    }
+
     /// Whether the index can still write (for readiness).
     pub fn is_healthy(&self) -> bool {
         self.db.was_recovered() || self.db.size_on_disk().is_ok()

@@ -9,10 +9,16 @@
 //! ```
 
 mod blobs;
+mod eviction;
 mod index;
+mod reconcile;
+mod usage;
 
 pub use blobs::{BlobStore, TempBlob};
+pub use eviction::{evict, spawn_evictor, Budget, EvictionReport};
 pub use index::{ContentRecord, Index, TagKey, TagRecord};
+pub use reconcile::{reconcile, ReconcileReport};
+pub use usage::{CacheUsage, Lease};
 
 use std::path::Path;
 
@@ -22,6 +28,8 @@ pub enum CacheError {
     Io(#[from] std::io::Error),
     #[error("cache index error: {0}")]
     Index(#[from] sled::Error),
+    #[error("the cache directory is in use by another pullthrough process")]
+    InUse,
 }
 
 /// How a request was answered, for logs and metrics.
@@ -53,8 +61,10 @@ impl CacheOutcome {
 }
 
 /// Opens (creating if needed) the cache directory: the blob store and index.
-pub fn open(dir: &Path) -> Result<(BlobStore, Index), CacheError> {
-    let store = BlobStore::open(dir)?;
+pub fn open(dir: &Path, max_size: Option<u64>) -> Result<(BlobStore, Index), CacheError> {
+    // The index first: its lock tells us whether another process owns this
+    // cache, before anything (emptying tmp/) could disturb that process.
+    std::fs::create_dir_all(dir)?;
     let index_dir = dir.join("index");
     let opened = std::panic::catch_unwind(|| Index::open(&index_dir)).unwrap_or_else(|_| {
         Err(sled::Error::Unsupported(
@@ -65,6 +75,9 @@ pub fn open(dir: &Path) -> Result<(BlobStore, Index), CacheError> {
         Ok(index) => index,
         // I/O errors (another process holding the lock, permissions) are
         // not corruption: refuse to start rather than discard the index.
+        Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+            return Err(CacheError::InUse)
+        }
         Err(e @ sled::Error::Io(_)) => return Err(CacheError::Index(e)),
         Err(e) => {
             // The index is only metadata: set the broken one aside and start
@@ -75,34 +88,8 @@ pub fn open(dir: &Path) -> Result<(BlobStore, Index), CacheError> {
             Index::open(&index_dir)?
         }
     };
+    let store = BlobStore::open(dir, max_size)?;
     Ok((store, index))
-}
-
-/// Counts what is already in `blobs/` into the size metrics, off the
-/// request path: a large cache must not delay start-up.
-pub fn spawn_size_scan(dir: std::path::PathBuf) {
-    tokio::task::spawn_blocking(move || {
-        let (mut bytes, mut entries) = (0u64, 0u64);
-        let shards = std::fs::read_dir(dir.join("blobs").join("sha256"))
-            .into_iter()
-            .flatten()
-            .flatten();
-        for shard in shards {
-            for file in std::fs::read_dir(shard.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if let Ok(meta) = file.metadata() {
-                    bytes += meta.len();
-                    entries += 1;
-                }
-            }
-        }
-        let m = crate::metrics::metrics();
-        m.cache_size_bytes.add(bytes as i64);
-        m.cache_entries.add(entries as i64);
-    });
 }
 
 /// Seconds since the Unix epoch; the index's clock.

@@ -53,6 +53,7 @@ pub async fn manifest(
             app.manifests.by_tag(upstream, name, tag, &accept).await?,
         ),
     };
+    app.blobs.store().usage().touch(manifest.digest.hex());
     let m = metrics();
     m.cache_lookups
         .with_label_values(&[kind, outcome.as_str()])

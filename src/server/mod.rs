@@ -63,11 +63,12 @@ pub enum StartError {
 
 impl App {
     pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
-        let (store, index) =
-            cache::open(&config.cache_dir).map_err(|source| StartError::Cache {
+        let (store, index) = cache::open(&config.cache_dir, config.max_size).map_err(|source| {
+            StartError::Cache {
                 dir: config.cache_dir.clone(),
                 source,
-            })?;
+            }
+        })?;
         let mut upstreams = Vec::new();
         for settings in &config.upstreams {
             let upstream =
@@ -92,7 +93,7 @@ impl App {
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let app = App::open(&config)?;
     metrics();
-    cache::spawn_size_scan(config.cache_dir.clone());
+    spawn_maintenance(&app, &config);
     let listener = bind(config.listen).await?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -148,6 +149,40 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         tracing::info!("drained; exiting");
     }
     Ok(())
+}
+
+/// Reconciles the cache with its index in the background (the mirror
+/// serves meanwhile), then keeps it within its budget.
+fn spawn_maintenance(app: &App, config: &Config) {
+    let store = app.blobs.store().clone();
+    let index = app.index.clone();
+    let budget = config.max_size.map(|max_size| cache::Budget {
+        max_size,
+        protect_recent: config
+            .upstreams
+            .iter()
+            .map(|u| u.tag_ttl)
+            .max()
+            .unwrap_or_default(),
+    });
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let (s, i) = (store.clone(), index.clone());
+        match tokio::task::spawn_blocking(move || cache::reconcile(&s, &i, false)).await {
+            Ok(r) => tracing::info!(
+                entries = r.entries,
+                bytes = r.bytes,
+                adopted = r.adopted,
+                removed_corrupt = r.removed_corrupt,
+                removed_stray = r.removed_stray,
+                dropped_entries = r.dropped_entries,
+                millis = started.elapsed().as_millis() as u64,
+                "cache reconciled"
+            ),
+            Err(e) => tracing::error!(error = %e, "cache reconciliation failed"),
+        }
+        cache::spawn_evictor(store, index, budget);
+    });
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -1,0 +1,335 @@
+//! The offline commands: `gc`, `cache stats` and `cache ls`. They open the
+//! cache directly, so they refuse to run while a server holds it.
+
+use crate::cache::{self, Budget, CacheError, Index};
+use crate::oci::Digest;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("the cache at {0} is in use by a running pullthrough; stop it first (these commands need the index to themselves)")]
+    InUse(String),
+    #[error("cannot open the cache at {dir}: {source}")]
+    Open { dir: String, source: CacheError },
+}
+
+fn open(dir: &Path, max_size: Option<u64>) -> Result<(cache::BlobStore, Index), AdminError> {
+    cache::open(dir, max_size).map_err(|source| match &source {
+        CacheError::InUse => AdminError::InUse(dir.display().to_string()),
+        _ => AdminError::Open {
+            dir: dir.display().to_string(),
+            source,
+        },
+    })
+}
+
+#[derive(Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub reconcile: cache::ReconcileReport,
+    pub eviction: Option<cache::EvictionReport>,
+}
+
+/// Reconciles, then evicts down to the budget when one is set.
+pub fn gc(
+    dir: &Path,
+    max_size: Option<u64>,
+    protect_recent: Duration,
+    dry_run: bool,
+) -> Result<GcReport, AdminError> {
+    let (store, index) = open(dir, max_size)?;
+    let reconcile = cache::reconcile(&store, &index, dry_run);
+    let eviction = max_size.map(|max_size| {
+        let budget = Budget {
+            max_size,
+            protect_recent,
+        };
+        cache::evict(&store, &index, &budget, dry_run)
+    });
+    let _ = index.flush();
+    Ok(GcReport {
+        dry_run,
+        reconcile,
+        eviction,
+    })
+}
+
+pub fn render_gc(r: &GcReport) -> String {
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    let mut out = String::new();
+    let c = &r.reconcile;
+    let _ = writeln!(
+        out,
+        "reconcile: {} entries, {}; adopted {}, {verb} {} corrupt and {} stray files, dropped {} index entries without files",
+        c.entries,
+        human_bytes(c.bytes),
+        c.adopted,
+        c.removed_corrupt,
+        c.removed_stray,
+        c.dropped_entries
+    );
+    match &r.eviction {
+        None => {
+            let _ = writeln!(out, "eviction: no max_size set; nothing evicted");
+        }
+        Some(e) => {
+            for (digest, size) in &e.removed {
+                let _ = writeln!(out, "  {verb} {digest}  {}", human_bytes(*size));
+            }
+            let _ = writeln!(
+                out,
+                "eviction: {verb} {} entries, freed {} (usage was {})",
+                e.removed.len(),
+                human_bytes(e.freed_bytes),
+                human_bytes(e.usage_before)
+            );
+        }
+    }
+    out
+}
+
+#[derive(Serialize, Default)]
+pub struct Stats {
+    pub bytes: u64,
+    pub blobs: u64,
+    pub manifests: u64,
+    pub tags: u64,
+    pub repositories: u64,
+    /// Unix seconds of the least recently used entry.
+    pub oldest_access: Option<u64>,
+}
+
+pub fn stats(dir: &Path) -> Result<Stats, AdminError> {
+    let (_store, index) = open(dir, None)?;
+    let mut s = Stats::default();
+    for (_, r) in index.contents() {
+        s.bytes += r.size;
+        if r.media_type.is_some() {
+            s.manifests += 1;
+        } else {
+            s.blobs += 1;
+        }
+        s.oldest_access = Some(
+            s.oldest_access
+                .map_or(r.last_access, |o| o.min(r.last_access)),
+        );
+    }
+    let mut repos = std::collections::HashSet::new();
+    for (key, _) in index.tags() {
+        s.tags += 1;
+        repos.insert((key.upstream, key.repo));
+    }
+    s.repositories = repos.len() as u64;
+    Ok(s)
+}
+
+pub fn render_stats(s: &Stats) -> String {
+    let rows = [
+        ("bytes", format!("{} ({})", s.bytes, human_bytes(s.bytes))),
+        ("blobs", s.blobs.to_string()),
+        ("manifests", s.manifests.to_string()),
+        ("tags", s.tags.to_string()),
+        ("repositories", s.repositories.to_string()),
+        (
+            "oldest access",
+            s.oldest_access.map_or_else(|| "-".to_owned(), ago),
+        ),
+    ];
+    table(
+        &["", ""],
+        rows.iter()
+            .map(|(k, v)| vec![k.to_string(), v.clone()])
+            .collect(),
+        false,
+    )
+}
+
+#[derive(Serialize)]
+pub struct TagRow {
+    pub upstream: String,
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+    /// Bytes of this image (manifests, config, layers) present in the cache.
+    pub size: u64,
+    /// Unix seconds when the tag's manifest was last served.
+    pub last_used: Option<u64>,
+}
+
+pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
+    let (store, index) = open(dir, None)?;
+    let mut rows = Vec::new();
+    for (key, record) in index.tags() {
+        if repo.is_some_and(|r| r != key.repo && format!("library/{r}") != key.repo) {
+            continue;
+        }
+        let (size, last_used) = match record.digest.parse::<Digest>() {
+            Ok(d) => (
+                image_size(&store, &index, &d, 2),
+                index.content(&d).ok().flatten().map(|c| c.last_access),
+            ),
+            Err(_) => (0, None),
+        };
+        rows.push(TagRow {
+            upstream: key.upstream,
+            repository: key.repo,
+            tag: key.tag,
+            digest: record.digest,
+            size,
+            last_used,
+        });
+    }
+    rows.sort_by(|a, b| {
+        (&a.upstream, &a.repository, &a.tag).cmp(&(&b.upstream, &b.repository, &b.tag))
+    });
+    Ok(rows)
+}
+
+/// Sums the cached bytes of a manifest and what it references (an index's
+/// child manifests, `depth` levels down).
+fn image_size(store: &cache::BlobStore, index: &Index, digest: &Digest, depth: u8) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Descriptor {
+        digest: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Refs {
+        config: Option<Descriptor>,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+        #[serde(default)]
+        manifests: Vec<Descriptor>,
+    }
+    let size_of = |d: &Digest| index.content(d).ok().flatten().map_or(0, |c| c.size);
+    let mut total = size_of(digest);
+    let Ok(Some(bytes)) = store.read(digest) else {
+        return total;
+    };
+    let Ok(refs) = serde_json::from_slice::<Refs>(&bytes) else {
+        return total;
+    };
+    let parse = |d: &Descriptor| d.digest.parse::<Digest>().ok();
+    for d in refs.config.iter().chain(&refs.layers).filter_map(parse) {
+        total += size_of(&d);
+    }
+    if depth > 0 {
+        for d in refs.manifests.iter().filter_map(parse) {
+            total += image_size(store, index, &d, depth - 1);
+        }
+    }
+    total
+}
+
+pub fn render_list(rows: &[TagRow]) -> String {
+    if rows.is_empty() {
+        return "no cached tags\n".to_owned();
+    }
+    let body = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.upstream.clone(),
+                r.repository.clone(),
+                r.tag.clone(),
+                r.digest.get(..19).unwrap_or(&r.digest).to_owned(),
+                human_bytes(r.size),
+                r.last_used.map_or_else(|| "-".to_owned(), ago),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "UPSTREAM",
+            "REPOSITORY",
+            "TAG",
+            "DIGEST",
+            "SIZE",
+            "LAST USED",
+        ],
+        body,
+        true,
+    )
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: Vec<Vec<String>>, with_header: bool) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    if with_header {
+        line(header.iter().map(|h| h.to_string()).collect());
+    }
+    for row in rows {
+        line(row);
+    }
+    out
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn ago(at: u64) -> String {
+    let secs = cache::unix_now().saturating_sub(at);
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["A", "BB"],
+            vec![
+                vec!["xxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+            true,
+        );
+        assert_eq!(t, "A    BB\nxxx  1\ny    22\n");
+    }
+}

@@ -1,0 +1,126 @@
+//! Making the index and `blobs/` agree, at start-up (in the background,
+//! while the mirror serves) and in `gc`: files without entries are
+//! verified and adopted or removed, entries without files are dropped.
+
+use super::{BlobStore, ContentRecord, Index};
+use crate::oci::{Digest, DigestWriter};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReconcileReport {
+    /// Files that had no index entry and hashed to their name.
+    pub adopted: u64,
+    /// Files whose bytes do not hash to their name.
+    pub removed_corrupt: u64,
+    /// Files whose names are not digests where they lie.
+    pub removed_stray: u64,
+    /// Index entries whose file is gone.
+    pub dropped_entries: u64,
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+fn is_digest_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn hash_file(path: &Path) -> std::io::Result<Digest> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = DigestWriter::default();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn mtime_secs(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Repairs the cache. Files whose size matches their entry are trusted
+/// (they were verified when written); everything else is hashed.
+pub fn reconcile(store: &BlobStore, index: &Index, dry_run: bool) -> ReconcileReport {
+    let mut report = ReconcileReport::default();
+    let mut seen = HashSet::new();
+    for (shard, name, path, len) in store.walk() {
+        if !is_digest_hex(&name) || !name.starts_with(&shard) {
+            report.removed_stray += 1;
+            if !dry_run {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
+        let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
+            continue;
+        };
+        let record = index.content(&digest).ok().flatten();
+        if record.as_ref().is_some_and(|r| r.size == len) {
+            seen.insert(name);
+            report.bytes += len;
+            report.entries += 1;
+            continue;
+        }
+        match hash_file(&path) {
+            Ok(actual) if actual == digest => {
+                report.adopted += 1;
+                if !dry_run {
+                    let adopted = ContentRecord {
+                        media_type: record.and_then(|r| r.media_type),
+                        size: len,
+                        last_access: mtime_secs(&path),
+                    };
+                    let _ = index.put_content(&digest, &adopted);
+                }
+                seen.insert(name);
+                report.bytes += len;
+                report.entries += 1;
+            }
+            Ok(_) => {
+                tracing::warn!(%digest, "cached file fails verification; removing");
+                report.removed_corrupt += 1;
+                if !dry_run {
+                    let _ = std::fs::remove_file(&path);
+                    let _ = index.remove_content(&name);
+                }
+            }
+            Err(e) => tracing::warn!(%digest, error = %e, "cannot read cached file"),
+        }
+    }
+    let orphaned: Vec<String> = index
+        .contents()
+        .map(|(hex, _)| hex)
+        .filter(|hex| !seen.contains(hex))
+        .collect();
+    for hex in orphaned {
+        // A download may have landed since the walk passed its shard.
+        let landed = format!("sha256:{hex}")
+            .parse::<Digest>()
+            .map(|d| store.contains(&d))
+            .unwrap_or(false);
+        if landed {
+            continue;
+        }
+        report.dropped_entries += 1;
+        if !dry_run {
+            let _ = index.remove_content(&hex);
+        }
+    }
+    if !dry_run {
+        store.usage().set(report.bytes, report.entries);
+    }
+    report
+}

@@ -1,0 +1,161 @@
+//! What the cache holds and who is using it: byte and entry totals, access
+//! times batched in memory (not a disk write per request), and read leases
+//! that keep eviction away from blobs being served right now.
+
+use super::index::Index;
+use super::unix_now;
+use crate::metrics::metrics;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+pub struct CacheUsage {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    /// Access times not yet written to the index, by digest hex.
+    accessed: Mutex<HashMap<String, u64>>,
+    /// Open readers per digest hex.
+    leases: Mutex<HashMap<String, usize>>,
+    /// Usage above which a new blob wakes the evictor (0: no budget).
+    high_water: AtomicU64,
+    over_budget: tokio::sync::Notify,
+}
+
+/// Held while a blob is being served; eviction skips leased blobs.
+pub struct Lease {
+    usage: Arc<CacheUsage>,
+    hex: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut leases) = self.usage.leases.lock() {
+            if let Some(n) = leases.get_mut(&self.hex) {
+                *n -= 1;
+                if *n == 0 {
+                    leases.remove(&self.hex);
+                }
+            }
+        }
+    }
+}
+
+impl CacheUsage {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the totals (after a full scan).
+    pub fn set(&self, bytes: u64, entries: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.entries.store(entries, Ordering::Relaxed);
+        self.publish();
+    }
+
+    pub fn added(&self, bytes: u64) {
+        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        self.publish();
+        let high = self.high_water.load(Ordering::Relaxed);
+        if high > 0 && total > high {
+            self.over_budget.notify_one();
+        }
+    }
+
+    pub fn set_high_water(&self, bytes: u64) {
+        self.high_water.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Completes when a new blob has pushed usage over the high-water mark.
+    pub async fn over_budget(&self) {
+        self.over_budget.notified().await;
+    }
+
+    pub fn removed(&self, bytes: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(bytes))
+            });
+        let _ = self
+            .entries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+                Some(e.saturating_sub(1))
+            });
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let m = metrics();
+        m.cache_size_bytes.set(self.bytes() as i64);
+        m.cache_entries.set(self.entries() as i64);
+    }
+
+    /// Notes that content was used now; written to the index in batches.
+    pub fn touch(&self, hex: &str) {
+        if let Ok(mut accessed) = self.accessed.lock() {
+            accessed.insert(hex.to_owned(), unix_now());
+        }
+    }
+
+    pub fn lease(self: &Arc<Self>, hex: &str) -> Lease {
+        if let Ok(mut leases) = self.leases.lock() {
+            *leases.entry(hex.to_owned()).or_insert(0) += 1;
+        }
+        Lease {
+            usage: Arc::clone(self),
+            hex: hex.to_owned(),
+        }
+    }
+
+    pub fn is_leased(&self, hex: &str) -> bool {
+        self.leases
+            .lock()
+            .map(|l| l.contains_key(hex))
+            .unwrap_or(true)
+    }
+
+    /// Writes the batched access times into the index.
+    pub fn flush_access_times(&self, index: &Index) {
+        let batch = match self.accessed.lock() {
+            Ok(mut accessed) => std::mem::take(&mut *accessed),
+            Err(_) => return,
+        };
+        for (hex, at) in batch {
+            if let Err(e) = index.touch_content(&hex, at) {
+                tracing::warn!(error = %e, "cannot record access time");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_count_readers() {
+        let usage = Arc::new(CacheUsage::default());
+        let a = usage.lease("ab");
+        let b = usage.lease("ab");
+        assert!(usage.is_leased("ab"));
+        drop(a);
+        assert!(usage.is_leased("ab"));
+        drop(b);
+        assert!(!usage.is_leased("ab"));
+    }
+
+    #[test]
+    fn totals_never_go_negative() {
+        let usage = CacheUsage::default();
+        usage.added(10);
+        usage.removed(25);
+        assert_eq!((usage.bytes(), usage.entries()), (0, 0));
+    }
+}
