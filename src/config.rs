@@ -151,6 +151,14 @@ struct FileUpstream {
     max_stale: Option<String>,
     #[serde(default)]
     immutable_tags: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure: bool,
+    password_env: Option<String>,
     connect_timeout: Option<String>,
     read_timeout: Option<String>,
 }
@@ -294,11 +302,31 @@ fn upstream_settings(
             url.host_str().unwrap_or_default().to_owned()
         }
     });
-    let password = match (u.password, u.password_file) {
+    let from_env = match &u.password_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            invalid(
+                &key("password_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?),
+        None => None,
+    };
+    let given = [
+        u.password.is_some(),
+        u.password_file.is_some(),
+        from_env.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(invalid(
+            &key("password"),
+            "set one of password, password_file, password_env",
+        ));
+    }
+    let password = match (u.password.or(from_env), u.password_file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 &key("password"),
-                "set password or password_file, not both",
+                "set one of password, password_file, password_env",
             ))
         }
         (Some(p), None) => Some(p),
@@ -334,6 +362,10 @@ fn upstream_settings(
         tag_ttl: duration("tag_ttl", u.tag_ttl, DEFAULT_TAG_TTL)?,
         max_stale: duration("max_stale", u.max_stale, DEFAULT_MAX_STALE)?,
         immutable_tags: u.immutable_tags,
+        allow: u.allow,
+        deny: u.deny,
+        ca_file: u.ca_file,
+        insecure: u.insecure,
         connect_timeout: duration(
             "connect_timeout",
             u.connect_timeout,

@@ -6,9 +6,9 @@ use super::error::ApiError;
 use super::handlers::{self, Handled};
 use super::ops;
 use super::routes::{self, Route};
+use super::select::select;
 use super::App;
 use crate::metrics::{metrics, status_class};
-use crate::upstream::Upstream;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
@@ -135,49 +135,40 @@ pub(super) async fn route(app: &App, req: &Request<Incoming>) -> Result<Handled,
             _ => ApiError::ReadOnly,
         });
     }
-    let upstream = pick_upstream(app, req.uri().query())?;
-    match route {
-        Route::Base => Ok(handlers::base().into()),
-        Route::Manifest { name, reference } => {
-            handlers::manifest(app, upstream, method, req.headers(), &name, &reference).await
+    let name = match &route {
+        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => {
+            Some(name)
         }
-        Route::Blob { name, digest } => {
-            handlers::blob(app, upstream, method, req.headers(), &name, &digest).await
+        Route::Base | Route::Healthz | Route::Readyz | Route::Metrics => None,
+    };
+    let target = select(app, req.uri().query(), name)?;
+    let upstream = target.upstream;
+    let name = target.name.as_ref();
+    let mut handled = match (route, name) {
+        (Route::Manifest { reference, .. }, Some(name)) => {
+            handlers::manifest(app, upstream, method, req.headers(), name, &reference).await?
         }
-        Route::TagsList { name } => {
+        (Route::Blob { digest, .. }, Some(name)) => {
+            handlers::blob(app, upstream, method, req.headers(), name, &digest).await?
+        }
+        (Route::TagsList { .. }, Some(name)) => {
             let query = strip_ns(req.uri().query());
-            handlers::tags_list(upstream, &name, query.as_deref()).await
+            handlers::tags_list(upstream, name, query.as_deref()).await?
         }
-        Route::Healthz => Ok(ops::healthz().into()),
-        Route::Readyz => Ok(ops::readiness(app).into()),
-        Route::Metrics => Ok(ops::metrics_response(app).into()),
+        (Route::Healthz, _) => ops::healthz().into(),
+        (Route::Readyz, _) => ops::readiness(app).into(),
+        (Route::Metrics, _) => ops::metrics_response(app).into(),
+        _ => handlers::base().into(),
+    };
+    // The distribution spec asks a proxy to say which namespace answered.
+    if let Some(ns) = target
+        .ns
+        .as_deref()
+        .and_then(|ns| HeaderValue::from_str(ns).ok())
+    {
+        handled.response.headers_mut().insert("oci-namespace", ns);
     }
-}
-
-/// containerd names the registry it means in `?ns=`; without it, the
-/// default upstream answers.
-fn pick_upstream<'a>(app: &'a App, query: Option<&str>) -> Result<&'a Arc<Upstream>, ApiError> {
-    let ns = query.and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "ns")
-            .map(|(_, v)| v.into_owned())
-    });
-    match ns {
-        None => Ok(app.upstreams.default_upstream()),
-        Some(ns) => match app.upstreams.by_name(&ns) {
-            Some(u) => Ok(u),
-            // Docker Hub goes by several names.
-            None if is_docker_hub_alias(&ns) => app
-                .upstreams
-                .by_name("docker.io")
-                .ok_or(ApiError::UnknownRegistry(ns.chars().take(64).collect())),
-            None => Err(ApiError::UnknownRegistry(ns.chars().take(64).collect())),
-        },
-    }
-}
-
-fn is_docker_hub_alias(ns: &str) -> bool {
-    matches!(ns, "docker.io" | "registry-1.docker.io" | "index.docker.io")
+    Ok(handled)
 }
 
 fn strip_ns(query: Option<&str>) -> Option<String> {

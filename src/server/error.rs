@@ -28,6 +28,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("registry {0:?} is not configured on this mirror")]
     UnknownRegistry(String),
+    #[error("repository {0:?} is not allowed on this mirror")]
+    Denied(String),
     #[error("{source}")]
     Upstream {
         source: UpstreamError,
@@ -66,6 +68,7 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
             ApiError::UnknownRegistry(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             ApiError::Upstream { source, subject } => upstream_status(source, *subject),
             ApiError::Fetch(FetchError::Upstream(source)) => upstream_status(source, Subject::Blob),
             ApiError::Fetch(FetchError::DigestMismatch { .. } | FetchError::Truncated { .. }) => {

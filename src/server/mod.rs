@@ -8,6 +8,7 @@ mod handlers;
 mod ops;
 mod range;
 mod routes;
+mod select;
 
 pub use error::ApiError;
 pub use routes::{parse as parse_route, Route, RouteError};
@@ -71,8 +72,7 @@ impl App {
         })?;
         let mut upstreams = Vec::new();
         for settings in &config.upstreams {
-            let upstream =
-                Upstream::new(settings.clone()).map_err(|e| StartError::Upstream(e.to_string()))?;
+            let upstream = Upstream::new(settings.clone()).map_err(StartError::Upstream)?;
             upstreams.push(Arc::new(upstream));
         }
         let upstreams = Upstreams::new(upstreams)

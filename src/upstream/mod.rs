@@ -107,6 +107,14 @@ pub struct UpstreamSettings {
     /// Tag patterns (`*` and `?` wildcards) whose mapping never changes
     /// once cached, e.g. `v*.*.*`: never revalidated.
     pub immutable_tags: Vec<String>,
+    /// Repository patterns this mirror serves (empty: all), e.g. `library/*`.
+    pub allow: Vec<String>,
+    /// Repository patterns refused even if allowed.
+    pub deny: Vec<String>,
+    /// Extra trusted CA certificates (PEM) for a private registry.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Skip TLS verification (lab registries only).
+    pub insecure: bool,
 }
 
 /// A manifest as the upstream sent it, byte-exact.
@@ -140,8 +148,21 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings) -> Result<Upstream, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    pub fn new(settings: UpstreamSettings) -> Result<Upstream, String> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca_file) = &settings.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if settings.insecure {
+            tracing::warn!(upstream = %settings.name, "TLS verification disabled for this upstream");
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
             .user_agent(concat!("pullthrough/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
@@ -149,7 +170,8 @@ impl Upstream {
             // We follow redirects ourselves, to decide per hop whether the
             // Authorization header may go along.
             .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .build()
+            .map_err(|e| e.to_string())?;
         let auth = Authenticator::new(
             http.clone(),
             settings.name.clone(),
@@ -182,6 +204,15 @@ impl Upstream {
             .immutable_tags
             .iter()
             .any(|p| glob_match(p.as_bytes(), tag.as_bytes()))
+    }
+
+    /// Whether the policy lets a repository through (patterns match the
+    /// name as the upstream knows it, e.g. `library/ubuntu`).
+    pub fn allows(&self, repo: &RepoName) -> bool {
+        let name = self.upstream_name(repo);
+        let matches = |p: &String| glob_match(p.as_bytes(), name.as_str().as_bytes());
+        let allowed = self.settings.allow.is_empty() || self.settings.allow.iter().any(matches);
+        allowed && !self.settings.deny.iter().any(matches)
     }
 
     /// Whether calls currently fail fast because the upstream is down.
@@ -571,6 +602,14 @@ impl Upstreams {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.all.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
     }
 }
 

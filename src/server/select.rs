@@ -1,0 +1,83 @@
+//! Which upstream a request means (containerd's `?ns=`, a registry name as
+//! the first path component as Podman and CRI-O send it, or the default),
+//! and whether that upstream's policy lets the repository through.
+
+use super::error::ApiError;
+use super::App;
+use crate::oci::RepoName;
+use crate::upstream::Upstream;
+use std::sync::Arc;
+
+pub struct Target<'a> {
+    pub upstream: &'a Arc<Upstream>,
+    /// The repository name with any registry prefix removed.
+    pub name: Option<RepoName>,
+    /// The `ns` the client sent, echoed as `OCI-Namespace`.
+    pub ns: Option<String>,
+}
+
+pub fn select<'a>(
+    app: &'a App,
+    query: Option<&str>,
+    name: Option<&RepoName>,
+) -> Result<Target<'a>, ApiError> {
+    let ns = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "ns")
+            .map(|(_, v)| v.into_owned())
+    });
+    let (upstream, name) = match (&ns, name) {
+        (Some(ns), name) => (by_registry_name(app, ns)?, name.cloned()),
+        (None, Some(name)) => match name.split_first() {
+            Some((first, rest)) if first.contains('.') => match by_registry_name(app, first) {
+                Ok(upstream) => (upstream, Some(rest)),
+                // A dotted first component that names no configured
+                // registry: refuse rather than guess (never an open proxy).
+                Err(e) if app.upstreams.len() > 1 || looks_like_registry(first) => return Err(e),
+                Err(_) => (app.upstreams.default_upstream(), Some(name.clone())),
+            },
+            _ => (app.upstreams.default_upstream(), Some(name.clone())),
+        },
+        (None, None) => (app.upstreams.default_upstream(), None),
+    };
+    if let Some(name) = &name {
+        if !upstream.allows(name) {
+            return Err(ApiError::Denied(upstream.upstream_name(name).to_string()));
+        }
+    }
+    Ok(Target { upstream, name, ns })
+}
+
+fn by_registry_name<'a>(app: &'a App, registry: &str) -> Result<&'a Arc<Upstream>, ApiError> {
+    if let Some(u) = app.upstreams.by_name(registry) {
+        return Ok(u);
+    }
+    // Docker Hub goes by several names.
+    if is_docker_hub_alias(registry) {
+        if let Some(u) = app.upstreams.by_name("docker.io") {
+            return Ok(u);
+        }
+    }
+    Err(ApiError::UnknownRegistry(
+        registry.chars().take(64).collect(),
+    ))
+}
+
+fn is_docker_hub_alias(ns: &str) -> bool {
+    matches!(ns, "docker.io" | "registry-1.docker.io" | "index.docker.io")
+}
+
+/// Well-known registry hosts, recognised as prefixes even on a mirror that
+/// only has the default upstream configured.
+fn looks_like_registry(component: &str) -> bool {
+    is_docker_hub_alias(component)
+        || matches!(
+            component,
+            "ghcr.io"
+                | "quay.io"
+                | "registry.k8s.io"
+                | "gcr.io"
+                | "mcr.microsoft.com"
+                | "public.ecr.aws"
+        )
+}
