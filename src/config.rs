@@ -29,6 +29,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ProxyNet>,
     /// The cache's byte budget; `None` means unbounded.
     pub max_size: Option<u64>,
+    /// Serve HTTPS (h2 and http/1.1) with this certificate and key.
+    pub tls: Option<crate::server::TlsFiles>,
 }
 
 /// An address or CIDR block, e.g. `10.0.0.0/8` or `::1`.
@@ -98,6 +100,8 @@ pub struct Overrides {
     pub upstream: Option<String>,
     pub metrics_listen: Option<String>,
     pub max_size: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +137,8 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     metrics_listen: Option<String>,
     max_size: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     #[serde(default)]
@@ -237,7 +243,16 @@ impl Config {
             Some(s) => Some(parse_size(&s).map_err(|m| invalid("max_size", m))?),
             None => None,
         };
+        let tls = match (
+            overrides.tls_cert.clone().or(parsed.tls_cert),
+            overrides.tls_key.clone().or(parsed.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(crate::server::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(invalid("tls_cert", "tls_cert and tls_key go together")),
+        };
         Ok(Config {
+            tls,
             max_size,
             listen,
             cache_dir,
@@ -453,6 +468,7 @@ mod tests {
             upstream: Some("http://y:2/prefix".into()),
             metrics_listen: None,
             max_size: Some("1GiB".into()),
+            ..Overrides::default()
         };
         let c = Config::load(Some(f.path()), &o).unwrap();
         assert_eq!(c.listen.port(), 2);

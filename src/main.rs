@@ -88,6 +88,22 @@ struct ServeArgs {
     /// evicted beyond it [default: unbounded].
     #[arg(long, env = "PULLTHROUGH_MAX_SIZE", value_name = "SIZE")]
     max_size: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (reloaded on SIGHUP or change).
+    #[arg(
+        long,
+        env = "PULLTHROUGH_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "PULLTHROUGH_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Also serve /metrics on this address (e.g. 127.0.0.1:9090).
     #[arg(long, env = "PULLTHROUGH_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
@@ -208,6 +224,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         upstream: args.upstream,
         metrics_listen: args.metrics_listen,
         max_size: args.max_size,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
     };
     let config = match load_config(args.config.as_deref(), &overrides) {
         Ok(c) => c,

@@ -9,6 +9,9 @@ mod ops;
 mod range;
 mod routes;
 mod select;
+mod tls;
+
+pub use tls::TlsFiles;
 
 pub use error::ApiError;
 pub use routes::{parse as parse_route, Route, RouteError};
@@ -55,6 +58,8 @@ pub enum StartError {
     },
     #[error("cannot build the upstream client: {0}")]
     Upstream(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -94,6 +99,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let app = App::open(&config)?;
     metrics();
     spawn_maintenance(&app, &config);
+    let tls = match config.tls.clone() {
+        Some(files) => Some(tls::acceptor(files).map_err(StartError::Tls)?),
+        None => None,
+    };
     let listener = bind(config.listen).await?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -110,9 +119,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let graceful = Arc::new(GracefulShutdown::new());
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut accept_loops = Vec::new();
-    for listener in std::iter::once(listener).chain(metrics_listener) {
+    let listeners = std::iter::once((listener, tls)).chain(metrics_listener.map(|l| (l, None)));
+    for (listener, tls) in listeners {
         accept_loops.push(tokio::spawn(accept_loop(
             listener,
+            tls,
             Arc::clone(&app),
             Arc::clone(&connections),
             Arc::clone(&graceful),
@@ -195,6 +206,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// and counted against the connection limit.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Arc<App>,
     connections: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
@@ -231,14 +243,42 @@ async fn accept_loop(
             let app = Arc::clone(&app);
             async move { Ok::<_, Infallible>(dispatch::dispatch(app, req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                let (acceptor, builder, graceful) =
+                    (acceptor.clone(), builder.clone(), Arc::clone(&graceful));
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = graceful.watch(conn.into_owned()).await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
 }
 

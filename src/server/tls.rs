@@ -1,0 +1,107 @@
+//! Serving TLS with rustls: certificate chain and key from PEM files, h2 and
+//! http/1.1 offered by ALPN, reloaded on SIGHUP or when the files change,
+//! without dropping connections (new handshakes get the new certificate).
+
+use rustls::crypto::ring::default_provider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio_rustls::TlsAcceptor;
+
+/// How often the files are checked for changes.
+const POLL: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug)]
+struct CurrentCert {
+    key: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.key.read().ok().map(|k| Arc::clone(&k))
+    }
+}
+
+fn load(files: &TlsFiles) -> Result<CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let signing = default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "{} does not match {}: {e}",
+            files.key.display(),
+            files.cert.display()
+        )
+    })?;
+    Ok(certified)
+}
+
+/// Builds the acceptor and starts the reloader.
+pub fn acceptor(files: TlsFiles) -> Result<TlsAcceptor, String> {
+    let current = Arc::new(CurrentCert {
+        key: RwLock::new(Arc::new(load(&files)?)),
+    });
+    let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio::spawn(reload_forever(files, current));
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+async fn reload_forever(files: TlsFiles, current: Arc<CurrentCert>) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = (modified(&files.cert), modified(&files.key));
+    loop {
+        let signalled = tokio::select! {
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            _ = tokio::time::sleep(POLL) => false,
+        };
+        let now = (modified(&files.cert), modified(&files.key));
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        match load(&files) {
+            Ok(key) => {
+                if let Ok(mut slot) = current.key.write() {
+                    *slot = Arc::new(key);
+                }
+                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            // Keep serving the old certificate; a half-written pair is
+            // retried at the next change or poll.
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
+            }
+        }
+    }
+}
