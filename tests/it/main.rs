@@ -3,4 +3,7 @@
 
 mod e2e_docker;
 mod e2e_skopeo;
+mod hub_protocol;
+mod hub_selftest;
+mod inflight;
 mod support;

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod client;
 pub mod docker;
+pub mod hub;
 pub mod mirror;
 pub mod oci_layout;
 pub mod process;

@@ -1,0 +1,308 @@
+//! One upstream fetch per digest (issue 3): concurrent cold requests share
+//! one download, every waiter streams it as it lands, a client hanging up
+//! does not cancel it, and a failed download fails every waiter and caches
+//! nothing. Asserted on the hub's counts and on hashes of what clients got.
+
+use crate::support::client::{client, files_named, header, hex_of, read_digest, read_transfer};
+use crate::support::hub::{Fault, Hub, Kind, Target};
+use crate::support::mirror::Mirror;
+use http::StatusCode;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+const MIB: usize = 1024 * 1024;
+
+/// A hub holding one random blob of `size` bytes in `library/app`, the
+/// CDN sending it at `rate` bytes/s, and a mirror of it.
+async fn setup(size: usize, rate: u64) -> (Hub, Mirror, String, bytes::Bytes) {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[size]);
+    let (digest, bytes) = image.layers[0].clone();
+    hub.set_fault(Target::Digest(digest.clone()), Fault::Throttle(rate));
+    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    (hub, mirror, digest, bytes)
+}
+
+fn blob_url(mirror: &Mirror, digest: &str) -> String {
+    format!("{}/v2/library/app/blobs/{digest}", mirror.url())
+}
+
+/// GETs `url` and hashes the body; `Err` if the request or transfer broke.
+async fn fetch_digest(client: reqwest::Client, url: String) -> Result<String, String> {
+    let response = client.get(url).send().await.map_err(|e| format!("{e:?}"))?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    read_digest(response).await
+}
+
+/// Starts `n` concurrent GETs of `url` and collects their outcomes.
+async fn fan_out(n: usize, url: &str) -> Vec<Result<String, String>> {
+    let client = client();
+    let mut tasks = JoinSet::new();
+    for _ in 0..n {
+        tasks.spawn(fetch_digest(client.clone(), url.to_string()));
+    }
+    tasks.join_all().await
+}
+
+/// Waits (bounded) until `condition` holds.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn cached(mirror: &Mirror, digest: &str) -> bool {
+    !files_named(&mirror.cache_dir.join("blobs"), hex_of(digest)).is_empty()
+}
+
+/// After a download that must have landed: a GET costs the hub nothing.
+async fn assert_served_from_cache(hub: &Hub, mirror: &Mirror, digest: &str) {
+    wait_until("the blob in the cache", || cached(mirror, digest)).await;
+    hub.reset_counts();
+    let again = fetch_digest(client(), blob_url(mirror, digest)).await;
+    assert_eq!(again.as_deref(), Ok(digest));
+    assert!(hub.requests().is_empty(), "{:?}", hub.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cold_gets_share_one_upstream_fetch() {
+    let size = 8 * MIB;
+    let (hub, mirror, digest, _) = setup(size, 6 * MIB as u64).await;
+    let outcomes = fan_out(24, &blob_url(&mirror, &digest)).await;
+    for outcome in &outcomes {
+        assert_eq!(outcome.as_deref(), Ok(digest.as_str()));
+    }
+    assert_eq!(
+        hub.count(Kind::BlobGet),
+        1,
+        "one registry GET for 24 clients"
+    );
+    assert_eq!(
+        hub.count(Kind::CdnGet),
+        1,
+        "one CDN download for 24 clients"
+    );
+    assert_eq!(hub.count(Kind::CdnBytesSent), size as u64, "the blob, once");
+    assert_served_from_cache(&hub, &mirror, &digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_client_hanging_up_disturbs_nobody() {
+    let (hub, mirror, digest, _) = setup(8 * MIB, 6 * MIB as u64).await;
+    let url = blob_url(&mirror, &digest);
+
+    let mut first = client().get(&url).send().await.expect("first client");
+    assert_eq!(first.status(), StatusCode::OK);
+    let mut received = 0;
+    while received < 256 * 1024 {
+        let chunk = first
+            .chunk()
+            .await
+            .expect("first body")
+            .expect("more bytes");
+        received += chunk.len();
+    }
+    let others = tokio::spawn({
+        let url = url.clone();
+        async move { fan_out(8, &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(first);
+
+    for outcome in others.await.expect("others") {
+        assert_eq!(outcome.as_deref(), Ok(digest.as_str()));
+    }
+    assert_eq!(
+        hub.count(Kind::CdnGet),
+        1,
+        "the hang-up did not restart the download"
+    );
+    assert_served_from_cache(&hub, &mirror, &digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_download_completes_into_the_cache_after_its_only_client_left() {
+    let (hub, mirror, digest, _) = setup(4 * MIB, 4 * MIB as u64).await;
+    let mut only = client()
+        .get(blob_url(&mirror, &digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(only.status(), StatusCode::OK);
+    only.chunk().await.expect("body").expect("first bytes");
+    drop(only);
+
+    wait_until("the blob in the cache", || cached(&mirror, &digest)).await;
+    assert_eq!(hub.count(Kind::CdnGet), 1);
+    assert_served_from_cache(&hub, &mirror, &digest).await;
+}
+
+/// Every waiter of a download that `fault` breaks sees a failed transfer,
+/// nothing is cached, and a retry once the hub behaves gets the blob.
+async fn a_broken_download_fails_every_waiter(fault: Fault) {
+    let size = 4 * MIB;
+    let (hub, mirror, digest, _) = setup(size, 4 * MIB as u64).await;
+    hub.set_fault(Target::Digest(digest.clone()), fault.clone());
+    let url = blob_url(&mirror, &digest);
+
+    let outcomes = fan_out(8, &url).await;
+    for outcome in &outcomes {
+        assert!(outcome.is_err(), "{fault:?}: a waiter got {outcome:?}");
+    }
+    assert!(!cached(&mirror, &digest), "{fault:?}: bad download cached");
+
+    hub.clear_faults();
+    hub.reset_counts();
+    let retry = fetch_digest(client(), url).await;
+    assert_eq!(retry.as_deref(), Ok(digest.as_str()), "{fault:?}: retry");
+    assert_eq!(
+        hub.count(Kind::CdnGet),
+        1,
+        "{fault:?}: the retry downloads afresh"
+    );
+    assert_served_from_cache(&hub, &mirror, &digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_dropping_halfway_fails_every_waiter() {
+    a_broken_download_fails_every_waiter(Fault::DropAfter(2 * MIB as u64)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_upstream_bytes_fail_every_waiter() {
+    a_broken_download_fails_every_waiter(Fault::CorruptBytes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_is_served_while_the_blob_downloads() {
+    let size = 8 * MIB;
+    let (hub, mirror, digest, bytes) = setup(size, 4 * MIB as u64).await;
+    let url = blob_url(&mirror, &digest);
+    let full = tokio::spawn(fetch_digest(client(), url.clone()));
+    wait_until("1 MiB from the CDN", || {
+        hub.count(Kind::CdnBytesSent) >= MIB as u64
+    })
+    .await;
+
+    // One range already on disk, one not yet downloaded; both asked for
+    // while the hub is still sending the blob.
+    let ranges = [(512 * 1024, 612 * 1024 - 1), (7 * MIB, size - 1)];
+    for (first, last) in ranges {
+        let range = format!("bytes={first}-{last}");
+        let sent_before = hub.count(Kind::CdnBytesSent);
+        assert!(
+            sent_before < size as u64,
+            "{range}: the download already ended"
+        );
+        let response = client()
+            .get(&url)
+            .header("range", &range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            header(&response, "content-range"),
+            Some(format!("bytes {first}-{last}/{size}")),
+            "{range}"
+        );
+        let body = read_transfer(response).await.bytes();
+        assert!(body[..] == bytes[first..=last], "{range}: wrong bytes");
+    }
+    assert_eq!(full.await.unwrap().as_deref(), Ok(digest.as_str()));
+    assert_eq!(hub.count(Kind::CdnGet), 1, "ranges joined the download");
+    assert_eq!(hub.count(Kind::BlobGet), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_byte_arrives_before_the_download_ends() {
+    let size = 8 * MIB;
+    let (hub, mirror, digest, _) = setup(size, 4 * MIB as u64).await;
+    let mut response = client()
+        .get(blob_url(&mirror, &digest))
+        .send()
+        .await
+        .unwrap();
+    let sent_at_headers = hub.count(Kind::CdnBytesSent);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "content-length"), Some(size.to_string()));
+    assert!(
+        sent_at_headers < size as u64,
+        "headers waited for the whole blob ({sent_at_headers} bytes sent)"
+    );
+    let first = response.chunk().await.expect("body").expect("first bytes");
+    let sent_at_first_byte = hub.count(Kind::CdnBytesSent);
+    assert!(!first.is_empty());
+    assert!(
+        sent_at_first_byte < size as u64,
+        "the first byte waited for the whole blob"
+    );
+    assert_eq!(read_digest(response).await.map(|_| ()), Ok(()));
+    assert_eq!(hub.count(Kind::CdnBytesSent), size as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_manifest_misses_share_one_upstream_get() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[10]);
+    let slow = Duration::from_millis(400);
+    hub.set_fault(Target::All, Fault::Delay(slow));
+    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let url = format!(
+        "{}/v2/library/app/manifests/{}",
+        mirror.url(),
+        image.manifest_digest
+    );
+    let client = client();
+    let mut tasks = JoinSet::new();
+    for _ in 0..16 {
+        let request = client.get(&url).header("accept", &image.media_type);
+        tasks.spawn(async move {
+            let response = request.send().await.expect("mirror answers");
+            (response.status(), response.bytes().await.expect("body"))
+        });
+    }
+    for (status, body) in tasks.join_all().await {
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, image.manifest_bytes);
+    }
+    assert_eq!(hub.count(Kind::ManifestGetByDigest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_in_one_repository_share_one_token() {
+    let hub = Hub::start().await;
+    let images: Vec<_> = (0..12)
+        .map(|i| hub.push_image("library/app", &format!("v{i}"), &[10]))
+        .collect();
+    hub.set_fault(Target::All, Fault::Delay(Duration::from_millis(300)));
+    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let client = client();
+    let mut tasks = JoinSet::new();
+    for image in &images {
+        let url = format!(
+            "{}/v2/library/app/manifests/{}",
+            mirror.url(),
+            image.manifest_digest
+        );
+        let request = client.get(url).header("accept", &image.media_type);
+        let wanted = image.manifest_bytes.clone();
+        tasks.spawn(async move {
+            let response = request.send().await.expect("mirror answers");
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.bytes().await.expect("body"), wanted);
+        });
+    }
+    tasks.join_all().await;
+    let scoped = hub
+        .token_requests()
+        .into_iter()
+        .filter(|t| t.scopes.iter().any(|s| s == "repository:library/app:pull"))
+        .count();
+    assert_eq!(scoped, 1, "12 concurrent misses, one token");
+    assert_eq!(hub.count(Kind::ManifestGetByDigest), 12);
+}

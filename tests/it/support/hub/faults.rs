@@ -1,0 +1,153 @@
+//! Fault injection for the stand-in hub: what can go wrong, where it applies,
+//! and the CDN body stream that applies the byte-level faults.
+
+use super::{Counters, Kind};
+use bytes::Bytes;
+use futures_util::stream::{self, Stream};
+use hyper::body::Frame;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes per body frame the CDN sends; throttling sleeps between frames.
+const CHUNK: usize = 64 * 1024;
+
+/// Which requests a fault applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every request the fault kind applies to.
+    All,
+    /// Only requests for this digest (a manifest by tag matches the digest
+    /// the tag points to).
+    Digest(String),
+}
+
+/// Something the hub does wrong. Faults stack: a throttled, dropped body is
+/// `Throttle` plus `DropAfter` on the same target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Blob bodies on the CDN and manifest GET bodies: same length, the
+    /// middle byte flipped.
+    CorruptBytes,
+    /// CDN blob bodies: the connection breaks after this many body bytes.
+    DropAfter(u64),
+    /// CDN blob bodies: at most this many bytes per second per connection.
+    Throttle(u64),
+    /// Registry requests under `/v2/<name>/` (manifests, blobs, tag lists;
+    /// GET and HEAD) and CDN GETs answer this status (e.g. 500, 503) with an
+    /// error body.
+    Status(u16),
+    /// Manifest GETs (not HEADs, as on Docker Hub) answer 429 with
+    /// `Retry-After: <secs>` and `TOOMANYREQUESTS`.
+    TooManyRequests { retry_after_secs: u64 },
+    /// Registry requests under `/v2/<name>/` and CDN GETs are accepted and
+    /// never answered.
+    Stall,
+    /// Wait this long before answering: registry requests under
+    /// `/v2/<name>/`, CDN GETs and, with `Target::All`, token requests.
+    Delay(Duration),
+}
+
+/// The active faults, settable while the hub runs.
+#[derive(Default)]
+pub struct Faults {
+    active: Vec<(Target, Fault)>,
+}
+
+impl Faults {
+    pub fn set(&mut self, target: Target, fault: Fault) {
+        self.active.push((target, fault));
+    }
+
+    pub fn clear(&mut self) {
+        self.active.clear();
+    }
+
+    /// Faults that apply to content `digest` (`None`: a request that names
+    /// no content, such as a token fetch; only `Target::All` matches it).
+    pub fn matching(&self, digest: Option<&str>) -> Vec<Fault> {
+        self.active
+            .iter()
+            .filter(|(target, _)| match target {
+                Target::All => true,
+                Target::Digest(d) => Some(d.as_str()) == digest,
+            })
+            .map(|(_, fault)| fault.clone())
+            .collect()
+    }
+}
+
+/// `bytes` with the middle byte flipped.
+pub fn corrupt(bytes: &Bytes) -> Bytes {
+    let mut wrong = bytes.to_vec();
+    if let Some(byte) = wrong.get_mut(bytes.len() / 2) {
+        *byte ^= 0xff;
+    }
+    Bytes::from(wrong)
+}
+
+/// How the CDN streams one blob body.
+pub struct BodyPlan {
+    pub data: Bytes,
+    /// Break the connection after this many bytes.
+    pub drop_after: Option<u64>,
+    /// Bytes per second.
+    pub rate: Option<u64>,
+}
+
+impl BodyPlan {
+    /// The plan for `data` under `faults` (the byte-level ones only).
+    pub fn new(data: Bytes, faults: &[Fault]) -> BodyPlan {
+        let mut plan = BodyPlan {
+            data,
+            drop_after: None,
+            rate: None,
+        };
+        for fault in faults {
+            match fault {
+                Fault::CorruptBytes => plan.data = corrupt(&plan.data),
+                Fault::DropAfter(n) => plan.drop_after = Some(*n),
+                Fault::Throttle(rate) => plan.rate = Some((*rate).max(1)),
+                _ => {}
+            }
+        }
+        plan
+    }
+
+    /// The body as frames, counting `CdnBytesSent` as each frame is handed
+    /// to hyper, ending in an I/O error where the plan drops the connection.
+    pub fn into_stream(
+        self,
+        counters: Arc<Counters>,
+    ) -> impl Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send {
+        let len = self.data.len();
+        let end = self
+            .drop_after
+            .map_or(len, |n| usize::try_from(n).unwrap_or(len).min(len));
+        let breaks = self.drop_after.is_some();
+        stream::unfold((self, 0usize, false), move |(plan, pos, done)| {
+            let counters = counters.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                if pos >= end {
+                    if breaks {
+                        // Pending for a moment lets hyper flush what it holds,
+                        // so the peer really gets `n` bytes before the break.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let err = std::io::Error::other("hub fault: connection dropped");
+                        return Some((Err(err), (plan, pos, true)));
+                    }
+                    return None;
+                }
+                let n = CHUNK.min(end - pos);
+                if let Some(rate) = plan.rate {
+                    tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
+                }
+                let frame = Frame::data(plan.data.slice(pos..pos + n));
+                counters.add(Kind::CdnBytesSent, n as u64);
+                Some((Ok(frame), (plan, pos + n, false)))
+            }
+        })
+    }
+}

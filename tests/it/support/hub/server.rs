@@ -1,0 +1,377 @@
+//! The hub's HTTP side: accept loops, the registry API (`/v2/…`), the token
+//! endpoint (`/token`) and the CDN that blob GETs redirect to.
+
+use super::faults::{corrupt, BodyPlan, Fault};
+use super::{auth, lock, Kind, Recorded, Site, State};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sha2::{Digest as _, Sha256};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub(super) type Body = BoxBody<Bytes, std::io::Error>;
+
+#[derive(Clone, Copy)]
+pub enum Listener {
+    Registry,
+    Cdn,
+}
+
+/// Serves `listener` until the returned task is aborted; aborting it also
+/// drops every open connection (they live in its `JoinSet`).
+pub fn serve(listener: TcpListener, state: Arc<State>, which: Listener) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let state = state.clone();
+            conns.spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(state, which, req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    })
+}
+
+async fn route(state: Arc<State>, which: Listener, req: Request<Incoming>) -> Response<Body> {
+    let site = match which {
+        Listener::Cdn => Site::Cdn,
+        Listener::Registry if req.uri().path() == "/token" => Site::Token,
+        Listener::Registry => Site::Registry,
+    };
+    lock(&state.requests).push(Recorded {
+        site,
+        method: req.method().clone(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        headers: req.headers().clone(),
+    });
+    match site {
+        Site::Cdn => cdn(&state, &req).await,
+        Site::Token => {
+            let delays: Vec<Fault> = state
+                .faults_for(None)
+                .into_iter()
+                .filter(|fault| matches!(fault, Fault::Delay(_)))
+                .collect();
+            apply_faults(&delays).await;
+            auth::token(&state, &req)
+        }
+        Site::Registry => registry(&state, &req).await,
+    }
+}
+
+impl State {
+    fn faults_for(&self, digest: Option<&str>) -> Vec<Fault> {
+        lock(&self.faults).matching(digest)
+    }
+}
+
+/// Applies `Delay`, `Stall` and `Status`; returns the response a `Status`
+/// fault asks for.
+pub(super) async fn apply_faults(faults: &[Fault]) -> Option<Response<Body>> {
+    for fault in faults {
+        if let Fault::Delay(d) = fault {
+            tokio::time::sleep(*d).await;
+        }
+    }
+    if faults.contains(&Fault::Stall) {
+        std::future::pending::<()>().await;
+    }
+    faults.iter().find_map(|fault| match fault {
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(*code).expect("fault status");
+            Some(oci_error(status, "UNAVAILABLE", "hub fault injected"))
+        }
+        _ => None,
+    })
+}
+
+enum Route<'a> {
+    Manifest { name: &'a str, reference: &'a str },
+    Blob { name: &'a str, digest: &'a str },
+    Tags { name: &'a str },
+}
+
+fn parse_route(rest: &str) -> Option<Route<'_>> {
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(Route::Tags { name });
+    }
+    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        return Some(Route::Manifest { name, reference });
+    }
+    let (name, digest) = rest.rsplit_once("/blobs/")?;
+    Some(Route::Blob { name, digest })
+}
+
+async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return oci_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "read-only hub",
+        );
+    }
+    if path == "/v2/" || path == "/v2" {
+        if auth::authorized(state, req, None) {
+            return json(StatusCode::OK, b"{}".to_vec());
+        }
+        return auth::challenge(state, None);
+    }
+    let route = path.strip_prefix("/v2/").and_then(parse_route);
+    let Some(route) = route else {
+        return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
+    };
+    let name = match &route {
+        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => *name,
+    };
+    if !auth::authorized(state, req, Some(name)) {
+        return auth::challenge(state, Some(name));
+    }
+    let digest = match &route {
+        Route::Manifest { reference, .. } => lock(&state.store).resolve(name, reference),
+        Route::Blob { digest, .. } => Some(digest.to_string()),
+        Route::Tags { .. } => None,
+    };
+    let faults = state.faults_for(digest.as_deref());
+    if let Some(response) = apply_faults(&faults).await {
+        return response;
+    }
+    let head = req.method() == Method::HEAD;
+    match route {
+        Route::Manifest { reference, .. } => {
+            manifest(state, name, reference, digest, head, &faults)
+        }
+        Route::Blob { digest, .. } => blob(state, name, digest, head),
+        Route::Tags { .. } => tags(state, name),
+    }
+}
+
+fn manifest(
+    state: &State,
+    name: &str,
+    reference: &str,
+    digest: Option<String>,
+    head: bool,
+    faults: &[Fault],
+) -> Response<Body> {
+    let kind = match (head, reference.contains(':')) {
+        (false, false) => Kind::ManifestGetByTag,
+        (false, true) => Kind::ManifestGetByDigest,
+        (true, false) => Kind::ManifestHeadByTag,
+        (true, true) => Kind::ManifestHeadByDigest,
+    };
+    state.counters.add(kind, 1);
+    if !head {
+        let retry = faults.iter().find_map(|f| match f {
+            Fault::TooManyRequests { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        });
+        if let Some(secs) = retry {
+            let mut response = oci_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "You have reached your pull rate limit.",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return response;
+        }
+    }
+    let stored = digest.and_then(|d| Some((lock(&state.store).manifest(name, &d)?, d)));
+    let Some((stored, digest)) = stored else {
+        return empty_if(
+            head,
+            oci_error(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                "manifest unknown",
+            ),
+        );
+    };
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &stored.media_type)
+        .header("docker-content-digest", &digest)
+        .header(header::CONTENT_LENGTH, stored.bytes.len())
+        .header(header::ETAG, format!("\"{digest}\""))
+        .header("docker-distribution-api-version", "registry/2.0");
+    if head {
+        return builder.body(empty()).expect("response");
+    }
+    let remaining = state
+        .ratelimit_remaining
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .map_or(0, |n| n - 1);
+    builder = builder
+        .header("ratelimit-limit", "100;w=21600")
+        .header("ratelimit-remaining", format!("{remaining};w=21600"));
+    let bytes = if faults.contains(&Fault::CorruptBytes) {
+        corrupt(&stored.bytes)
+    } else {
+        stored.bytes
+    };
+    builder.body(full(bytes)).expect("response")
+}
+
+fn blob(state: &State, name: &str, digest: &str, head: bool) -> Response<Body> {
+    state
+        .counters
+        .add(if head { Kind::BlobHead } else { Kind::BlobGet }, 1);
+    let Some(bytes) = lock(&state.store).blob_in_repo(name, digest) else {
+        return empty_if(
+            head,
+            oci_error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to registry",
+            ),
+        );
+    };
+    if head {
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, bytes.len())
+            .header("docker-content-digest", digest)
+            .header(header::ETAG, format!("\"{digest}\""))
+            .body(empty())
+            .expect("response");
+    }
+    let location = format!("{}/{digest}?sig={}", state.cdn_url, signature(digest));
+    Response::builder()
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header(header::LOCATION, location)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(empty())
+        .expect("response")
+}
+
+fn tags(state: &State, name: &str) -> Response<Body> {
+    state.counters.add(Kind::TagsList, 1);
+    match lock(&state.store).tags(name) {
+        Some(tags) => {
+            let body = serde_json::json!({ "name": name, "tags": tags });
+            json(StatusCode::OK, serde_json::to_vec(&body).expect("json"))
+        }
+        None => oci_error(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "repository name not known",
+        ),
+    }
+}
+
+/// The CDN: signed URLs by digest; any Authorization header is a 400, as
+/// with the signed URLs Docker Hub redirects to.
+async fn cdn(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    let digest = req.uri().path().trim_start_matches('/');
+    let sig = format!("sig={}", signature(digest));
+    if req.uri().query() != Some(sig.as_str()) {
+        return plain(StatusCode::FORBIDDEN, "bad signature");
+    }
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        state.counters.add(Kind::CdnRejected, 1);
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed</Message></Error>",
+        );
+    }
+    let faults = state.faults_for(Some(digest));
+    if let Some(response) = apply_faults(&faults).await {
+        return response;
+    }
+    let Some(bytes) = lock(&state.store).blob(digest) else {
+        return plain(StatusCode::NOT_FOUND, "not found");
+    };
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, bytes.len());
+    if req.method() != Method::GET {
+        return builder.body(empty()).expect("response");
+    }
+    state.counters.add(Kind::CdnGet, 1);
+    let frames = BodyPlan::new(bytes, &faults).into_stream(state.counters.clone());
+    builder
+        .body(StreamBody::new(frames).boxed())
+        .expect("response")
+}
+
+/// The `sig` query of a CDN URL for `digest`.
+pub(super) fn signature(digest: &str) -> String {
+    hex::encode(Sha256::digest(format!("hub.test cdn {digest}")))[..32].to_string()
+}
+
+pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub(super) fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// For HEAD, the same status and headers without a body.
+fn empty_if(head: bool, response: Response<Body>) -> Response<Body> {
+    if !head {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, empty())
+}
+
+pub(super) fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len())
+        .header("docker-distribution-api-version", "registry/2.0")
+        .body(full(body))
+        .expect("response")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(full(text))
+        .expect("response")
+}
+
+/// An OCI distribution error body.
+pub(super) fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "errors": [{ "code": code, "message": message, "detail": null }]
+    });
+    json(status, serde_json::to_vec(&body).expect("json"))
+}
