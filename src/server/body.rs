@@ -41,6 +41,18 @@ pub fn json_response(status: StatusCode, json: String) -> Response<Body> {
     resp
 }
 
+/// Waits for the download to publish something new. If its task is gone,
+/// its last word must have been the end; anything else is a failure.
+async fn wait_for_progress(rx: &mut watch::Receiver<Progress>) -> io::Result<()> {
+    if rx.changed().await.is_err() {
+        let last = rx.borrow().clone();
+        if !matches!(last, Progress::Complete { .. } | Progress::Failed(_)) {
+            return Err(io::Error::other("download ended without a result"));
+        }
+    }
+    Ok(())
+}
+
 struct BlobReader {
     file: Arc<File>,
     pos: u64,
@@ -49,6 +61,8 @@ struct BlobReader {
     progress: Option<watch::Receiver<Progress>>,
     /// Metric label: whether these bytes were already cached.
     source: &'static str,
+    /// The whole blob's length, when the upstream announced it.
+    blob_len: Option<u64>,
 }
 
 impl BlobReader {
@@ -66,25 +80,26 @@ impl BlobReader {
                     self.progress = None;
                 }
                 Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
-                Progress::Streaming { written, .. } if written > self.pos => {
-                    let limit = self.end.map_or(written, |e| e.min(written));
-                    if limit <= self.pos {
-                        return Ok(None);
-                    }
-                    return Ok(Some(limit));
-                }
-                Progress::Streaming { .. } | Progress::Connecting => {
+                Progress::Streaming { written, .. } => {
                     if self.end.is_some_and(|e| e <= self.pos) {
                         return Ok(None);
                     }
-                    if rx.changed().await.is_err() {
-                        // The download task is gone; its last word decides.
-                        let last = rx.borrow().clone();
-                        if !matches!(last, Progress::Complete { .. } | Progress::Failed(_)) {
-                            return Err(io::Error::other("download ended without a result"));
-                        }
+                    // Hold back the blob's last byte until the download is
+                    // verified: a client must never receive a whole blob from
+                    // a download that then fails its digest. (A range that
+                    // stops short of the end is served as bytes land; the
+                    // client can only verify what it assembles anyway.)
+                    let limit = match self.end {
+                        Some(end) if written >= end && Some(end) == self.blob_len => end - 1,
+                        Some(end) => written.min(end),
+                        None => written,
+                    };
+                    if limit > self.pos {
+                        return Ok(Some(limit));
                     }
+                    wait_for_progress(rx).await?;
                 }
+                Progress::Connecting => wait_for_progress(rx).await?,
             }
         }
     }
@@ -131,11 +146,8 @@ impl BlobReader {
 /// The bytes `[start, end)` of a blob (to its end when `end` is `None`).
 pub fn blob(source: BlobSource, start: u64, end: Option<u64>) -> Body {
     let reader = BlobReader {
-        source: if source.is_cached() {
-            "cache"
-        } else {
-            "upstream"
-        },
+                source: if source.is_cached() { "cache" } else { "upstream" },
+        blob_len: source.total,
         file: source.file,
         pos: start,
         end: end.or(source.total),
