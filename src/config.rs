@@ -31,6 +31,9 @@ pub struct Config {
     pub max_size: Option<u64>,
     /// Serve HTTPS (h2 and http/1.1) with this certificate and key.
     pub tls: Option<crate::server::TlsFiles>,
+    /// Client credentials: htpasswd (bcrypt) users and bearer tokens.
+    pub htpasswd_file: Option<PathBuf>,
+    pub bearer_tokens_file: Option<PathBuf>,
 }
 
 /// An address or CIDR block, e.g. `10.0.0.0/8` or `::1`.
@@ -139,6 +142,8 @@ struct FileConfig {
     max_size: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    htpasswd_file: Option<PathBuf>,
+    bearer_tokens_file: Option<PathBuf>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     #[serde(default)]
@@ -252,6 +257,8 @@ impl Config {
             _ => return Err(invalid("tls_cert", "tls_cert and tls_key go together")),
         };
         Ok(Config {
+            htpasswd_file: parsed.htpasswd_file,
+            bearer_tokens_file: parsed.bearer_tokens_file,
             tls,
             max_size,
             listen,

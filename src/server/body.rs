@@ -146,7 +146,11 @@ impl BlobReader {
 /// The bytes `[start, end)` of a blob (to its end when `end` is `None`).
 pub fn blob(source: BlobSource, start: u64, end: Option<u64>) -> Body {
     let reader = BlobReader {
-                source: if source.is_cached() { "cache" } else { "upstream" },
+        source: if source.is_cached() {
+            "cache"
+        } else {
+            "upstream"
+        },
         blob_len: source.total,
         file: source.file,
         pos: start,

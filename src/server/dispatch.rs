@@ -129,6 +129,12 @@ pub(super) async fn route(app: &App, req: &Request<Incoming>) -> Result<Handled,
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(auth) = &app.client_auth {
+        let protected = !matches!(route, Route::Healthz | Route::Readyz | Route::Metrics);
+        if protected && !auth.allows(req.headers()).await {
+            return Err(ApiError::Unauthorized);
+        }
+    }
     if !readable {
         return Err(match route {
             Route::Healthz | Route::Readyz | Route::Metrics => ApiError::MethodNotAllowed,

@@ -24,6 +24,8 @@ pub enum ApiError {
     Route(#[from] RouteError),
     #[error("this is a read-only mirror")]
     ReadOnly,
+    #[error("authentication required")]
+    Unauthorized,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("registry {0:?} is not configured on this mirror")]
@@ -68,6 +70,7 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
             ApiError::UnknownRegistry(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             ApiError::Upstream { source, subject } => upstream_status(source, *subject),
             ApiError::Fetch(FetchError::Upstream(source)) => upstream_status(source, Subject::Blob),
@@ -140,6 +143,12 @@ impl ApiError {
             if let Ok(v) = HeaderValue::from_str(retry) {
                 headers.insert(header::RETRY_AFTER, v);
             }
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"pullthrough\""),
+            );
         }
         if matches!(self, ApiError::ReadOnly | ApiError::MethodNotAllowed) {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

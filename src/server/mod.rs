@@ -2,6 +2,7 @@
 //! access log, and graceful shutdown.
 
 mod body;
+mod client_auth;
 mod dispatch;
 mod error;
 mod handlers;
@@ -46,6 +47,8 @@ pub struct App {
     pub index: cache::Index,
     pub cache_dir: PathBuf,
     pub trusted_proxies: Vec<ProxyNet>,
+    /// `None` when clients need no credentials.
+    pub client_auth: Option<client_auth::ClientAuth>,
     pub shutting_down: AtomicBool,
 }
 
@@ -58,6 +61,8 @@ pub enum StartError {
     },
     #[error("cannot build the upstream client: {0}")]
     Upstream(String),
+    #[error("cannot load client credentials: {0}")]
+    ClientAuth(String),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -89,6 +94,11 @@ impl App {
             index,
             cache_dir: config.cache_dir.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            client_auth: client_auth::ClientAuth::load(
+                config.htpasswd_file.as_deref(),
+                config.bearer_tokens_file.as_deref(),
+            )
+            .map_err(StartError::ClientAuth)?,
             shutting_down: AtomicBool::new(false),
         }))
     }
