@@ -15,6 +15,7 @@ mod tls;
 pub use tls::TlsFiles;
 
 pub use error::ApiError;
+pub use range::{parse_range, ByteSpan, RangeRequest};
 pub use routes::{parse as parse_route, Route, RouteError};
 
 use crate::cache;

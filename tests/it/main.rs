@@ -1,6 +1,11 @@
 //! All integration and end-to-end suites, in one test binary so they share
 //! helpers and build once (the crates.io layout).
 
+mod cache_budget;
+mod cache_repair;
+mod deploy_configs;
+mod deploy_haproxy;
+mod deploy_prometheus;
 mod e2e_docker;
 mod e2e_skopeo;
 mod hub_protocol;

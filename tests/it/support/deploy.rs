@@ -13,7 +13,9 @@ pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 /// `deploy/<rel>` in this repository.
 pub fn deploy_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(rel)
 }
 
 /// The text of `deploy/<rel>`.

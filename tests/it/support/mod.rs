@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod deploy;
 pub mod docker;
 pub mod hub;
 pub mod mirror;
