@@ -86,21 +86,14 @@ impl ManifestService {
         digest: &Digest,
         accept: &str,
     ) -> Result<(Arc<Manifest>, CacheOutcome), ManifestError> {
-        let mut outcome = CacheOutcome::Coalesced;
-        let entry = self
-            .by_digest
-            .entry(digest.clone())
-            .or_try_insert_with(async {
-                let (manifest, o) = self.load_or_fetch(upstream, repo, digest, accept).await?;
-                outcome = o;
-                Ok::<_, ManifestError>(manifest)
-            })
-            .await
-            .map_err(|e: Arc<ManifestError>| (*e).clone())?;
-        if !entry.is_fresh() {
-            outcome = CacheOutcome::Hit;
-        }
-        Ok((entry.into_value(), outcome))
+        coalesced(
+            &self.by_digest,
+            digest.clone(),
+            // Boxed: the nested lookups would otherwise make one very
+            // large future on the worker's stack.
+            Box::pin(self.load_or_fetch(upstream, repo, digest, accept)),
+        )
+        .await
     }
 
     async fn load_or_fetch(
@@ -220,21 +213,10 @@ impl ManifestService {
             repo: upstream.upstream_name(repo).to_string(),
             tag: tag.to_string(),
         };
-        let mut outcome = CacheOutcome::Coalesced;
-        let entry = self
-            .fresh_tags
-            .entry((key.clone(), accept.to_owned()))
-            .or_try_insert_with(async {
-                let (fresh, o) = self.resolve_tag(upstream, repo, tag, &key, accept).await?;
-                outcome = o;
-                Ok::<_, ManifestError>(fresh)
-            })
-            .await
-            .map_err(|e: Arc<ManifestError>| (*e).clone())?;
-        if !entry.is_fresh() {
-            outcome = CacheOutcome::Hit;
-        }
-        Ok((entry.into_value().manifest, outcome))
+        let resolve = Box::pin(self.resolve_tag(upstream, repo, tag, &key, accept));
+        let (fresh, outcome) =
+            coalesced(&self.fresh_tags, (key.clone(), accept.to_owned()), resolve).await?;
+        Ok((fresh.manifest, outcome))
     }
 
     async fn resolve_tag(
@@ -388,6 +370,34 @@ impl ManifestService {
         }
         Ok(loaded)
     }
+}
+
+/// Looks `key` up in `cache`, running `load` once for all concurrent
+/// misses, and says whether this caller hit, loaded, or joined a load.
+async fn coalesced<K, V>(
+    cache: &Cache<K, V>,
+    key: K,
+    load: impl std::future::Future<Output = Result<(V, CacheOutcome), ManifestError>>,
+) -> Result<(V, CacheOutcome), ManifestError>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    if let Some(value) = cache.get(&key).await {
+        return Ok((value, CacheOutcome::Hit));
+    }
+    // Stays `Coalesced` unless this caller is the one that loads.
+    let mut outcome = CacheOutcome::Coalesced;
+    let entry = cache
+        .entry(key)
+        .or_try_insert_with(async {
+            let (value, o) = load.await?;
+            outcome = o;
+            Ok::<_, ManifestError>(value)
+        })
+        .await
+        .map_err(|e: Arc<ManifestError>| (*e).clone())?;
+    Ok((entry.into_value(), outcome))
 }
 
 /// The `Accept` value to send upstream: the client's, or every manifest

@@ -10,18 +10,36 @@ declare -A needs=(
   [skopeo]=skopeo
   [dockerd]=docker.io
   [ctr]=containerd
+  [promtool]=prometheus
+  [haproxy]=haproxy
+  [docker-compose]=docker-compose
+  [systemd-analyze]=systemd
+  [openssl]=openssl
+  [curl]=curl
 )
 missing=()
 for prog in "${!needs[@]}"; do
   command -v "$prog" >/dev/null 2>&1 || missing+=("${needs[$prog]}")
 done
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Debian's python3 needs PyYAML for the deploy checks.
+/usr/bin/python3 -c 'import yaml' 2>/dev/null || {
+  $sudo apt-get install -y -qq python3-yaml >/dev/null
+}
+# The Kubernetes manifests are checked against the API schemas offline.
+tools_venv="$PWD/target/tools-venv"
+if ! command -v kubernetes-validate >/dev/null 2>&1 && [ ! -x "$tools_venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$tools_venv"
+  "$tools_venv/bin/pip" install -q kubernetes-validate
+fi
+export PATH="$PATH:$tools_venv/bin"
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

@@ -11,6 +11,11 @@ impl ByteSpan {
     pub fn len(&self) -> u64 {
         self.end - self.start + 1
     }
+
+    /// Never true: a span holds at least its first byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
