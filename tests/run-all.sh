@@ -21,18 +21,17 @@ missing=()
 for prog in "${!needs[@]}"; do
   command -v "$prog" >/dev/null 2>&1 || missing+=("${needs[$prog]}")
 done
+# Debian's own python3 needs PyYAML for the deploy checks.
+/usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # As the machines here were set up (recommended packages included: the
+  # Docker daemon has been exercised that way).
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-
-# Debian's python3 needs PyYAML for the deploy checks.
-/usr/bin/python3 -c 'import yaml' 2>/dev/null || {
-  $sudo apt-get install -y -qq python3-yaml >/dev/null
-}
 # The Kubernetes manifests are checked against the API schemas offline.
 tools_venv="$PWD/target/tools-venv"
 if ! command -v kubernetes-validate >/dev/null 2>&1 && [ ! -x "$tools_venv/bin/kubernetes-validate" ]; then

@@ -421,3 +421,22 @@ fn access_times_survive_a_clean_shutdown() {
         "the access just before shutdown was lost: gc would evict the blob used last"
     );
 }
+
+/// Every file under `blobs/sha256/` that is not `<shard>/<digest>` is a
+/// stray, including one lying next to the shard directories.
+#[test]
+fn gc_removes_stray_files_beside_the_shard_directories() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("cache");
+    let blobs = cache.join("blobs/sha256");
+    std::fs::create_dir_all(blobs.join("ab")).expect("shard dir");
+    let in_shard = blobs.join("ab/junk");
+    let beside = blobs.join("junk");
+    std::fs::write(&in_shard, b"stray").expect("stray");
+    std::fs::write(&beside, b"stray").expect("stray");
+    let dir = cache.to_string_lossy().into_owned();
+    let report = pullthrough_json(&["gc", "--cache-dir", &dir]);
+    assert!(!in_shard.exists(), "{report}");
+    assert!(!beside.exists(), "gc left blobs/sha256/junk: {report}");
+    assert_eq!(report["reconcile"]["removed_stray"], 2, "{report}");
+}
