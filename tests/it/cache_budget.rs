@@ -363,7 +363,7 @@ impl SlowReader {
         let (stream, hasher) = (&mut self.stream, &mut self.hasher);
         let (received, total) = (&mut self.received, self.content_length);
         self.runtime.block_on(async {
-            let stop = (*received + limit).min(total);
+            let stop = received.saturating_add(limit).min(total);
             let mut buf = vec![0u8; 64 * 1024];
             while *received < stop {
                 let want = ((stop - *received) as usize).min(buf.len());
