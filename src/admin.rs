@@ -29,6 +29,8 @@ fn open(dir: &Path, max_size: Option<u64>) -> Result<(cache::BlobStore, Index), 
 #[derive(Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// Entries under `tmp/`: downloads a previous process did not finish.
+    pub removed_temp: u64,
     pub reconcile: cache::ReconcileReport,
     pub eviction: Option<cache::EvictionReport>,
 }
@@ -41,6 +43,10 @@ pub fn gc(
     dry_run: bool,
 ) -> Result<GcReport, AdminError> {
     let (store, index) = open(dir, max_size)?;
+    let removed_temp = store.clear_temp(dry_run).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot empty tmp/");
+        0
+    });
     let reconcile = cache::reconcile(&store, &index, dry_run);
     let eviction = max_size.map(|max_size| {
         let budget = Budget {
@@ -52,6 +58,7 @@ pub fn gc(
     let _ = index.flush();
     Ok(GcReport {
         dry_run,
+        removed_temp,
         reconcile,
         eviction,
     })
@@ -71,6 +78,7 @@ pub fn render_gc(r: &GcReport) -> String {
         c.removed_stray,
         c.dropped_entries
     );
+    let _ = writeln!(out, "temp: {verb} {} unfinished downloads", r.removed_temp);
     match &r.eviction {
         None => {
             let _ = writeln!(out, "eviction: no max_size set; nothing evicted");

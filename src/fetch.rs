@@ -33,9 +33,26 @@ pub enum FetchError {
     Truncated { expected: u64, got: u64 },
     #[error("cache disk error: {0}")]
     Disk(String),
-    /// The cache cannot hold the blob now; callers stream it past the cache.
+    /// The cache cannot hold the blob now; callers stream it past the
+    /// cache, starting with the upstream response the download already has.
     #[error("no space left in the cache for this blob")]
-    NoSpace,
+    NoSpace(UnclaimedResponse),
+}
+
+/// An upstream response that the first caller to claim it may relay, so a
+/// blob that cannot be cached is still fetched once for that request, not
+/// twice.
+#[derive(Clone, Debug, Default)]
+pub struct UnclaimedResponse(Arc<Mutex<Option<reqwest::Response>>>);
+
+impl UnclaimedResponse {
+    fn new(resp: reqwest::Response) -> Self {
+        UnclaimedResponse(Arc::new(Mutex::new(Some(resp))))
+    }
+
+    pub fn claim(&self) -> Option<reqwest::Response> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 /// What readers see of a download.
@@ -215,14 +232,14 @@ impl BlobFetcher {
     ) -> Result<(Arc<File>, u64), FetchError> {
         let resp = upstream.get_blob(repo, digest).await?;
         let total = resp.content_length();
-        let temp = self.store.create_temp_reserved(total).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::StorageFull {
-                tracing::warn!(%digest, bytes = total, "cache disk full; streaming without caching");
-                FetchError::NoSpace
-            } else {
-                FetchError::Disk(e.to_string())
+        let temp = match self.store.create_temp_reserved(total) {
+            Ok(temp) => temp,
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                tracing::warn!(%digest, bytes = total, reason = %e, "cannot cache this blob; streaming it without caching");
+                return Err(FetchError::NoSpace(UnclaimedResponse::new(resp)));
             }
-        })?;
+            Err(e) => return Err(FetchError::Disk(e.to_string())),
+        };
         let file = Arc::clone(temp.file());
         tx.send_replace(Progress::Streaming {
             file: Arc::clone(&file),

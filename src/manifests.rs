@@ -122,7 +122,7 @@ impl ManifestService {
             media_type: fetched.media_type,
             bytes: fetched.bytes,
         });
-        self.save(Arc::clone(&manifest)).await?;
+        self.save_or_bypass(&manifest).await;
         Ok((manifest, CacheOutcome::Miss))
     }
 
@@ -177,6 +177,15 @@ impl ManifestService {
         })
         .await
         .map_err(|e| ManifestError::Disk(e.to_string()))?
+    }
+
+    /// Stores a verified manifest; a cache that cannot take it (full disk)
+    /// must not fail the pull, so the manifest is served all the same.
+    async fn save_or_bypass(&self, manifest: &Arc<Manifest>) {
+        if let Err(e) = self.save(Arc::clone(manifest)).await {
+            crate::metrics::metrics().cache_bypasses.inc();
+            tracing::warn!(digest = %manifest.digest, error = %e, "cannot cache manifest; serving it uncached");
+        }
     }
 
     async fn save(&self, manifest: Arc<Manifest>) -> Result<(), ManifestError> {
@@ -275,7 +284,22 @@ impl ManifestService {
 
         let (manifest, outcome) = match head.digest {
             Some(digest) => {
-                let (m, o) = self.by_digest(upstream, repo, &digest, accept).await?;
+                let (m, o) = match self.by_digest(upstream, repo, &digest, accept).await {
+                    Ok(found) => found,
+                    // The HEAD got through but the GET did not (429 on
+                    // GETs only, an outage starting): the last known
+                    // mapping is still better than a failed pull.
+                    Err(ManifestError::Upstream(e)) if e.is_outage() => {
+                        if let Some(stale) = self
+                            .stale_answer(upstream, key, recorded.as_ref(), now, &e)
+                            .await?
+                        {
+                            return Ok((stale, CacheOutcome::Stale));
+                        }
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e),
+                };
                 let revalidated = recorded
                     .as_ref()
                     .is_some_and(|r| r.digest == digest.to_string());
@@ -297,7 +321,7 @@ impl ManifestService {
                     media_type: fetched.media_type,
                     bytes: fetched.bytes,
                 });
-                self.save(Arc::clone(&manifest)).await?;
+                self.save_or_bypass(&manifest).await;
                 self.by_digest
                     .insert(manifest.digest.clone(), Arc::clone(&manifest))
                     .await;
@@ -309,9 +333,10 @@ impl ManifestService {
             media_type: manifest.media_type.clone(),
             checked_at: now,
         };
-        self.index
-            .put_tag(key, &record)
-            .map_err(|e| ManifestError::Disk(e.to_string()))?;
+        if let Err(e) = self.index.put_tag(key, &record) {
+            // Served all the same; the tag is simply asked about again.
+            tracing::warn!(repo = %key.repo, tag = %key.tag, error = %e, "cannot record tag");
+        }
         Ok((
             FreshTag {
                 manifest,

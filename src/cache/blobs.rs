@@ -45,8 +45,9 @@ impl Drop for TempBlob {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl BlobStore {
-    /// Creates the directories and empties `tmp/`: anything there is a
-    /// download that a previous process did not finish.
+    /// Creates the directories. `tmp/` is left alone: only the process
+    /// that owns the cache may empty it ([`BlobStore::clear_temp`]), and
+    /// read-only commands must not.
     pub fn open(root: &Path, max_size: Option<u64>) -> io::Result<BlobStore> {
         let store = BlobStore {
             blobs: root.join("blobs").join("sha256"),
@@ -56,13 +57,27 @@ impl BlobStore {
         };
         fs::create_dir_all(&store.blobs)?;
         fs::create_dir_all(&store.tmp)?;
-        for entry in fs::read_dir(&store.tmp)? {
+        Ok(store)
+    }
+
+    /// Deletes everything under `tmp/` (downloads a previous process did
+    /// not finish); returns how many entries there were. Call it only
+    /// before any download of this process starts.
+    pub fn clear_temp(&self, dry_run: bool) -> io::Result<u64> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.tmp)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
+            removed += 1;
+            if dry_run {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(entry.path())?;
+            } else {
                 fs::remove_file(entry.path())?;
             }
         }
-        Ok(store)
+        Ok(removed)
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
@@ -95,10 +110,28 @@ impl BlobStore {
         Ok(len)
     }
 
-    /// Every file under `blobs/` as (shard dir name, file name, path, length).
+    /// Every file under `blobs/` as (shard dir name, file name, path,
+    /// length). A file lying beside the shard directories comes with an
+    /// empty shard name, so it can never pass for content.
     pub fn walk(&self) -> impl Iterator<Item = (String, String, PathBuf, u64)> {
-        let shards = fs::read_dir(&self.blobs).into_iter().flatten().flatten();
-        shards.flat_map(|shard| {
+        let entries: Vec<_> = fs::read_dir(&self.blobs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        let (shards, loose): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+        let loose = loose.into_iter().filter_map(|f| {
+            let meta = f.metadata().ok()?;
+            Some((
+                String::new(),
+                f.file_name().to_string_lossy().into_owned(),
+                f.path(),
+                meta.len(),
+            ))
+        });
+        loose.chain(shards.into_iter().flat_map(|shard| {
             let shard_name = shard.file_name().to_string_lossy().into_owned();
             fs::read_dir(shard.path())
                 .into_iter()
@@ -115,7 +148,7 @@ impl BlobStore {
                         )
                     })
                 })
-        })
+        }))
     }
 
     /// Opens a complete blob with its length, or `None` if not cached.
@@ -187,7 +220,7 @@ impl BlobStore {
         fs::rename(&temp.path, &dest)?;
         temp.committed = true;
         if !replaced {
-            self.usage.added(len);
+            self.usage.added(digest.hex(), len);
         }
         // Persist the rename itself, so a crash cannot lose a blob the
         // index already names.
@@ -249,11 +282,14 @@ mod tests {
     }
 
     #[test]
-    fn open_empties_leftover_temp_files() {
+    fn clear_temp_empties_leftovers_unless_dry() {
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::create_dir_all(dir.path().join("tmp/sub")).unwrap();
         fs::write(dir.path().join("tmp/old.partial"), b"half").unwrap();
-        BlobStore::open(dir.path(), None).unwrap();
+        let store = BlobStore::open(dir.path(), None).unwrap();
+        assert_eq!(store.clear_temp(true).unwrap(), 2);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 2);
+        assert_eq!(store.clear_temp(false).unwrap(), 2);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

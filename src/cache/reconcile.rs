@@ -56,8 +56,11 @@ fn mtime_secs(path: &Path) -> u64 {
 pub fn reconcile(store: &BlobStore, index: &Index, dry_run: bool) -> ReconcileReport {
     let mut report = ReconcileReport::default();
     let mut seen = HashSet::new();
+    if !dry_run {
+        store.usage().begin_scan();
+    }
     for (shard, name, path, len) in store.walk() {
-        if !is_digest_hex(&name) || !name.starts_with(&shard) {
+        if shard.len() != 2 || !is_digest_hex(&name) || !name.starts_with(&shard) {
             report.removed_stray += 1;
             if !dry_run {
                 let _ = std::fs::remove_file(&path);
@@ -120,7 +123,9 @@ pub fn reconcile(store: &BlobStore, index: &Index, dry_run: bool) -> ReconcileRe
         }
     }
     if !dry_run {
-        store.usage().set(report.bytes, report.entries);
+        store
+            .usage()
+            .finish_scan(&seen, report.bytes, report.entries);
     }
     report
 }

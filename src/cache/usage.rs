@@ -5,7 +5,7 @@
 use super::index::Index;
 use super::unix_now;
 use crate::metrics::metrics;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +20,9 @@ pub struct CacheUsage {
     /// Usage above which a new blob wakes the evictor (0: no budget).
     high_water: AtomicU64,
     over_budget: tokio::sync::Notify,
+    /// While a reconciliation walks the files: content added meanwhile, so
+    /// its totals do not erase what landed behind its back.
+    added_during_scan: Mutex<Option<HashMap<String, u64>>>,
 }
 
 /// Held while a blob is being served; eviction skips leased blobs.
@@ -50,14 +53,40 @@ impl CacheUsage {
         self.entries.load(Ordering::Relaxed)
     }
 
-    /// Replaces the totals (after a full scan).
-    pub fn set(&self, bytes: u64, entries: u64) {
+    /// Starts recording additions for [`CacheUsage::finish_scan`].
+    pub fn begin_scan(&self) {
+        if let Ok(mut scan) = self.added_during_scan.lock() {
+            *scan = Some(HashMap::new());
+        }
+    }
+
+    /// Replaces the totals with a full scan's, plus whatever was added
+    /// during the scan that the scan did not see.
+    pub fn finish_scan(&self, seen: &HashSet<String>, bytes: u64, entries: u64) {
+        let missed = self
+            .added_during_scan
+            .lock()
+            .ok()
+            .and_then(|mut scan| scan.take())
+            .unwrap_or_default();
+        let (mut bytes, mut entries) = (bytes, entries);
+        for (hex, len) in missed {
+            if !seen.contains(&hex) {
+                bytes += len;
+                entries += 1;
+            }
+        }
         self.bytes.store(bytes, Ordering::Relaxed);
         self.entries.store(entries, Ordering::Relaxed);
         self.publish();
     }
 
-    pub fn added(&self, bytes: u64) {
+    pub fn added(&self, hex: &str, bytes: u64) {
+        if let Ok(mut scan) = self.added_during_scan.lock() {
+            if let Some(scan) = scan.as_mut() {
+                scan.insert(hex.to_owned(), bytes);
+            }
+        }
         let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.entries.fetch_add(1, Ordering::Relaxed);
         self.publish();
@@ -152,9 +181,20 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_keeps_what_landed_behind_its_back() {
+        let usage = CacheUsage::default();
+        usage.begin_scan();
+        usage.added("seen", 5);
+        usage.added("missed", 7);
+        let seen = HashSet::from(["seen".to_owned()]);
+        usage.finish_scan(&seen, 105, 3);
+        assert_eq!((usage.bytes(), usage.entries()), (112, 4));
+    }
+
+    #[test]
     fn totals_never_go_negative() {
         let usage = CacheUsage::default();
-        usage.added(10);
+        usage.added("ab", 10);
         usage.removed(25);
         assert_eq!((usage.bytes(), usage.entries()), (0, 0));
     }

@@ -1,6 +1,7 @@
 //! Response bodies: small in-memory ones, and blob bodies that read a file
 //! in bounded chunks, tailing a download that is still being written.
 
+use crate::cache::Lease;
 use crate::fetch::{BlobSource, Progress};
 use crate::metrics::metrics;
 use crate::oci::{Digest, DigestWriter};
@@ -63,6 +64,8 @@ struct BlobReader {
     source: &'static str,
     /// The whole blob's length, when the upstream announced it.
     blob_len: Option<u64>,
+    /// Keeps eviction away from this blob until the body is dropped.
+    _lease: Lease,
 }
 
 impl BlobReader {
@@ -156,6 +159,7 @@ pub fn blob(source: BlobSource, start: u64, end: Option<u64>) -> Body {
         pos: start,
         end: end.or(source.total),
         progress: source.progress,
+        _lease: source.lease,
     };
     let stream = futures_util::stream::unfold(reader, BlobReader::next_chunk);
     StreamBody::new(stream).boxed_unsync()

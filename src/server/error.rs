@@ -77,7 +77,7 @@ impl ApiError {
             ApiError::Fetch(FetchError::DigestMismatch { .. } | FetchError::Truncated { .. }) => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
             }
-            ApiError::Fetch(FetchError::NoSpace) => {
+            ApiError::Fetch(FetchError::NoSpace(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
             ApiError::Fetch(FetchError::Disk(_)) | ApiError::Internal(_) => {

@@ -96,7 +96,9 @@ pub async fn blob(
     }
     let source = match app.blobs.open(upstream, name, digest).await {
         Ok(source) => source,
-        Err(FetchError::NoSpace) => return blob_passthrough(upstream, name, digest).await,
+        Err(FetchError::NoSpace(unclaimed)) => {
+            return blob_passthrough(upstream, name, digest, unclaimed.claim()).await
+        }
         Err(e) => return Err(e.into()),
     };
     let outcome = if source.is_cached() {
@@ -153,11 +155,15 @@ async fn blob_passthrough(
     upstream: &Arc<Upstream>,
     name: &RepoName,
     digest: &Digest,
+    fetched: Option<reqwest::Response>,
 ) -> Result<Handled, ApiError> {
-    let resp = upstream
-        .get_blob(name, digest)
-        .await
-        .map_err(|e| ApiError::upstream(e, Subject::Blob))?;
+    let resp = match fetched {
+        Some(resp) => resp,
+        None => upstream
+            .get_blob(name, digest)
+            .await
+            .map_err(|e| ApiError::upstream(e, Subject::Blob))?,
+    };
     let total = resp.content_length();
     metrics().cache_bypasses.inc();
     metrics()

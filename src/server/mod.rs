@@ -81,6 +81,18 @@ impl App {
                 source,
             }
         })?;
+        // We own the cache now (the index lock says so): whatever is in
+        // tmp/ is a download that a previous process did not finish.
+        match store.clear_temp(false) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "removed unfinished downloads from tmp/"),
+            Err(source) => {
+                return Err(StartError::Cache {
+                    dir: config.cache_dir.clone(),
+                    source: source.into(),
+                })
+            }
+        }
         let mut upstreams = Vec::new();
         for settings in &config.upstreams {
             let upstream = Upstream::new(settings.clone()).map_err(StartError::Upstream)?;
@@ -163,6 +175,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     // Downloads belong to no connection; let them land in the cache too.
     while app.blobs.inflight_count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Batched access times would otherwise die with the process, and the
+    // next eviction would take the blobs used last for the oldest.
+    app.blobs.store().usage().flush_access_times(&app.index);
+    if let Err(e) = app.index.flush() {
+        tracing::warn!(error = %e, "cannot flush the cache index");
     }
     let left = app.blobs.inflight_count();
     if left > 0 {
