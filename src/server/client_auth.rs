@@ -99,6 +99,11 @@ impl ClientAuth {
         let Some((user, password)) = decode_basic(rest.trim()) else {
             return false;
         };
+        // Docker and containerd answer a Basic challenge with Basic: a token
+        // is accepted as the password (any user name), as with `docker login`.
+        if self.tokens.contains(&sha256(password.as_bytes())) {
+            return true;
+        }
         let Some(hash) = self.users.get(&user) else {
             return false;
         };
@@ -196,6 +201,8 @@ mod tests {
         assert!(!auth.allows(&with("Basic YWxpY2U6d3Jvbmc=")).await);
         assert!(auth.allows(&with("Bearer tok-123")).await);
         assert!(!auth.allows(&with("Bearer tok-124")).await);
+        // "ci:tok-123" — a token given as a Basic password.
+        assert!(auth.allows(&with("Basic Y2k6dG9rLTEyMw==")).await);
         assert!(!auth.allows(&HeaderMap::new()).await);
     }
 

@@ -244,6 +244,8 @@ async fn accept_loop(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // Bounds what one connection can make us buffer (request heads).
+        .max_buf_size(64 * 1024)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {

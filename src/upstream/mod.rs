@@ -515,15 +515,31 @@ impl Upstream {
 
 /// `*` matches any run of characters, `?` any one character.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob_match(&pattern[1..], text) || (!text.is_empty() && glob_match(pattern, &text[1..]))
+    // Greedy with one backtrack point (the last `*`): linear in practice
+    // and never exponential, whatever the pattern.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
         }
-        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p == t => glob_match(&pattern[1..], &text[1..]),
-        _ => false,
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 fn expect_success(resp: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
@@ -626,6 +642,9 @@ mod tests {
         assert!(!glob_match(b"1.2?", b"1.2"));
         assert!(glob_match(b"sha-*", b"sha-abc"));
         assert!(!glob_match(b"latest", b"latest2"));
+        assert!(glob_match(b"library/*", b"library/a/b"));
+        assert!(glob_match(b"**a", b"xxa"));
+        assert!(!glob_match(b"a*a*a*a*a*a*a*a*b", &[b'a'; 200]));
     }
 
     #[test]
