@@ -5,7 +5,7 @@ use crate::cache::Lease;
 use crate::fetch::{BlobSource, Progress};
 use crate::metrics::metrics;
 use crate::oci::{Digest, DigestWriter};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
@@ -66,6 +66,7 @@ struct BlobReader {
     blob_len: Option<u64>,
     /// Keeps eviction away from this blob until the body is dropped.
     _lease: Lease,
+    buffers: ChunkBuffers,
 }
 
 impl BlobReader {
@@ -119,22 +120,31 @@ impl BlobReader {
                 return Some((Err(e), self));
             }
         };
-        let len = (until - self.pos).min(READ_CHUNK);
-        let (file, pos) = (Arc::clone(&self.file), self.pos);
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact_at(&mut buf, pos)?;
-            Ok::<_, io::Error>(Bytes::from(buf))
-        })
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let want = (until - self.pos).min(READ_CHUNK) as usize;
+        let mut buf = self.buffers.take(want);
+        let read = match read_from_page_cache(&self.file, &mut buf[..want], self.pos) {
+            Some(n) => Ok((buf, n)),
+            None => {
+                // Not in memory yet: a real disk read, off the async threads.
+                let (file, pos) = (Arc::clone(&self.file), self.pos);
+                tokio::task::spawn_blocking(move || {
+                    file.read_exact_at(&mut buf[..want], pos)?;
+                    Ok::<_, io::Error>((buf, want))
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
+            }
+        };
         match read {
-            Ok(bytes) => {
-                self.pos += len;
+            Ok((mut buf, n)) => {
+                buf.truncate(n);
+                let bytes = buf.freeze();
+                self.buffers.keep(&bytes);
+                self.pos += n as u64;
                 metrics()
                     .bytes_served
                     .with_label_values(&[self.source])
-                    .inc_by(len);
+                    .inc_by(n as u64);
                 Some((Ok(Frame::data(bytes)), self))
             }
             Err(e) => {
@@ -143,6 +153,58 @@ impl BlobReader {
                 Some((Err(e), self))
             }
         }
+    }
+}
+
+/// Reads what the page cache already holds, without blocking: a hot blob
+/// is served straight from the async thread (no hand-off to the blocking
+/// pool, which cost more than the copy itself). `None`: go to the disk.
+fn read_from_page_cache(file: &File, buf: &mut [u8], pos: u64) -> Option<usize> {
+    let mut slices = [io::IoSliceMut::new(buf)];
+    match rustix::io::preadv2(file, &mut slices, pos, rustix::io::ReadWriteFlags::NOWAIT) {
+        Ok(n) if n > 0 => Some(n),
+        _ => None,
+    }
+}
+
+/// The chunks a body sent recently, reclaimed once the connection has
+/// written them: reading into an initialised buffer we already own saves
+/// an allocation and a memset per chunk.
+#[derive(Default)]
+struct ChunkBuffers {
+    sent: Vec<Bytes>,
+}
+
+impl ChunkBuffers {
+    /// Chunks a connection may hold queued at once, before it asks for more.
+    const KEPT: usize = 3;
+
+    /// An initialised buffer of at least `len` bytes.
+    fn take(&mut self, len: usize) -> BytesMut {
+        for i in 0..self.sent.len() {
+            let candidate = self.sent.swap_remove(i);
+            match candidate.try_into_mut() {
+                Ok(mut buf) => {
+                    if buf.len() < len {
+                        buf.resize(len, 0);
+                    }
+                    return buf;
+                }
+                Err(still_queued) => {
+                    self.sent.push(still_queued);
+                    let last = self.sent.len() - 1;
+                    self.sent.swap(i, last);
+                }
+            }
+        }
+        BytesMut::zeroed(len)
+    }
+
+    fn keep(&mut self, chunk: &Bytes) {
+        if self.sent.len() >= Self::KEPT {
+            self.sent.remove(0);
+        }
+        self.sent.push(chunk.clone());
     }
 }
 
@@ -160,6 +222,7 @@ pub fn blob(source: BlobSource, start: u64, end: Option<u64>) -> Body {
         end: end.or(source.total),
         progress: source.progress,
         _lease: source.lease,
+        buffers: ChunkBuffers::default(),
     };
     let stream = futures_util::stream::unfold(reader, BlobReader::next_chunk);
     StreamBody::new(stream).boxed_unsync()
