@@ -7,7 +7,7 @@
 //! inode open) or failed, in which case every reader's body ends in an error
 //! so no client ever mistakes a broken transfer for a complete one.
 
-use crate::cache::{unix_now, BlobStore, ContentRecord, Index, Lease, TempBlob};
+use crate::cache::{unix_now, BlobStore, CacheOutcome, ContentRecord, Index, Lease, TempBlob};
 use crate::metrics::metrics;
 use crate::oci::{Digest, DigestWriter, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
@@ -84,6 +84,9 @@ pub struct BlobSource {
     pub progress: Option<watch::Receiver<Progress>>,
     /// Keeps eviction off this blob while it is being served.
     pub lease: Lease,
+    /// Hit (on disk), Miss (this request started the download) or
+    /// Coalesced (it joined one already running).
+    pub outcome: CacheOutcome,
 }
 
 impl BlobSource {
@@ -128,6 +131,7 @@ impl BlobFetcher {
         if let Some(source) = self.open_cached(digest)? {
             return Ok(source);
         }
+        let mut outcome = CacheOutcome::Coalesced;
         let mut rx = {
             let mut inflight = self
                 .inflight
@@ -144,6 +148,7 @@ impl BlobFetcher {
                     if let Some(source) = self.open_cached(digest)? {
                         return Ok(source);
                     }
+                    outcome = CacheOutcome::Miss;
                     let (tx, rx) = watch::channel(Progress::Connecting);
                     inflight.insert(digest.clone(), rx.clone());
                     let fetcher = Arc::clone(self);
@@ -167,12 +172,14 @@ impl BlobFetcher {
                 total,
                 progress: Some(rx),
                 lease: self.store.usage().lease(digest.hex()),
+                outcome,
             }),
             Progress::Complete { file, total } => Ok(BlobSource {
                 file,
                 total: Some(total),
                 progress: None,
                 lease: self.store.usage().lease(digest.hex()),
+                outcome,
             }),
         }
     }
@@ -187,6 +194,7 @@ impl BlobFetcher {
                     total: Some(len),
                     progress: None,
                     lease: usage.lease(digest.hex()),
+                    outcome: CacheOutcome::Hit,
                 }))
             }
             Ok(None) => Ok(None),
@@ -300,11 +308,18 @@ impl BlobFetcher {
             metrics().digest_mismatches.inc();
             return Err(FetchError::DigestMismatch { actual });
         }
-        self.commit(temp, digest, got).await?;
+        self.commit(temp, digest, got, upstream.has_credentials())
+            .await?;
         Ok((file, got))
     }
 
-    async fn commit(&self, temp: TempBlob, digest: &Digest, size: u64) -> Result<(), FetchError> {
+    async fn commit(
+        &self,
+        temp: TempBlob,
+        digest: &Digest,
+        size: u64,
+        private: bool,
+    ) -> Result<(), FetchError> {
         let store = self.store.clone();
         let index = self.index.clone();
         let digest = digest.clone();
@@ -314,6 +329,7 @@ impl BlobFetcher {
                 media_type: None,
                 size,
                 last_access: unix_now(),
+                private,
             };
             index
                 .put_content(&digest, &record)

@@ -10,6 +10,8 @@
 //! - [`cache`]: the content-addressed blob store and the sled index.
 //! - [`fetch`]: one upstream download per digest, tailed by every reader.
 //! - [`manifests`]: manifests by digest and by tag, with tag freshness.
+//! - [`visibility`]: which repositories may be served content that came
+//!   through upstream credentials.
 //! - [`metrics`]: the Prometheus registry and its handles.
 //! - [`admin`]: the offline `gc` and `cache stats|ls` commands.
 //! - [`config`]: the TOML file, environment and flags.
@@ -25,3 +27,4 @@ pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod upstream;
+pub mod visibility;

@@ -122,7 +122,7 @@ impl ManifestService {
             media_type: fetched.media_type,
             bytes: fetched.bytes,
         });
-        self.save_or_bypass(&manifest).await;
+        self.save_or_bypass(&manifest, upstream).await;
         Ok((manifest, CacheOutcome::Miss))
     }
 
@@ -156,6 +156,7 @@ impl ManifestService {
                             media_type: Some(m.clone()),
                             size: bytes.len() as u64,
                             last_access: unix_now(),
+                            private: true,
                         };
                         let _ = index.put_content(&digest, &adopted);
                         m
@@ -181,14 +182,15 @@ impl ManifestService {
 
     /// Stores a verified manifest; a cache that cannot take it (full disk)
     /// must not fail the pull, so the manifest is served all the same.
-    async fn save_or_bypass(&self, manifest: &Arc<Manifest>) {
-        if let Err(e) = self.save(Arc::clone(manifest)).await {
+    async fn save_or_bypass(&self, manifest: &Arc<Manifest>, upstream: &Upstream) {
+        let private = upstream.has_credentials();
+        if let Err(e) = self.save(Arc::clone(manifest), private).await {
             crate::metrics::metrics().cache_bypasses.inc();
             tracing::warn!(digest = %manifest.digest, error = %e, "cannot cache manifest; serving it uncached");
         }
     }
 
-    async fn save(&self, manifest: Arc<Manifest>) -> Result<(), ManifestError> {
+    async fn save(&self, manifest: Arc<Manifest>, private: bool) -> Result<(), ManifestError> {
         let (store, index) = (self.store.clone(), self.index.clone());
         tokio::task::spawn_blocking(move || {
             store
@@ -198,6 +200,7 @@ impl ManifestService {
                 media_type: Some(manifest.media_type.clone()),
                 size: manifest.bytes.len() as u64,
                 last_access: unix_now(),
+                private,
             };
             index
                 .put_content(&manifest.digest, &record)
@@ -321,7 +324,7 @@ impl ManifestService {
                     media_type: fetched.media_type,
                     bytes: fetched.bytes,
                 });
-                self.save_or_bypass(&manifest).await;
+                self.save_or_bypass(&manifest, upstream).await;
                 self.by_digest
                     .insert(manifest.digest.clone(), Arc::clone(&manifest))
                     .await;

@@ -21,6 +21,10 @@ impl TagKey {
     }
 }
 
+fn link_key(upstream: &str, repo: &str, digest: &Digest) -> Vec<u8> {
+    format!("{upstream}\0{repo}\0{}", digest.hex()).into_bytes()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagRecord {
     pub digest: String,
@@ -35,6 +39,10 @@ pub struct ContentRecord {
     pub media_type: Option<String>,
     pub size: u64,
     pub last_access: u64,
+    /// Fetched with upstream credentials (or of unknown origin): served
+    /// only under repositories known to hold it (see `visibility`).
+    #[serde(default)]
+    pub private: bool,
 }
 
 #[derive(Clone)]
@@ -42,6 +50,8 @@ pub struct Index {
     db: sled::Db,
     tags: sled::Tree,
     content: sled::Tree,
+    /// (upstream, repository, digest) triples the upstream confirmed.
+    links: sled::Tree,
 }
 
 impl Index {
@@ -53,7 +63,13 @@ impl Index {
             .open()?;
         let tags = db.open_tree("tags")?;
         let content = db.open_tree("content")?;
-        Ok(Index { db, tags, content })
+        let links = db.open_tree("links")?;
+        Ok(Index {
+            db,
+            tags,
+            content,
+            links,
+        })
     }
 
     pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, sled::Error> {
@@ -95,6 +111,22 @@ impl Index {
     pub fn remove_content(&self, hex: &str) -> Result<(), sled::Error> {
         self.content.remove(hex)?;
         Ok(())
+    }
+
+    /// Records that the upstream holds `digest` in `repo`.
+    pub fn link(&self, upstream: &str, repo: &str, digest: &Digest) -> Result<(), sled::Error> {
+        self.links
+            .insert(link_key(upstream, repo, digest), &[] as &[u8])?;
+        Ok(())
+    }
+
+    pub fn is_linked(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, sled::Error> {
+        self.links.contains_key(link_key(upstream, repo, digest))
     }
 
     /// Every content record, by digest hex; unreadable entries are skipped.

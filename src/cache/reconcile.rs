@@ -81,10 +81,13 @@ pub fn reconcile(store: &BlobStore, index: &Index, dry_run: bool) -> ReconcileRe
             Ok(actual) if actual == digest => {
                 report.adopted += 1;
                 if !dry_run {
+                    // Unknown origin: treat as private until confirmed.
+                    let private = record.as_ref().is_none_or(|r| r.private);
                     let adopted = ContentRecord {
                         media_type: record.and_then(|r| r.media_type),
                         size: len,
                         last_access: mtime_secs(&path),
+                        private,
                     };
                     let _ = index.put_content(&digest, &adopted);
                 }

@@ -53,6 +53,21 @@ pub async fn manifest(
             app.manifests.by_tag(upstream, name, tag, &accept).await?,
         ),
     };
+    match reference {
+        Reference::Tag(_) => app
+            .visibility
+            .resolved_tag(upstream, name, &manifest.digest, outcome),
+        Reference::Digest(digest) => app
+            .visibility
+            .admit(upstream, name, digest, outcome, || async {
+                upstream
+                    .head_manifest(name, reference, &accept)
+                    .await
+                    .map(|_| ())
+            })
+            .await
+            .map_err(|e| ApiError::upstream(e, Subject::Manifest))?,
+    }
     app.blobs.store().usage().touch(manifest.digest.hex());
     let m = metrics();
     m.cache_lookups
@@ -101,11 +116,13 @@ pub async fn blob(
         }
         Err(e) => return Err(e.into()),
     };
-    let outcome = if source.is_cached() {
-        CacheOutcome::Hit
-    } else {
-        CacheOutcome::Miss
-    };
+    let outcome = source.outcome;
+    app.visibility
+        .admit(upstream, name, digest, outcome, || async {
+            upstream.head_blob(name, digest).await.map(|_| ())
+        })
+        .await
+        .map_err(|e| ApiError::upstream(e, Subject::Blob))?;
     metrics()
         .cache_lookups
         .with_label_values(&["blob", outcome.as_str()])
@@ -200,7 +217,15 @@ async fn blob_head(
         .open_blob(digest)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let (size, outcome) = match cached {
-        Some((_, len)) => (Some(len), CacheOutcome::Hit),
+        Some((_, len)) => {
+            app.visibility
+                .admit(upstream, name, digest, CacheOutcome::Hit, || async {
+                    upstream.head_blob(name, digest).await.map(|_| ())
+                })
+                .await
+                .map_err(|e| ApiError::upstream(e, Subject::Blob))?;
+            (Some(len), CacheOutcome::Hit)
+        }
         None => (
             upstream
                 .head_blob(name, digest)

@@ -24,6 +24,7 @@ use crate::fetch::BlobFetcher;
 use crate::manifests::ManifestService;
 use crate::metrics::metrics;
 use crate::upstream::{Upstream, Upstreams};
+use crate::visibility::Visibility;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -50,6 +51,7 @@ pub struct App {
     pub trusted_proxies: Vec<ProxyNet>,
     /// `None` when clients need no credentials.
     pub client_auth: Option<client_auth::ClientAuth>,
+    pub visibility: Visibility,
     pub shutting_down: AtomicBool,
 }
 
@@ -93,6 +95,7 @@ impl App {
                 })
             }
         }
+        let index_for_visibility = index.clone();
         let mut upstreams = Vec::new();
         for settings in &config.upstreams {
             let upstream = Upstream::new(settings.clone()).map_err(StartError::Upstream)?;
@@ -112,6 +115,10 @@ impl App {
                 config.bearer_tokens_file.as_deref(),
             )
             .map_err(StartError::ClientAuth)?,
+            visibility: Visibility::new(
+                index_for_visibility,
+                config.upstreams.iter().any(|u| u.credentials.is_some()),
+            ),
             shutting_down: AtomicBool::new(false),
         }))
     }

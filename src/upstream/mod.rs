@@ -190,6 +190,11 @@ impl Upstream {
         &self.settings.name
     }
 
+    /// Whether content fetched from here may be private.
+    pub fn has_credentials(&self) -> bool {
+        self.settings.credentials.is_some()
+    }
+
     pub fn tag_ttl(&self) -> Duration {
         self.settings.tag_ttl
     }

@@ -1,7 +1,8 @@
 //! Upstream auth: one token per repository scope, Basic credentials from
 //! the config file for private repositories, clean errors without them.
 
-use super::{error_of, get, mirror_of, mirror_with_config, pull};
+use super::{error_of, get, head, mirror_of, mirror_with_config, pull};
+use crate::support::client::read_transfer;
 use crate::support::hub::{Hub, Kind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -74,4 +75,56 @@ async fn a_private_repository_without_credentials_is_a_client_error() {
         assert!(code.is_some(), "{path}: OCI error body");
     }
     assert_eq!(hub.count(Kind::CdnGet), 0);
+}
+
+/// The cache is shared by digest, but content that came through the
+/// mirror's credentials is served only under repositories that hold it:
+/// asking for a private layer under a public name gets a 404 although the
+/// layer is on disk, while a repository that really holds it is served
+/// from the cache after one HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn private_content_is_served_only_under_repositories_that_hold_it() {
+    let hub = Hub::start().await;
+    let secret = hub.push_image("corp/secret", "v1", &[5000]);
+    hub.make_private("corp/secret", "u", "p");
+    hub.push_image("library/app", "v1", &[1000]);
+    let (mirror, _config) = mirror_with_config(&hub, "username = \"u\"\npassword = \"p\"");
+    pull(&mirror, "corp/secret", "v1", &secret).await;
+    let (layer, layer_bytes) = &secret.layers[0];
+
+    hub.reset_counts();
+    for path in [
+        format!("/v2/library/app/blobs/{layer}"),
+        format!("/v2/app/blobs/{layer}"),
+    ] {
+        let (status, code) = error_of(get(&mirror, &path).await).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(code.as_deref(), Some("BLOB_UNKNOWN"), "{path}");
+        assert_eq!(head(&mirror, &path).await.status(), 404, "HEAD {path}");
+    }
+    let path = format!("/v2/library/app/manifests/{}", secret.manifest_digest);
+    let (status, code) = error_of(get(&mirror, &path).await).await;
+    assert_eq!(status, 404, "{path}");
+    assert_eq!(code.as_deref(), Some("MANIFEST_UNKNOWN"), "{path}");
+    assert_eq!(hub.count(Kind::BlobGet), 0, "refused without a download");
+
+    // A public repository that holds the same layer.
+    hub.put_blob("library/shared", layer_bytes.clone());
+    hub.reset_counts();
+    for _ in 0..2 {
+        let response = get(&mirror, &format!("/v2/library/shared/blobs/{layer}")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(&read_transfer(response).await.bytes(), layer_bytes);
+    }
+    assert_eq!(
+        hub.count(Kind::BlobHead),
+        1,
+        "one HEAD confirms, then it is known"
+    );
+    assert_eq!(hub.count(Kind::BlobGet), 0, "served from the cache");
+
+    // The repository it came from needs no confirmation at all.
+    hub.reset_counts();
+    pull(&mirror, "corp/secret", "v1", &secret).await;
+    assert_eq!(hub.count(Kind::BlobHead) + hub.count(Kind::BlobGet), 0);
 }
