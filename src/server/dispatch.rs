@@ -150,22 +150,24 @@ pub(super) async fn route(app: &App, req: &Request<Incoming>) -> Result<Handled,
     let target = select(app, req.uri().query(), name)?;
     let upstream = target.upstream;
     let name = target.name.as_ref();
-    let mut handled = match (route, name) {
+    let handled = match (route, name) {
         (Route::Manifest { reference, .. }, Some(name)) => {
-            handlers::manifest(app, upstream, method, req.headers(), name, &reference).await?
+            handlers::manifest(app, upstream, method, req.headers(), name, &reference).await
         }
         (Route::Blob { digest, .. }, Some(name)) => {
-            handlers::blob(app, upstream, method, req.headers(), name, &digest).await?
+            handlers::blob(app, upstream, method, req.headers(), name, &digest).await
         }
         (Route::TagsList { .. }, Some(name)) => {
             let query = strip_ns(req.uri().query());
-            handlers::tags_list(upstream, name, query.as_deref()).await?
+            handlers::tags_list(upstream, name, query.as_deref()).await
         }
-        (Route::Healthz, _) => ops::healthz().into(),
-        (Route::Readyz, _) => ops::readiness(app).into(),
-        (Route::Metrics, _) => ops::metrics_response(app).into(),
-        _ => handlers::base().into(),
+        (Route::Healthz, _) => Ok(ops::healthz().into()),
+        (Route::Readyz, _) => Ok(ops::readiness(app).into()),
+        (Route::Metrics, _) => Ok(ops::metrics_response(app).into()),
+        _ => Ok(handlers::base().into()),
     };
+    // Errors from the chosen upstream name it too.
+    let mut handled = handled.unwrap_or_else(|e| e.into_response().into());
     // The distribution spec asks a proxy to say which namespace answered.
     if let Some(ns) = target
         .ns

@@ -163,6 +163,14 @@ async fn ns_and_path_prefix_pick_each_registry_and_never_mix_their_tags() {
             }
         }
     }
+    // An error from the registry named says which one answered, too.
+    let response = get(&base, "/v2/app/manifests/missing?ns=ghcr.io").await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        header(&response, "oci-namespace").as_deref(),
+        Some("ghcr.io")
+    );
+
     // Tag lists go to the registry named, with ns stripped.
     let response = get(&base, "/v2/app/tags/list?ns=ghcr.io").await;
     assert_eq!(response.status(), 200);
