@@ -22,6 +22,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSettings>,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request head (HTTP/1), and the
+    /// TLS handshake.
+    pub header_read_timeout: Duration,
     /// A second listener that serves `/metrics` (and health) only to
     /// whoever can reach it; `/metrics` stays on the main listener too.
     pub metrics_listen: Option<SocketAddr>,
@@ -138,6 +141,7 @@ struct FileConfig {
     cache_dir: Option<PathBuf>,
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
+    header_read_timeout: Option<String>,
     metrics_listen: Option<String>,
     max_size: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -226,6 +230,13 @@ impl Config {
             Some(s) => parse_duration(&s).map_err(|m| invalid("shutdown_grace", m))?,
             None => Duration::from_secs(30),
         };
+        let header_read_timeout = match parsed.header_read_timeout {
+            Some(s) => parse_duration(&s).map_err(|m| invalid("header_read_timeout", m))?,
+            None => Duration::from_secs(30),
+        };
+        if header_read_timeout.is_zero() {
+            return Err(invalid("header_read_timeout", "must be more than 0s"));
+        }
         let max_connections = parsed.max_connections.unwrap_or(4096);
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -266,6 +277,7 @@ impl Config {
             upstreams,
             max_connections,
             shutdown_grace,
+            header_read_timeout,
             metrics_listen,
             trusted_proxies,
         })
@@ -285,9 +297,39 @@ fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
         ConfigError::Parse {
             path: path.to_owned(),
             line,
-            message: e.message().replace('\n', " "),
+            message: name_the_key(&text, e.span().map(|s| s.start), e.message()),
         }
     })
+}
+
+/// toml names unknown keys but not the key whose value has the wrong type;
+/// the line the error points at does, so the message names it either way.
+fn name_the_key(text: &str, at: Option<usize>, message: &str) -> String {
+    let message = message.replace('\n', " ");
+    let Some(at) = at.filter(|&a| a <= text.len() && text.is_char_boundary(a)) else {
+        return message;
+    };
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let Some((key, _)) = line.split_once('=') else {
+        return message;
+    };
+    let key = key.trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    let key = match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    };
+    if message.contains(&format!("`{key}`")) {
+        message
+    } else {
+        format!("`{key}`: {message}")
+    }
 }
 
 fn upstream_settings(
@@ -573,5 +615,19 @@ mod tests {
         assert!(parse_duration("7 weeks").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn wrong_types_name_their_key() {
+        let text = "max_connections = \"x\"\n[[upstream]]\nname = \"a\"\ninsecure = \"yes\"\n";
+        for (key, at) in [
+            ("max_connections", 18),
+            ("upstream.insecure", text.len() - 6),
+        ] {
+            let message = name_the_key(text, Some(at), "invalid type");
+            assert!(message.starts_with(&format!("`{key}`")), "{message}");
+        }
+        let named = name_the_key(text, Some(0), "unknown field `max_connections`");
+        assert_eq!(named, "unknown field `max_connections`");
     }
 }

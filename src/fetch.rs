@@ -7,7 +7,9 @@
 //! inode open) or failed, in which case every reader's body ends in an error
 //! so no client ever mistakes a broken transfer for a complete one.
 
-use crate::cache::{unix_now, BlobStore, CacheOutcome, ContentRecord, Index, Lease, TempBlob};
+use crate::cache::{
+    is_over_budget, unix_now, BlobStore, CacheOutcome, ContentRecord, Index, Lease, TempBlob,
+};
 use crate::metrics::metrics;
 use crate::oci::{Digest, DigestWriter, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
@@ -22,6 +24,10 @@ use tokio::sync::watch;
 /// upstream costs few blocking-pool round trips and a slow one is still
 /// published as soon as its bytes arrive.
 const WRITE_BATCH: usize = 512 * 1024;
+
+/// How long a download waits for eviction to make room before it streams
+/// past the cache instead.
+const MAKE_ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
@@ -39,9 +45,23 @@ pub enum FetchError {
     NoSpace(UnclaimedResponse),
 }
 
-/// An upstream response that the first caller to claim it may relay, so a
-/// blob that cannot be cached is still fetched once for that request, not
-/// twice.
+impl FetchError {
+    /// An answer about one repository (not found, not allowed), not about
+    /// the content or the upstream as a whole.
+    fn is_repository_specific(&self) -> bool {
+        match self {
+            FetchError::Upstream(UpstreamError::Status { status, .. }) => {
+                matches!(status, 401 | 403 | 404)
+            }
+            FetchError::Upstream(UpstreamError::Auth(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// An upstream response that the request which started the download
+/// relays, so a blob that cannot be cached is still fetched once for that
+/// request, not twice.
 #[derive(Clone, Debug, Default)]
 pub struct UnclaimedResponse(Arc<Mutex<Option<reqwest::Response>>>);
 
@@ -128,7 +148,33 @@ impl BlobFetcher {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobSource, FetchError> {
-        if let Some(source) = self.open_cached(digest)? {
+        match self.open_once(upstream, repo, digest).await {
+            // A download another request started answers for *its*
+            // repository (and upstream): a 404 or a refusal there says
+            // nothing about ours, so ask for ours.
+            Err((e, CacheOutcome::Coalesced)) if e.is_repository_specific() => self
+                .open_once(upstream, repo, digest)
+                .await
+                .map_err(|(e, _)| e),
+            // The response a full cache hands over was fetched for the
+            // request that started the download; others fetch their own.
+            Err((FetchError::NoSpace(_), CacheOutcome::Coalesced)) => {
+                Err(FetchError::NoSpace(UnclaimedResponse::default()))
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One attempt; a failure says whether this request started the
+    /// download or joined one.
+    async fn open_once(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobSource, (FetchError, CacheOutcome)> {
+        let miss = |e| (e, CacheOutcome::Miss);
+        if let Some(source) = self.open_cached(digest).map_err(miss)? {
             return Ok(source);
         }
         let mut outcome = CacheOutcome::Coalesced;
@@ -136,7 +182,7 @@ impl BlobFetcher {
             let mut inflight = self
                 .inflight
                 .lock()
-                .map_err(|_| FetchError::Disk("in-flight table poisoned".into()))?;
+                .map_err(|_| miss(FetchError::Disk("in-flight table poisoned".into())))?;
             match inflight.get(digest) {
                 Some(rx) => {
                     metrics().coalesced_waiters.inc();
@@ -145,7 +191,7 @@ impl BlobFetcher {
                 None => {
                     // A download may have finished between our first look
                     // and taking the lock.
-                    if let Some(source) = self.open_cached(digest)? {
+                    if let Some(source) = self.open_cached(digest).map_err(miss)? {
                         return Ok(source);
                     }
                     outcome = CacheOutcome::Miss;
@@ -163,10 +209,18 @@ impl BlobFetcher {
             .wait_for(|p| !matches!(p, Progress::Connecting))
             .await
             .map(|p| p.clone())
-            .map_err(|_| FetchError::Disk("download task ended without a result".into()))?;
+            .map_err(|_| {
+                (
+                    FetchError::Disk("download task ended without a result".into()),
+                    outcome,
+                )
+            })?;
         match progress {
-            Progress::Connecting => Err(FetchError::Disk("download still connecting".into())),
-            Progress::Failed(e) => Err(e),
+            Progress::Connecting => Err((
+                FetchError::Disk("download still connecting".into()),
+                outcome,
+            )),
+            Progress::Failed(e) => Err((e, outcome)),
             Progress::Streaming { file, total, .. } => Ok(BlobSource {
                 file,
                 total,
@@ -240,7 +294,14 @@ impl BlobFetcher {
     ) -> Result<(Arc<File>, u64), FetchError> {
         let resp = upstream.get_blob(repo, digest).await?;
         let total = resp.content_length();
-        let temp = match self.store.create_temp_reserved(total) {
+        let mut reserved = self.store.create_temp_reserved(total);
+        if reserved.as_ref().is_err_and(is_over_budget) {
+            // Evicting old content is quicker than the download: make room
+            // now rather than stream this one past the cache.
+            self.store.usage().make_room(MAKE_ROOM_WAIT).await;
+            reserved = self.store.create_temp_reserved(total);
+        }
+        let temp = match reserved {
             Ok(temp) => temp,
             Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
                 tracing::warn!(%digest, bytes = total, reason = %e, "cannot cache this blob; streaming it without caching");

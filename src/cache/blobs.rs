@@ -1,7 +1,7 @@
 //! Content-addressed files: a file under `blobs/` exists only if its bytes
 //! hash to its name, because the only way in is temp file → verify → rename.
 
-use super::usage::CacheUsage;
+use super::usage::{CacheUsage, Reservation};
 use crate::oci::Digest;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -26,6 +26,8 @@ pub struct TempBlob {
     path: PathBuf,
     file: Arc<File>,
     committed: bool,
+    /// The disk promised to this download, released when it ends.
+    _reservation: Option<Reservation>,
 }
 
 impl TempBlob {
@@ -43,6 +45,25 @@ impl Drop for TempBlob {
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The blob would fit the budget, but not next to what is cached and
+/// downloading now: eviction can make room (see [`is_over_budget`]).
+#[derive(Debug)]
+struct OverBudget;
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the cache is at its budget until eviction makes room")
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+/// Whether [`BlobStore::create_temp_reserved`] failed only for want of
+/// evicted room (as opposed to a full disk or a blob beyond the budget).
+pub fn is_over_budget(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<OverBudget>())
+}
 
 impl BlobStore {
     /// Creates the directories. `tmp/` is left alone: only the process
@@ -179,10 +200,24 @@ impl BlobStore {
                 ));
             }
         }
-        let temp = self.create_temp()?;
+        let reservation = match len {
+            Some(len) => Some(
+                self.usage
+                    .reserve_within(len, self.max_size)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::StorageFull, OverBudget))?,
+            ),
+            None => None,
+        };
+        let mut temp = self.create_temp()?;
+        temp._reservation = reservation;
         if let Some(len) = len.filter(|&l| l > 0) {
-            rustix::fs::fallocate(&*temp.file, rustix::fs::FallocateFlags::empty(), 0, len)
-                .map_err(io::Error::from)?;
+            match rustix::fs::fallocate(&*temp.file, rustix::fs::FallocateFlags::empty(), 0, len) {
+                Ok(()) => {}
+                // Some filesystems (NFS, some FUSE) cannot preallocate: go
+                // on without; a full disk then shows during the download.
+                Err(rustix::io::Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(temp)
     }
@@ -205,6 +240,7 @@ impl BlobStore {
             path,
             file: Arc::new(file),
             committed: false,
+            _reservation: None,
         })
     }
 

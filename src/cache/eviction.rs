@@ -47,7 +47,10 @@ pub fn evict(store: &BlobStore, index: &Index, budget: &Budget, dry_run: bool) -
         .contents()
         .map(|(hex, r)| (r.last_access, hex, r.size, r.media_type.is_some()))
         .collect();
-    let usage: u64 = candidates.iter().map(|c| c.2).sum();
+    // Downloads in progress will land too, and one refused for want of
+    // room should fit next time: make room for them now.
+    let pending = store.usage().reserved() + store.usage().take_demand();
+    let usage: u64 = candidates.iter().map(|c| c.2).sum::<u64>() + pending;
     let mut report = EvictionReport {
         usage_before: usage,
         ..EvictionReport::default()
@@ -111,15 +114,21 @@ pub fn spawn_evictor(store: BlobStore, index: Index, budget: Option<Budget>) {
                 _ = store.usage().over_budget() => {},
             }
             let (store, index) = (store.clone(), index.clone());
-            let work = tokio::task::spawn_blocking(move || match budget {
-                Some(budget) if store.usage().bytes() > budget.high_water() => {
-                    evict(&store, &index, &budget, false);
+            let pass = store.clone();
+            let work = tokio::task::spawn_blocking(move || {
+                let usage = pass.usage();
+                let wanted = usage.bytes() + usage.reserved() + usage.demand();
+                match budget {
+                    Some(budget) if wanted > budget.high_water() => {
+                        evict(&pass, &index, &budget, false);
+                    }
+                    _ => usage.flush_access_times(&index),
                 }
-                _ => store.usage().flush_access_times(&index),
             });
             if let Err(e) = work.await {
                 tracing::error!(error = %e, "eviction task failed");
             }
+            store.usage().eviction_pass_done();
         }
     });
 }

@@ -14,7 +14,7 @@ mod index;
 mod reconcile;
 mod usage;
 
-pub use blobs::{BlobStore, TempBlob};
+pub use blobs::{is_over_budget, BlobStore, TempBlob};
 pub use eviction::{evict, spawn_evictor, Budget, EvictionReport};
 pub use index::{ContentRecord, Index, TagKey, TagRecord};
 pub use reconcile::{reconcile, ReconcileReport};

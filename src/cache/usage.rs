@@ -13,6 +13,11 @@ use std::sync::{Arc, Mutex};
 pub struct CacheUsage {
     bytes: AtomicU64,
     entries: AtomicU64,
+    /// Disk promised to downloads in progress (their announced lengths).
+    reserved: AtomicU64,
+    /// The largest download refused for want of room since the last
+    /// eviction: the evictor frees that much more, so it fits next time.
+    demand: AtomicU64,
     /// Access times not yet written to the index, by digest hex.
     accessed: Mutex<HashMap<String, u64>>,
     /// Open readers per digest hex.
@@ -20,9 +25,28 @@ pub struct CacheUsage {
     /// Usage above which a new blob wakes the evictor (0: no budget).
     high_water: AtomicU64,
     over_budget: tokio::sync::Notify,
+    /// Told after each pass of the evictor.
+    eviction_passed: tokio::sync::Notify,
     /// While a reconciliation walks the files: content added meanwhile, so
     /// its totals do not erase what landed behind its back.
     added_during_scan: Mutex<Option<HashMap<String, u64>>>,
+}
+
+/// Disk space held for one download until it is committed or abandoned.
+pub struct Reservation {
+    usage: Arc<CacheUsage>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let _ = self
+            .usage
+            .reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(self.bytes))
+            });
+    }
 }
 
 /// Held while a blob is being served; eviction skips leased blobs.
@@ -96,6 +120,46 @@ impl CacheUsage {
         }
     }
 
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Relaxed)
+    }
+
+    /// Holds `bytes` for a download if cached content, other downloads and
+    /// this one fit in `max`; wakes the evictor once past the high-water
+    /// mark, so room is made while the download runs.
+    pub fn reserve_within(self: &Arc<Self>, bytes: u64, max: Option<u64>) -> Option<Reservation> {
+        let stored = self.bytes();
+        let reserved = self
+            .reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                let total = stored.saturating_add(r).saturating_add(bytes);
+                (max.is_none_or(|m| total <= m)).then_some(r + bytes)
+            });
+        if reserved.is_err() {
+            self.demand.fetch_max(bytes, Ordering::Relaxed);
+        }
+        let high = self.high_water.load(Ordering::Relaxed);
+        let wanted = stored
+            .saturating_add(reserved.unwrap_or_else(|r| r))
+            .saturating_add(bytes);
+        if high > 0 && wanted > high {
+            self.over_budget.notify_one();
+        }
+        reserved.ok().map(|_| Reservation {
+            usage: Arc::clone(self),
+            bytes,
+        })
+    }
+
+    /// Room wanted beyond what is stored and reserved (see `demand`).
+    pub fn demand(&self) -> u64 {
+        self.demand.load(Ordering::Relaxed)
+    }
+
+    pub fn take_demand(&self) -> u64 {
+        self.demand.swap(0, Ordering::Relaxed)
+    }
+
     pub fn set_high_water(&self, bytes: u64) {
         self.high_water.store(bytes, Ordering::Relaxed);
     }
@@ -103,6 +167,19 @@ impl CacheUsage {
     /// Completes when a new blob has pushed usage over the high-water mark.
     pub async fn over_budget(&self) {
         self.over_budget.notified().await;
+    }
+
+    /// Wakes the evictor and waits (at most `limit`) for a pass to end.
+    pub async fn make_room(&self, limit: std::time::Duration) {
+        let passed = self.eviction_passed.notified();
+        tokio::pin!(passed);
+        passed.as_mut().enable();
+        self.over_budget.notify_one();
+        let _ = tokio::time::timeout(limit, passed).await;
+    }
+
+    pub fn eviction_pass_done(&self) {
+        self.eviction_passed.notify_waiters();
     }
 
     pub fn removed(&self, bytes: u64) {
@@ -189,6 +266,26 @@ mod tests {
         let seen = HashSet::from(["seen".to_owned()]);
         usage.finish_scan(&seen, 105, 3);
         assert_eq!((usage.bytes(), usage.entries()), (112, 4));
+    }
+
+    #[test]
+    fn reservations_keep_downloads_within_the_budget() {
+        let usage = Arc::new(CacheUsage::default());
+        usage.added("a", 60);
+        let first = usage.reserve_within(30, Some(100)).expect("fits");
+        assert!(
+            usage.reserve_within(20, Some(100)).is_none(),
+            "60 + 30 + 20 > 100"
+        );
+        assert_eq!(
+            usage.take_demand(),
+            20,
+            "the evictor is told what did not fit"
+        );
+        drop(first);
+        assert_eq!(usage.reserved(), 0);
+        assert!(usage.reserve_within(20, Some(100)).is_some());
+        assert!(usage.reserve_within(1 << 40, None).is_some(), "no budget");
     }
 
     #[test]

@@ -18,14 +18,27 @@ use std::time::Instant;
 
 const REQUEST_ID: &str = "x-request-id";
 
-pub async fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// What a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Everything,
+    /// `/metrics`, `/healthz` and `/readyz` only.
+    OperationsOnly,
+}
+
+pub async fn dispatch(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    scope: Scope,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let route_label = route_label(&path);
     let request_id = request_id(req.headers());
     let client = client_addr(&app, peer.ip(), req.headers());
-    let handled = match route(&app, &req).await {
+    let handled = match route(&app, &req, scope).await {
         Ok(h) => h,
         Err(e) => e.into_response().into(),
     };
@@ -117,10 +130,19 @@ fn client_addr(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         .unwrap_or(peer)
 }
 
-pub(super) async fn route(app: &App, req: &Request<Incoming>) -> Result<Handled, ApiError> {
+pub(super) async fn route(
+    app: &App,
+    req: &Request<Incoming>,
+    scope: Scope,
+) -> Result<Handled, ApiError> {
     let method = req.method();
     let readable = method == Method::GET || method == Method::HEAD;
-    let route = match routes::parse(req.uri().path()) {
+    let parsed = routes::parse(req.uri().path());
+    let operational = matches!(parsed, Ok(Route::Healthz | Route::Readyz | Route::Metrics));
+    if scope == Scope::OperationsOnly && !operational {
+        return Err(routes::RouteError::NotFound.into());
+    }
+    let route = match parsed {
         Ok(route) => route,
         // A write to any registry path is refused as such, even one we
         // do not route (uploads).

@@ -25,6 +25,7 @@ use crate::manifests::ManifestService;
 use crate::metrics::metrics;
 use crate::upstream::{Upstream, Upstreams};
 use crate::visibility::Visibility;
+use dispatch::Scope;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -39,7 +40,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 /// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on idle connections, so a peer that vanished (or holds a
+/// connection open without a word) frees its slot.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Everything a request handler can reach.
 pub struct App {
@@ -149,11 +152,16 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let graceful = Arc::new(GracefulShutdown::new());
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut accept_loops = Vec::new();
-    let listeners = std::iter::once((listener, tls)).chain(metrics_listener.map(|l| (l, None)));
-    for (listener, tls) in listeners {
+    // The metrics listener is for scrapers and probes: no registry API
+    // there (it may be unencrypted and less guarded than the main port).
+    let listeners = std::iter::once((listener, tls, Scope::Everything))
+        .chain(metrics_listener.map(|l| (l, None, Scope::OperationsOnly)));
+    for (listener, tls, scope) in listeners {
         accept_loops.push(tokio::spawn(accept_loop(
             listener,
             tls,
+            scope,
+            config.header_read_timeout,
             Arc::clone(&app),
             Arc::clone(&connections),
             Arc::clone(&graceful),
@@ -240,9 +248,12 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// Accepts connections until told to stop; each is served on its own task
 /// and counted against the connection limit.
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    scope: Scope,
+    header_read_timeout: Duration,
     app: Arc<App>,
     connections: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
@@ -254,7 +265,12 @@ async fn accept_loop(
         // Bounds what one connection can make us buffer (request heads).
         .max_buf_size(64 * 1024)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(Duration::from_secs(10));
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&connections).acquire_owned() => match permit {
@@ -279,7 +295,7 @@ async fn accept_loop(
         let app = Arc::clone(&app);
         let service = service_fn(move |req| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(dispatch::dispatch(app, req, peer).await) }
+            async move { Ok::<_, Infallible>(dispatch::dispatch(app, req, peer, scope).await) }
         });
         match &tls {
             None => {
@@ -297,7 +313,7 @@ async fn accept_loop(
                     (acceptor.clone(), builder.clone(), Arc::clone(&graceful));
                 tokio::spawn(async move {
                     let handshake =
-                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await;
+                        tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await;
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {

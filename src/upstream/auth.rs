@@ -253,6 +253,20 @@ impl Authenticator {
             .inc();
         let resp = sent.map_err(UpstreamError::from_reqwest)?;
         let status = resp.status();
+        // A token service that is down or rate-limiting is an outage (the
+        // cache answers stale), not a refusal of our credentials.
+        if status.is_server_error() || status.as_u16() == 429 {
+            tracing::warn!(status = status.as_u16(), scope, "token service failing");
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Err(UpstreamError::Status {
+                status: status.as_u16(),
+                retry_after,
+            });
+        }
         if !status.is_success() {
             tracing::warn!(status = status.as_u16(), scope, "token request refused");
             return Err(UpstreamError::Auth(if status.as_u16() == 401 {

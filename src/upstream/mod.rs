@@ -378,9 +378,7 @@ impl Upstream {
         match &result {
             Ok(resp) if resp.status().is_server_error() => self.breaker.record_outage(),
             Ok(_) => self.breaker.record_success(),
-            Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout) => {
-                self.breaker.record_outage()
-            }
+            Err(e) if e.is_outage() => self.breaker.record_outage(),
             Err(_) => {}
         }
         result

@@ -13,6 +13,7 @@ mod hub_protocol;
 mod hub_selftest;
 mod inflight;
 mod mirror_process;
+mod operations;
 mod resilience;
 mod routing;
 mod support;

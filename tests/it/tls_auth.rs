@@ -380,15 +380,9 @@ async fn a_new_certificate_is_served_after_sighup_and_old_connections_keep_worki
     let ca = TestCa::new();
     let (first_cert, first_key) = ca.issue("first", "1001");
     let (second_cert, second_key) = ca.issue("second", "2002");
-    // The mirror reads these two paths; the test swaps what they hold.
-    let live = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (live.path().join("tls.crt"), live.path().join("tls.key"));
-    std::fs::copy(&first_cert, &cert).unwrap();
-    std::fs::copy(&first_key, &key).unwrap();
-    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let mirror = tokio::task::block_in_place(|| {
-        Mirror::start(&hub.url(), &["--tls-cert", cert_s, "--tls-key", key_s])
-    });
+    let live = LiveCert::new(&first_cert, &first_key);
+    let mirror = live.serve(&hub);
+    let cert = live.cert.clone();
     let port = mirror.addr.port();
     let pid = mirror.pid().expect("running").to_string();
     let connector = tls_connector(&ca.ca_file());
@@ -402,13 +396,7 @@ async fn a_new_certificate_is_served_after_sighup_and_old_connections_keep_worki
     assert_eq!(get_on(&mut old, "/v2/").await.0, 200);
 
     // Replace both files (each by an atomic rename), then SIGHUP.
-    let replace = |from: &Path, to: &Path| {
-        let staged = to.with_extension("new");
-        std::fs::copy(from, &staged).unwrap();
-        std::fs::rename(&staged, to).unwrap();
-    };
-    replace(&second_key, &key);
-    replace(&second_cert, &cert);
+    live.replace_with(&second_cert, &second_key);
     let status = Command::new("kill")
         .args(["-HUP", &pid])
         .status()
@@ -461,14 +449,8 @@ async fn a_certificate_replaced_on_disk_is_picked_up_without_a_signal() {
     let ca = TestCa::new();
     let (first_cert, first_key) = ca.issue("first", "3003");
     let (second_cert, second_key) = ca.issue("second", "4004");
-    let live = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (live.path().join("tls.crt"), live.path().join("tls.key"));
-    std::fs::copy(&first_cert, &cert).unwrap();
-    std::fs::copy(&first_key, &key).unwrap();
-    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let mirror = tokio::task::block_in_place(|| {
-        Mirror::start(&hub.url(), &["--tls-cert", cert_s, "--tls-key", key_s])
-    });
+    let live = LiveCert::new(&first_cert, &first_key);
+    let mirror = live.serve(&hub);
     let port = mirror.addr.port();
     let connector = tls_connector(&ca.ca_file());
     assert_eq!(
@@ -477,11 +459,7 @@ async fn a_certificate_replaced_on_disk_is_picked_up_without_a_signal() {
     );
     // Let the modification times move past the ones the mirror recorded.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    for (from, to) in [(&second_key, &key), (&second_cert, &cert)] {
-        let staged = to.with_extension("new");
-        std::fs::copy(from, &staged).unwrap();
-        std::fs::rename(&staged, to).unwrap();
-    }
+    live.replace_with(&second_cert, &second_key);
     // The files are polled every 10 s.
     let started = Instant::now();
     loop {
@@ -713,4 +691,42 @@ async fn skopeo_pulls_with_client_credentials_and_is_refused_without() {
             assert!(!output.status.success(), "skopeo {flags:?} was let in");
         }
     });
+}
+
+/// A certificate and key at fixed paths that a mirror serves from, whose
+/// contents a test swaps while the mirror runs.
+struct LiveCert {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl LiveCert {
+    fn new(cert: &Path, key: &Path) -> LiveCert {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = LiveCert {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            _dir: dir,
+        };
+        std::fs::copy(cert, &live.cert).expect("copy certificate");
+        std::fs::copy(key, &live.key).expect("copy key");
+        live
+    }
+
+    fn serve(&self, hub: &Hub) -> Mirror {
+        let (cert, key) = (self.cert.to_str().unwrap(), self.key.to_str().unwrap());
+        tokio::task::block_in_place(|| {
+            Mirror::start(&hub.url(), &["--tls-cert", cert, "--tls-key", key])
+        })
+    }
+
+    /// Replaces both files, key first, each by an atomic rename.
+    fn replace_with(&self, cert: &Path, key: &Path) {
+        for (from, to) in [(key, &self.key), (cert, &self.cert)] {
+            let staged = to.with_extension("new");
+            std::fs::copy(from, &staged).expect("stage");
+            std::fs::rename(&staged, to).expect("rename");
+        }
+    }
 }

@@ -7,7 +7,7 @@ use super::{
     assert_no_manifest_get_by_tag, blob, failure, get, manifest, metric, mirror_on, mirror_with,
     pull, pull_blobs, recorded, registry_requests, request_lines, PAST_TTL, REPO,
 };
-use crate::support::hub::{Fault, Hub, Kind, Target};
+use crate::support::hub::{Fault, Hub, Kind, Site, Target};
 use http::StatusCode;
 use std::time::{Duration, Instant};
 
@@ -380,3 +380,44 @@ async fn a_blob_body_that_stops_flowing_fails_the_transfer_and_caches_nothing() 
     assert_eq!(blob(&mirror, &digest).await.as_ref(), Ok(&bytes));
     assert_eq!(hub.count(Kind::CdnGet), 2);
 }
+
+/// Docker Hub's tokens live for minutes: an auth service that fails while
+/// a token has expired is an outage like any other, so the cached tag is
+/// served (not a 403 for "refused credentials").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_token_service_serves_the_cached_tag() {
+    let hub = Hub::start().await;
+    let image = hub.push_image(REPO, "v1", &[4096]);
+    let (mirror, _config) = mirror_with(&hub.url(), TTL);
+    pull(&mirror, "v1", &image).await;
+
+    for status in [503, 429] {
+        hub.revoke_tokens();
+        hub.clear_faults();
+        hub.set_fault(Target::All, Fault::TokenStatus(status));
+        hub.reset_counts();
+        // Past the tag's TTL and past any breaker the last round opened.
+        tokio::time::sleep(BREAKER_OPEN + PAST_TTL).await;
+        let (got, bytes) = manifest(&mirror, "v1").await;
+        assert_eq!(
+            (got, bytes),
+            (StatusCode::OK, image.manifest_bytes.clone()),
+            "token service answering {status}"
+        );
+        let token_requests = hub
+            .requests()
+            .iter()
+            .filter(|r| r.site == Site::Token)
+            .count();
+        assert!(
+            token_requests > 0,
+            "{status}: the mirror asked for a new token"
+        );
+    }
+    hub.clear_faults();
+    tokio::time::sleep(BREAKER_OPEN + PAST_TTL).await;
+    pull(&mirror, "v1", &image).await;
+}
+
+/// How long the mirror's circuit breaker stays open, with a margin.
+const BREAKER_OPEN: Duration = Duration::from_secs(6);

@@ -42,6 +42,9 @@ pub enum Fault {
     /// Registry requests under `/v2/<name>/` and CDN GETs are accepted and
     /// never answered.
     Stall,
+    /// Token requests answer this status (the token service is down or
+    /// rate-limiting while the registry itself answers).
+    TokenStatus(u16),
     /// Wait this long before answering: registry requests under
     /// `/v2/<name>/`, CDN GETs and, with `Target::All`, token requests.
     Delay(Duration),

@@ -250,6 +250,12 @@ impl Hub {
         lock(&self.state.token_requests).clear();
     }
 
+    /// Forgets every token issued so far, as when they expire: the next
+    /// registry request with one gets a 401 and the client needs a new one.
+    pub fn revoke_tokens(&self) {
+        lock(&self.state.tokens).clear();
+    }
+
     /// Adds a fault; it applies to requests that arrive from now on.
     pub fn set_fault(&self, target: Target, fault: Fault) {
         lock(&self.state.faults).set(target, fault);

@@ -74,16 +74,33 @@ async fn route(state: Arc<State>, which: Listener, req: Request<Incoming>) -> Re
     match site {
         Site::Cdn => cdn(&state, &req).await,
         Site::Token => {
-            let delays: Vec<Fault> = state
-                .faults_for(None)
-                .into_iter()
+            let faults = state.faults_for(None);
+            let delays: Vec<Fault> = faults
+                .iter()
                 .filter(|fault| matches!(fault, Fault::Delay(_)))
+                .cloned()
                 .collect();
             apply_faults(&delays).await;
-            auth::token(&state, &req)
+            let failing = faults.iter().find_map(|fault| match fault {
+                Fault::TokenStatus(status) => Some(*status),
+                _ => None,
+            });
+            match failing {
+                Some(status) => token_failure(status),
+                None => auth::token(&state, &req),
+            }
         }
         Site::Registry => registry(&state, &req).await,
     }
+}
+
+/// What a failing token service answers.
+fn token_failure(status: u16) -> Response<Body> {
+    let status = StatusCode::from_u16(status).expect("fault status");
+    json(
+        status,
+        br#"{"details":"token service fault injected"}"#.to_vec(),
+    )
 }
 
 impl State {

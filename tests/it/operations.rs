@@ -1,0 +1,545 @@
+//! What an operator relies on: graceful shutdown on SIGTERM, the separate
+//! metrics listener, request ids, the access log (text and JSON), trusted
+//! X-Forwarded-For, the connection limit and the request-head timeout.
+
+use crate::support::client::{client, config_file, files_named, header, hex_of, read_digest};
+use crate::support::hub::{Fault, Hub, Kind, Target};
+use crate::support::{free_port, require_tool};
+use http::StatusCode;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const MIB: usize = 1024 * 1024;
+
+/// The mirror as an operator runs it, with `RUST_LOG=info` and stderr kept
+/// in a file so a test can read the access log. Killed by PID when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    /// Holds the log (and, for `start`, the cache).
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// A mirror of `upstream` on a fresh port and a fresh cache.
+    async fn start(upstream: &str, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        Server::spawn(upstream, &cache, args, dir).await
+    }
+
+    /// A mirror on an existing cache directory (a restart).
+    async fn start_on(upstream: &str, cache: &Path, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Server::spawn(upstream, cache, args, dir).await
+    }
+
+    async fn spawn(upstream: &str, cache: &Path, args: &[&str], dir: tempfile::TempDir) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&log).expect("create stderr log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--upstream")
+            .arg(upstream)
+            .args(args)
+            .env("RUST_LOG", "info")
+            // Settings from the developer's shell must not leak in.
+            .env_remove("PULLTHROUGH_CONFIG")
+            .env_remove("PULLTHROUGH_LOG_FORMAT")
+            .env_remove("PULLTHROUGH_METRICS_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn pullthrough");
+        let mut server = Server {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
+        server.wait_listening(addr).await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded) until `addr` accepts TCP connections.
+    async fn wait_listening(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "pullthrough exited ({status}) before listening:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "pullthrough did not listen on {addr} within 20 s:\n{}",
+            self.stderr()
+        );
+    }
+
+    /// What a service manager sends to stop the mirror.
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// The exit status, waited for at most `within`.
+    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pullthrough still running {within:?} after SIGTERM:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// The whole log once `done` holds for it, waited for (bounded): a
+    /// line may land a moment after the client has its response.
+    async fn wait_log(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.stderr();
+            if done(&log) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no log for {what}:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The text-format access line of the request with this id.
+    async fn access_line(&self, request_id: &str) -> String {
+        let token = format!("request_id={request_id}");
+        let is_it = |l: &&str| l.contains(" access: ") && l.split_whitespace().any(|t| t == token);
+        let log = self
+            .wait_log(&token, |log| log.lines().any(|l| is_it(&l)))
+            .await;
+        let line = log.lines().find(is_it).expect("found above");
+        line.to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// `name=value` of a text-format log line, quotes removed.
+fn text_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(name)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"'))
+}
+
+/// A config file holding `toml`; keep the directory alive with the mirror.
+fn config(toml: &str) -> (tempfile::TempDir, String) {
+    let (dir, path) = config_file(toml);
+    (dir, path.to_str().expect("utf-8 path").to_string())
+}
+
+async fn get(url: String) -> reqwest::Response {
+    client().get(url).send().await.expect("mirror answers")
+}
+
+/// Sends `GET /healthz` on a kept-alive connection.
+async fn send_healthz(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: mirror\r\n\r\n")
+        .await
+        .expect("write request");
+}
+
+/// Reads one HTTP/1.1 response (head and Content-Length body), leaving
+/// the connection open; returns its status.
+async fn read_response(stream: &mut TcpStream) -> std::io::Result<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return status.ok_or_else(|| std::io::Error::other(format!("bad head: {head}")));
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_the_transfer_refuses_new_connections_and_keeps_the_blob() {
+    if !require_tool("kill") {
+        return;
+    }
+    let size = 8 * MIB;
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/big", "v1", &[size]);
+    let digest = image.layers[0].0.clone();
+    // ~2.7 s upstream: long enough to be mid-way when SIGTERM lands.
+    hub.set_fault(
+        Target::Digest(digest.clone()),
+        Fault::Throttle(3 * MIB as u64),
+    );
+    let grace = Duration::from_secs(20);
+    let (_config_dir, config_path) = config("shutdown_grace = \"20s\"\n");
+    let cache_tmp = tempfile::tempdir().expect("tempdir");
+    let cache = cache_tmp.path().join("cache");
+    let mut server = Server::start_on(&hub.url(), &cache, &["--config", &config_path]).await;
+    let blob_url = format!("{}/v2/library/big/blobs/{digest}", server.url());
+
+    // The client hashes the body and reports its progress as it reads.
+    let response = get(blob_url.clone()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let received = Arc::new(AtomicU64::new(0));
+    let transfer = tokio::spawn({
+        let received = Arc::clone(&received);
+        let mut response = response;
+        async move {
+            use sha2::Digest as _;
+            let mut hasher = sha2::Sha256::new();
+            let mut total = 0u64;
+            while let Some(chunk) = response.chunk().await.map_err(|e| format!("{e:?}"))? {
+                hasher.update(&chunk);
+                total += chunk.len() as u64;
+                received.store(total, Ordering::SeqCst);
+            }
+            Ok::<_, String>((total, format!("sha256:{}", hex::encode(hasher.finalize()))))
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.load(Ordering::SeqCst) < MIB as u64 {
+        assert!(Instant::now() < deadline, "the first MiB never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at_signal = received.load(Ordering::SeqCst);
+    assert!(
+        at_signal < size as u64,
+        "transfer already over before SIGTERM"
+    );
+
+    server.sigterm();
+    let signalled = Instant::now();
+
+    // The listener closes at once, so a load balancer moves on.
+    let deadline = signalled + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect(server.addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => {
+                drop(other);
+                assert!(
+                    Instant::now() < deadline,
+                    "new connections still accepted 5 s after SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    let (total, got) = tokio::time::timeout(Duration::from_secs(30), transfer)
+        .await
+        .expect("transfer finishes within 30 s")
+        .expect("transfer task")
+        .unwrap_or_else(|e| panic!("transfer broke after SIGTERM ({at_signal} bytes then): {e}"));
+    assert_eq!(total, size as u64, "bytes received");
+    assert_eq!(got, digest, "the client got the wrong bytes");
+
+    let status = server.wait_exit(grace + Duration::from_secs(5)).await;
+    assert!(
+        signalled.elapsed() <= grace,
+        "exit took {:?}, beyond the {grace:?} grace period",
+        signalled.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "exit status\n{}", server.stderr());
+
+    // The download was finished into the cache: a restarted mirror serves
+    // the blob without asking the hub for it.
+    let (blob_gets, cdn_gets) = (hub.count(Kind::BlobGet), hub.count(Kind::CdnGet));
+    let restarted = Server::start_on(&hub.url(), &cache, &[]).await;
+    let again = get(format!("{}/v2/library/big/blobs/{digest}", restarted.url())).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(read_digest(again).await.as_deref(), Ok(digest.as_str()));
+    assert_eq!(
+        hub.count(Kind::BlobGet),
+        blob_gets,
+        "registry blob GETs after restart"
+    );
+    assert_eq!(hub.count(Kind::CdnGet), cdn_gets, "CDN GETs after restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_metrics_listener_serves_only_operational_endpoints() {
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "v1", &[1000]);
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = metrics_addr.to_string();
+    let mut server = Server::start(&hub.url(), &["--metrics-listen", &listen]).await;
+    server.wait_listening(metrics_addr).await;
+    let ops = format!("http://{metrics_addr}");
+
+    let metrics = get(format!("{ops}/metrics")).await;
+    assert_eq!(metrics.status(), StatusCode::OK, "/metrics");
+    let text = metrics.text().await.expect("metrics body");
+    assert!(text.contains("pullthrough_build_info"), "{text}");
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            get(format!("{ops}{path}")).await.status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    // Whoever can reach the metrics port must not get a registry.
+    for path in ["/v2/", "/v2/library/app/manifests/v1"] {
+        let status = get(format!("{ops}{path}")).await.status();
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{path} on the metrics listener"
+        );
+    }
+    assert_eq!(hub.count(Kind::ManifestGetByTag), 0, "the hub was asked");
+
+    assert_eq!(
+        get(format!("{}/v2/", server.url())).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_ids_are_echoed_and_logged() {
+    let hub = Hub::start().await;
+    let server = Server::start(&hub.url(), &[]).await;
+    let url = format!("{}/v2/", server.url());
+
+    let given = client()
+        .get(&url)
+        .header("x-request-id", "test-id-123")
+        .send()
+        .await
+        .expect("mirror answers");
+    assert_eq!(
+        header(&given, "x-request-id").as_deref(),
+        Some("test-id-123")
+    );
+    let line = server.access_line("test-id-123").await;
+    assert_eq!(text_field(&line, "path"), Some("/v2/"), "{line}");
+
+    // Without one, each request gets its own, logged too.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = get(url.clone()).await;
+        let id = header(&response, "x-request-id").expect("generated x-request-id");
+        assert!(!id.is_empty());
+        server.access_line(&id).await;
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "two requests, one id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_access_lines_carry_the_request_fields() {
+    let size = 300_000;
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[size]);
+    let digest = image.layers[0].0.clone();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("cache");
+    let server = Server::start_on(&hub.url(), &cache, &["--log-format", "json"]).await;
+    let path = format!("/v2/library/app/blobs/{digest}");
+    let url = format!("{}{path}", server.url());
+
+    let first = get(url.clone()).await;
+    assert_eq!(read_digest(first).await.as_deref(), Ok(digest.as_str()));
+    // A hit needs the download renamed into the store first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files_named(&cache.join("blobs"), hex_of(&digest)).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the blob never reached the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = get(url).await;
+    assert_eq!(read_digest(second).await.as_deref(), Ok(digest.as_str()));
+
+    // The JSON formatter (not flattened) nests event fields under "fields".
+    let is_access = |l: &str| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        v["target"] == "access" && v["fields"]["path"] == path.as_str()
+    };
+    let log = server
+        .wait_log("two blob access lines", |log| {
+            log.lines().filter(|l| is_access(l)).count() >= 2
+        })
+        .await;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value.is_object(), "{line}");
+    }
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| is_access(l))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (entry, cache) in access.iter().zip(["miss", "hit"]) {
+        let fields = &entry["fields"];
+        assert_eq!(fields["method"], "GET", "{entry}");
+        assert_eq!(fields["status"], 200, "{entry}");
+        assert_eq!(fields["bytes"], size as u64, "{entry}");
+        assert_eq!(fields["cache"], cache, "{entry}");
+        assert_eq!(fields["client"], "127.0.0.1", "{entry}");
+        assert!(
+            fields["request_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+            "{entry}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let hub = Hub::start().await;
+    let (_dir, trusting) = config("trusted_proxies = [\"127.0.0.1/32\"]\n");
+    let cases = [
+        (
+            vec!["--config", trusting.as_str()],
+            "xff-trusted",
+            "203.0.113.7",
+        ),
+        // Anyone may send the header; untrusted, it must not reach the log.
+        (vec![], "xff-untrusted", "127.0.0.1"),
+    ];
+    for (args, id, expected) in cases {
+        let server = Server::start(&hub.url(), &args).await;
+        let response = client()
+            .get(format!("{}/v2/", server.url()))
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-request-id", id)
+            .send()
+            .await
+            .expect("mirror answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        let line = server.access_line(id).await;
+        assert_eq!(text_field(&line, "client"), Some(expected), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_beyond_max_connections_waits_for_a_free_slot() {
+    let hub = Hub::start().await;
+    let (_dir, path) = config("max_connections = 2\n");
+    let server = Server::start(&hub.url(), &["--config", &path]).await;
+
+    // Two kept-alive connections, each answered once, so each holds a slot.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        send_healthz(&mut stream).await;
+        let status = tokio::time::timeout(Duration::from_secs(5), read_response(&mut stream))
+            .await
+            .expect("answered within 5 s")
+            .expect("response");
+        assert_eq!(status, 200);
+        held.push(stream);
+    }
+
+    // The kernel completes the handshake; the mirror must not serve it.
+    let mut third = TcpStream::connect(server.addr).await.expect("connect");
+    send_healthz(&mut third).await;
+    let early = tokio::time::timeout(Duration::from_secs(1), read_response(&mut third)).await;
+    assert!(
+        early.is_err(),
+        "third connection served over the limit: {early:?}"
+    );
+
+    drop(held.remove(0));
+    let status = tokio::time::timeout(Duration::from_secs(5), read_response(&mut third))
+        .await
+        .expect("third connection served within 5 s of a slot freeing")
+        .expect("response");
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_request_head_is_cut_off_after_header_read_timeout() {
+    let hub = Hub::start().await;
+    let (_dir, path) = config("header_read_timeout = \"1s\"\n");
+    let server = Server::start(&hub.url(), &["--config", &path]).await;
+
+    // A head that never ends (slowloris).
+    let mut slow = TcpStream::connect(server.addr).await.expect("connect");
+    slow.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write partial head");
+    let url = format!("{}/v2/", server.url());
+    assert_eq!(
+        get(url.clone()).await.status(),
+        StatusCode::OK,
+        "others meanwhile"
+    );
+
+    // Closed (EOF or reset; a 408 first is fine too), not held open.
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "a half-sent request head kept its connection for 10 s (header_read_timeout = 1s)"
+    );
+
+    assert_eq!(get(url).await.status(), StatusCode::OK, "others afterwards");
+}
