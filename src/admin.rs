@@ -126,10 +126,13 @@ pub fn stats(dir: &Path) -> Result<Stats, AdminError> {
         );
     }
     let mut repos = std::collections::HashSet::new();
+    let mut tags = std::collections::HashSet::new();
     for (key, _) in index.tags() {
-        s.tags += 1;
-        repos.insert((key.upstream, key.repo));
+        repos.insert((key.upstream.clone(), key.repo.clone()));
+        // One tag, whatever kinds of client asked for it.
+        tags.insert((key.upstream, key.repo, key.tag));
     }
+    s.tags = tags.len() as u64;
     s.repositories = repos.len() as u64;
     Ok(s)
 }
@@ -181,19 +184,30 @@ pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
             ),
             Err(_) => (0, None),
         };
-        rows.push(TagRow {
+        let row = TagRow {
             upstream: key.upstream,
             repository: key.repo,
             tag: key.tag,
             digest: record.digest,
             size,
             last_used,
-        });
+        };
+        rows.push((row, record.checked_at));
     }
-    rows.sort_by(|a, b| {
-        (&a.upstream, &a.repository, &a.tag).cmp(&(&b.upstream, &b.repository, &b.tag))
+    // A tag asked for by different kinds of client has a mapping per kind;
+    // list it once, as the upstream answered it last.
+    rows.sort_by(|(a, a_checked), (b, b_checked)| {
+        (&a.upstream, &a.repository, &a.tag, b_checked).cmp(&(
+            &b.upstream,
+            &b.repository,
+            &b.tag,
+            a_checked,
+        ))
     });
-    Ok(rows)
+    rows.dedup_by(|(a, _), (b, _)| {
+        (&a.upstream, &a.repository, &a.tag) == (&b.upstream, &b.repository, &b.tag)
+    });
+    Ok(rows.into_iter().map(|(row, _)| row).collect())
 }
 
 /// Sums the cached bytes of a manifest and what it references (an index's

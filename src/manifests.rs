@@ -224,6 +224,7 @@ impl ManifestService {
             upstream: upstream.name().to_owned(),
             repo: upstream.upstream_name(repo).to_string(),
             tag: tag.to_string(),
+            accept: accept_class(accept),
         };
         let resolve = Box::pin(self.resolve_tag(upstream, repo, tag, &key, accept));
         let (fresh, outcome) =
@@ -452,6 +453,18 @@ fn sniff_media_type(bytes: &[u8]) -> Option<String> {
 }
 
 /// Whether a media type is in an Accept list (parameters ignored).
+/// The manifest kinds an Accept list takes, as a short stable string (a
+/// bit per known manifest media type): clients that take the same kinds
+/// get the same answer from the upstream for a tag.
+pub fn accept_class(accept: &str) -> String {
+    let bits = MANIFEST_MEDIA_TYPES
+        .iter()
+        .enumerate()
+        .filter(|(_, media_type)| accepts(accept, media_type))
+        .fold(0u32, |bits, (i, _)| bits | 1 << i);
+    format!("{bits:02x}")
+}
+
 pub fn accepts(accept: &str, media_type: &str) -> bool {
     accept.split(',').any(|item| {
         let item = item.split(';').next().unwrap_or("").trim();
@@ -477,6 +490,14 @@ mod tests {
             "application/vnd.oci.image.manifest.v1+json"
         ));
         assert_eq!(accept_or_default(Some("x/y")), "x/y");
+        let index_and_all = accept_class(&accept_or_default(None));
+        let single = accept_class("application/vnd.oci.image.manifest.v1+json");
+        assert_ne!(index_and_all, single);
+        assert_eq!(accept_class("*/*"), "1f");
+        assert_eq!(
+            single,
+            accept_class("application/vnd.oci.image.manifest.v1+json;q=0.5")
+        );
     }
 
     #[test]

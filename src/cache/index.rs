@@ -12,12 +12,20 @@ pub struct TagKey {
     pub upstream: String,
     pub repo: String,
     pub tag: String,
+    /// Which manifest kinds the asking client takes: an upstream answers
+    /// a multi-arch tag with the index for one client and with a single
+    /// image's manifest for another, so each kind has its own mapping.
+    pub accept: String,
 }
 
 impl TagKey {
     fn encode(&self) -> Vec<u8> {
         // NUL cannot occur in validated names or tags.
-        format!("{}\0{}\0{}", self.upstream, self.repo, self.tag).into_bytes()
+        format!(
+            "{}\0{}\0{}\0{}",
+            self.upstream, self.repo, self.tag, self.accept
+        )
+        .into_bytes()
     }
 }
 
@@ -143,11 +151,12 @@ impl Index {
         self.tags.iter().filter_map(|kv| {
             let (k, v) = kv.ok()?;
             let key = String::from_utf8(k.to_vec()).ok()?;
-            let mut parts = key.splitn(3, '\0');
+            let mut parts = key.splitn(4, '\0');
             let key = TagKey {
                 upstream: parts.next()?.to_owned(),
                 repo: parts.next()?.to_owned(),
                 tag: parts.next()?.to_owned(),
+                accept: parts.next().unwrap_or_default().to_owned(),
             };
             Some((key, serde_json::from_slice(&v).ok()?))
         })
@@ -176,6 +185,7 @@ mod tests {
             upstream: "docker.io".into(),
             repo: "library/app".into(),
             tag: "latest".into(),
+            accept: "1f".into(),
         };
         let ghcr = TagKey {
             upstream: "ghcr.io".into(),

@@ -4,7 +4,7 @@
 use super::{
     assert_not_cached, get, head, manifest_requests, mirror_of, mirror_with_config, pull, ACCEPT,
 };
-use crate::support::client::{header, read_transfer, Transfer};
+use crate::support::client::{client, header, read_transfer, Transfer};
 use crate::support::hub::{Fault, Hub, Kind, Target, OCI_INDEX, OCI_MANIFEST};
 use http::StatusCode;
 use std::time::Duration;
@@ -199,4 +199,50 @@ async fn a_corrupt_upstream_manifest_is_never_served_or_cached() {
     let retry = get(&mirror, &path).await;
     assert_eq!(retry.status(), StatusCode::OK);
     assert_eq!(retry.bytes().await.unwrap(), image.manifest_bytes);
+}
+
+/// One tag, two kinds of client: an old one that takes single-image
+/// manifests only (the hub answers it with the first image's manifest) and
+/// one that takes indexes. Each must keep getting what it asked for, in
+/// either order, within the tag's TTL: a multi-arch tag must never be
+/// served as one platform's manifest to a client that asked for the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_with_different_accept_lists_each_get_their_own_answer() {
+    let hub = Hub::start().await;
+    let amd = hub.push_image("multi/arch", "amd", &[1000]);
+    let arm = hub.push_image("multi/arch", "arm", &[2000]);
+    let (_, index_bytes) = hub.push_index("multi/arch", "latest", &[&amd, &arm]);
+    let mirror = mirror_of(&hub);
+    let url = format!("{}/v2/multi/arch/manifests/latest", mirror.url());
+    let single = "application/vnd.oci.image.manifest.v1+json";
+    let ask = |accept: &'static str| {
+        let url = url.clone();
+        async move {
+            let response = client()
+                .get(&url)
+                .header("accept", accept)
+                .send()
+                .await
+                .expect("mirror answers");
+            assert_eq!(response.status(), StatusCode::OK, "{accept}");
+            response.bytes().await.expect("body")
+        }
+    };
+    for round in 0..2 {
+        assert_eq!(
+            ask(single).await,
+            amd.manifest_bytes,
+            "round {round}: single-image client"
+        );
+        assert_eq!(
+            ask(ACCEPT).await,
+            index_bytes,
+            "round {round}: index client"
+        );
+    }
+    assert_eq!(
+        ask(single).await,
+        amd.manifest_bytes,
+        "single-image client again"
+    );
 }

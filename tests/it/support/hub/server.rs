@@ -183,11 +183,49 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     match route {
         Route::Manifest { reference, .. } => {
+            let accept = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            let by_tag = !reference.contains(':');
+            let digest = digest.map(|d| {
+                if by_tag {
+                    negotiate(state, name, d, &accept)
+                } else {
+                    d
+                }
+            });
             manifest(state, name, reference, digest, head, &faults)
         }
         Route::Blob { digest, .. } => blob(state, name, digest, head),
         Route::Tags { .. } => tags(state, name),
     }
+}
+
+/// As Docker Hub does for clients that cannot take an index: a tag that
+/// points at an index or manifest list is answered with its first image's
+/// manifest when the Accept list names single-image manifests only.
+fn negotiate(state: &State, name: &str, digest: String, accept: &str) -> String {
+    const LISTS: [&str; 2] = [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ];
+    let store = lock(&state.store);
+    let Some(stored) = store.manifest(name, &digest) else {
+        return digest;
+    };
+    let takes_lists =
+        accept.is_empty() || accept.contains("*/*") || LISTS.iter().any(|l| accept.contains(l));
+    if takes_lists || !LISTS.contains(&stored.media_type.as_str()) {
+        return digest;
+    }
+    serde_json::from_slice::<serde_json::Value>(&stored.bytes)
+        .ok()
+        .and_then(|index| Some(index["manifests"][0]["digest"].as_str()?.to_owned()))
+        .unwrap_or(digest)
 }
 
 fn manifest(
