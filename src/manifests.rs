@@ -34,6 +34,9 @@ pub enum ManifestError {
 struct FreshTag {
     manifest: Arc<Manifest>,
     fresh_for: Duration,
+    /// Served because the upstream is failing: every answer from this
+    /// entry counts as stale, not as a hit.
+    stale: bool,
 }
 
 struct FreshTagExpiry;
@@ -229,6 +232,11 @@ impl ManifestService {
         let resolve = Box::pin(self.resolve_tag(upstream, repo, tag, &key, accept));
         let (fresh, outcome) =
             coalesced(&self.fresh_tags, (key.clone(), accept.to_owned()), resolve).await?;
+        let outcome = if fresh.stale {
+            CacheOutcome::Stale
+        } else {
+            outcome
+        };
         Ok((fresh.manifest, outcome))
     }
 
@@ -257,6 +265,7 @@ impl ManifestService {
                     let fresh = FreshTag {
                         manifest: m,
                         fresh_for,
+                        stale: false,
                     };
                     return Ok((fresh, CacheOutcome::Hit));
                 }
@@ -345,6 +354,7 @@ impl ManifestService {
             FreshTag {
                 manifest,
                 fresh_for: ttl,
+                stale: false,
             },
             outcome,
         ))
@@ -383,6 +393,7 @@ impl ManifestService {
         Ok(Some(FreshTag {
             manifest,
             fresh_for,
+            stale: true,
         }))
     }
 

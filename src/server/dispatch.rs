@@ -1,6 +1,7 @@
 //! Per-request plumbing: request ids, the client's address, routing to a
 //! handler, picking the upstream, and one access-log line per request.
 
+use super::access::{self, AccessLine};
 use super::body::Body;
 use super::error::ApiError;
 use super::handlers::{self, Handled};
@@ -53,14 +54,16 @@ pub async fn dispatch(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, v);
     }
-    let bytes = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .or_else(|| http_body::Body::size_hint(response.body()).exact())
-        .filter(|_| method != Method::HEAD)
-        .unwrap_or(0);
     let status = response.status().as_u16();
+    let promised = if method == Method::HEAD {
+        Some(0)
+    } else {
+        response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     let m = metrics();
     m.http_requests
         .with_label_values(&[route_label, method.as_str(), status_class(status)])
@@ -68,18 +71,17 @@ pub async fn dispatch(
     m.http_duration
         .with_label_values(&[route_label])
         .observe(started.elapsed().as_secs_f64());
-    tracing::info!(
-        target: "access",
-        request_id = %request_id,
-        client = %client,
-        method = %method,
-        path = %path,
+    let line = AccessLine {
+        request_id,
+        client,
+        method,
+        path,
         status,
-        bytes,
-        cache = handled.outcome.map(|o| o.as_str()).unwrap_or("-"),
-        micros = started.elapsed().as_micros() as u64,
-    );
-    response
+        cache: handled.outcome.map(|o| o.as_str()).unwrap_or("-"),
+        started,
+        promised,
+    };
+    response.map(|body| access::logged(body, line))
 }
 
 /// The client's own id if it sent a sane one (so logs join up across a

@@ -74,8 +74,13 @@ pub async fn manifest(
         .with_label_values(&[kind, outcome.as_str()])
         .inc();
     if method != Method::HEAD {
+        let source = if outcome == CacheOutcome::Miss {
+            "upstream"
+        } else {
+            "cache"
+        };
         m.bytes_served
-            .with_label_values(&["cache"])
+            .with_label_values(&[source])
             .inc_by(manifest.bytes.len() as u64);
     }
     Ok(Handled {

@@ -1,6 +1,7 @@
 //! The HTTP front: listener, connection limits, routing to handlers, the
 //! access log, and graceful shutdown.
 
+mod access;
 mod body;
 mod client_auth;
 mod dispatch;

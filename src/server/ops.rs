@@ -37,9 +37,10 @@ pub fn readiness(app: &App) -> Response<Body> {
     if app.shutting_down.load(Ordering::SeqCst) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    let writable = std::fs::metadata(app.cache_dir.join("tmp"))
-        .map(|m| m.is_dir() && !m.permissions().readonly())
-        .unwrap_or(false);
+    // Really create a file (a read-only mount or a wrong owner shows here,
+    // mode bits do not); a full disk does not fail this, and should not:
+    // the cache still serves, and downloads stream past it.
+    let writable = app.blobs.store().create_temp().is_ok();
     if !writable || !app.index.is_healthy() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "cache not writable\n");
     }

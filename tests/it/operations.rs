@@ -441,6 +441,7 @@ async fn json_access_lines_carry_the_request_fields() {
         assert_eq!(fields["status"], 200, "{entry}");
         assert_eq!(fields["bytes"], size as u64, "{entry}");
         assert_eq!(fields["cache"], cache, "{entry}");
+        assert_eq!(fields["complete"], true, "{entry}");
         assert_eq!(fields["client"], "127.0.0.1", "{entry}");
         assert!(
             fields["request_id"]
@@ -449,6 +450,42 @@ async fn json_access_lines_carry_the_request_fields() {
             "{entry}"
         );
     }
+}
+
+/// A transfer the client abandons is logged as such, with the bytes that
+/// really went out, not the length its headers promised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_transfer_is_logged_incomplete_with_the_bytes_sent() {
+    let size = 4 * 1024 * 1024;
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[size]);
+    let digest = image.layers[0].0.clone();
+    hub.set_fault(Target::All, Fault::Throttle(1024 * 1024));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("cache");
+    let server = Server::start_on(&hub.url(), &cache, &["--log-format", "json"]).await;
+    let path = format!("/v2/library/app/blobs/{digest}");
+    let mut response = get(format!("{}{path}", server.url())).await;
+    let first = response.chunk().await.expect("body").expect("first bytes");
+    assert!(!first.is_empty());
+    drop(response);
+
+    let is_access = |l: &str| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        v["target"] == "access" && v["fields"]["path"] == path.as_str()
+    };
+    let log = server
+        .wait_log("the abandoned transfer's access line", |log| {
+            log.lines().any(|l| is_access(l))
+        })
+        .await;
+    let line = log.lines().find(|l| is_access(l)).expect("access line");
+    let entry: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let fields = &entry["fields"];
+    assert_eq!(fields["status"], 200, "{entry}");
+    assert_eq!(fields["complete"], false, "{entry}");
+    let sent = fields["bytes"].as_u64().expect("bytes");
+    assert!(sent > 0 && sent < size as u64, "{entry}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
