@@ -476,7 +476,7 @@ async fn an_abandoned_transfer_is_logged_incomplete_with_the_bytes_sent() {
     };
     let log = server
         .wait_log("the abandoned transfer's access line", |log| {
-            log.lines().any(|l| is_access(l))
+            log.lines().any(&is_access)
         })
         .await;
     let line = log.lines().find(|l| is_access(l)).expect("access line");
