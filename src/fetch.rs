@@ -278,6 +278,10 @@ impl BlobFetcher {
                 tracing::info!(%digest, bytes = total, upstream = upstream.name(), "blob cached");
                 let _ = tx.send(Progress::Complete { file, total });
             }
+            // Already logged as a bypass; the requests stream it themselves.
+            Err(e @ FetchError::NoSpace(_)) => {
+                let _ = tx.send(Progress::Failed(e));
+            }
             Err(e) => {
                 tracing::warn!(%digest, error = %e, upstream = upstream.name(), "blob download failed");
                 let _ = tx.send(Progress::Failed(e));

@@ -663,3 +663,77 @@ fn cache_stats_and_ls_describe_pulled_images_and_refuse_a_running_server() {
         "{text}"
     );
 }
+
+/// Concurrent cold downloads reserve their announced length, so together
+/// they never push the cache past `max_size` (the old behaviour: cache
+/// everything, evict afterwards, overshoot by every download in flight).
+/// Every client still gets its bytes: what cannot fit streams past the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_downloads_never_push_the_cache_past_max_size() {
+    use crate::support::client::{client, read_transfer};
+    use crate::support::hub::{Fault, Hub, Target};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const LAYER: usize = 4 * 1024 * 1024;
+    const MAX: u64 = 10 * MIB;
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/big", "v1", &[LAYER, LAYER, LAYER]);
+    // Each layer takes about 2 s, so all three downloads overlap.
+    hub.set_fault(Target::All, Fault::Throttle(2 * MIB));
+    let mirror =
+        tokio::task::block_in_place(|| Mirror::start(&hub.url(), &["--max-size", "10MiB"]));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, cache) = (Arc::clone(&stop), mirror.cache_dir.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let used = bytes_under(&cache.join("blobs")) + bytes_under(&cache.join("tmp"));
+                peak = peak.max(used);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let fetches = image.layers.iter().map(|(digest, bytes)| {
+        let url = format!("{}/v2/library/big/blobs/{digest}", mirror.url());
+        async move {
+            let response = client().get(url).send().await.expect("mirror answers");
+            assert_eq!(response.status(), 200, "{digest}");
+            assert!(
+                &read_transfer(response).await.bytes() == bytes,
+                "{digest}: wrong bytes"
+            );
+        }
+    });
+    futures_util::future::join_all(fetches).await;
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    assert!(
+        peak <= MAX,
+        "the cache held {peak} bytes at its peak, over max_size {MAX}"
+    );
+    assert!(
+        peak >= 2 * LAYER as u64,
+        "two layers fit and were cached ({peak} bytes)"
+    );
+}
+
+/// Bytes of the files below `dir` (their lengths; preallocated temp files
+/// count at their full reservation).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
