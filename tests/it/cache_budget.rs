@@ -704,7 +704,7 @@ async fn concurrent_downloads_never_push_the_cache_past_max_size() {
             let response = client().get(url).send().await.expect("mirror answers");
             assert_eq!(response.status(), 200, "{digest}");
             assert!(
-                &read_transfer(response).await.bytes() == bytes,
+                read_transfer(response).await.bytes() == *bytes,
                 "{digest}: wrong bytes"
             );
         }
