@@ -148,14 +148,16 @@ impl BlobFetcher {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobSource, FetchError> {
-        match self.open_once(upstream, repo, digest).await {
+        let result = match self.open_once(upstream, repo, digest).await {
             // A download another request started answers for *its*
             // repository (and upstream): a 404 or a refusal there says
             // nothing about ours, so ask for ours.
-            Err((e, CacheOutcome::Coalesced)) if e.is_repository_specific() => self
-                .open_once(upstream, repo, digest)
-                .await
-                .map_err(|(e, _)| e),
+            Err((e, CacheOutcome::Coalesced)) if e.is_repository_specific() => {
+                self.open_once(upstream, repo, digest).await
+            }
+            other => other,
+        };
+        match result {
             // The response a full cache hands over was fetched for the
             // request that started the download; others fetch their own.
             Err((FetchError::NoSpace(_), CacheOutcome::Coalesced)) => {

@@ -286,14 +286,6 @@ impl ManifestService {
             }
             Err(e) => return Err(e.into()),
         };
-        if self
-            .stale_tags
-            .lock()
-            .map(|mut s| s.remove(key))
-            .unwrap_or(false)
-        {
-            tracing::info!(repo = %key.repo, tag = %key.tag, "upstream answers again; tag revalidated");
-        }
 
         let (manifest, outcome) = match head.digest {
             Some(digest) => {
@@ -341,6 +333,16 @@ impl ManifestService {
                 (manifest, CacheOutcome::Miss)
             }
         };
+        // Only now, with the manifest in hand: a HEAD that works while GETs
+        // still fail (429 on GETs only) is not the end of the outage.
+        if self
+            .stale_tags
+            .lock()
+            .map(|mut s| s.remove(key))
+            .unwrap_or(false)
+        {
+            tracing::info!(repo = %key.repo, tag = %key.tag, "upstream answers again; tag revalidated");
+        }
         let record = TagRecord {
             digest: manifest.digest.to_string(),
             media_type: manifest.media_type.clone(),

@@ -49,8 +49,13 @@ pub struct ContentRecord {
     pub last_access: u64,
     /// Fetched with upstream credentials (or of unknown origin): served
     /// only under repositories known to hold it (see `visibility`).
-    #[serde(default)]
+    /// Records from before this field existed are of unknown origin.
+    #[serde(default = "unknown_origin")]
     pub private: bool,
+}
+
+fn unknown_origin() -> bool {
+    true
 }
 
 #[derive(Clone)]
@@ -199,5 +204,12 @@ mod tests {
         index.put_tag(&hub, &record).unwrap();
         assert_eq!(index.tag(&hub).unwrap(), Some(record));
         assert_eq!(index.tag(&ghcr).unwrap(), None);
+    }
+
+    #[test]
+    fn records_from_before_the_private_flag_count_as_private() {
+        let old: ContentRecord =
+            serde_json::from_str(r#"{"media_type":null,"size":3,"last_access":7}"#).unwrap();
+        assert!(old.private);
     }
 }
