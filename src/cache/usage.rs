@@ -43,7 +43,7 @@ impl Drop for Reservation {
         let _ = self
             .usage
             .reserved
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
                 Some(r.saturating_sub(self.bytes))
             });
     }
@@ -70,7 +70,7 @@ impl Drop for Lease {
 
 impl CacheUsage {
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.bytes.load(Ordering::SeqCst)
     }
 
     pub fn entries(&self) -> u64 {
@@ -111,7 +111,7 @@ impl CacheUsage {
                 scan.insert(hex.to_owned(), bytes);
             }
         }
-        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let total = self.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
         self.entries.fetch_add(1, Ordering::Relaxed);
         self.publish();
         let high = self.high_water.load(Ordering::Relaxed);
@@ -128,13 +128,16 @@ impl CacheUsage {
     /// this one fit in `max`; wakes the evictor once past the high-water
     /// mark, so room is made while the download runs.
     pub fn reserve_within(self: &Arc<Self>, bytes: u64, max: Option<u64>) -> Option<Reservation> {
-        let stored = self.bytes();
+        // Stored bytes are read inside the update: a commit adds its bytes
+        // before it releases its reservation, so a retry after that
+        // release sees them (never neither).
         let reserved = self
             .reserved
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                let total = stored.saturating_add(r).saturating_add(bytes);
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                let total = self.bytes().saturating_add(r).saturating_add(bytes);
                 (max.is_none_or(|m| total <= m)).then_some(r + bytes)
             });
+        let stored = self.bytes();
         if reserved.is_err() {
             self.demand.fetch_max(bytes, Ordering::Relaxed);
         }
