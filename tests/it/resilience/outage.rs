@@ -7,7 +7,8 @@ use super::{
     assert_no_manifest_get_by_tag, blob, failure, get, manifest, metric, mirror_on, mirror_with,
     pull, pull_blobs, recorded, registry_requests, request_lines, PAST_TTL, REPO,
 };
-use crate::support::hub::{Fault, Hub, Kind, Site, Target};
+use crate::support::hub::{Fault, Hub, Kind, Site, Target, TestImage};
+use crate::support::mirror::Mirror;
 use http::StatusCode;
 use std::time::{Duration, Instant};
 
@@ -152,12 +153,7 @@ async fn server_errors_serve_stale_and_only_gateway_errors_are_retried() {
     hub.reset_counts();
 
     hub.set_fault(Target::All, Fault::Status(500));
-    tokio::time::sleep(PAST_TTL).await;
-    let (status, bytes) = manifest(&mirror, "v1").await;
-    assert_eq!(
-        (status, bytes),
-        (StatusCode::OK, image.manifest_bytes.clone())
-    );
+    served_from_cache_past_ttl(&mirror, "v1", &image).await;
     assert_eq!(
         recorded(&hub, "HEAD", "/manifests/v1"),
         1,
@@ -166,12 +162,7 @@ async fn server_errors_serve_stale_and_only_gateway_errors_are_retried() {
 
     hub.clear_faults();
     hub.set_fault(Target::All, Fault::Status(502));
-    tokio::time::sleep(PAST_TTL).await;
-    let (status, bytes) = manifest(&mirror, "v1").await;
-    assert_eq!(
-        (status, bytes),
-        (StatusCode::OK, image.manifest_bytes.clone())
-    );
+    served_from_cache_past_ttl(&mirror, "v1", &image).await;
     assert_eq!(
         recorded(&hub, "HEAD", "/manifests/v1"),
         1 + 3,
@@ -207,12 +198,7 @@ async fn a_stalled_upstream_trips_the_breaker_and_the_cache_answers() {
 
     // Timeout 1: the HEAD stalls until the read timeout; the stale tag
     // answers. Timeouts are not retried.
-    tokio::time::sleep(PAST_TTL).await;
-    let (status, bytes) = manifest(&mirror, "v1").await;
-    assert_eq!(
-        (status, bytes),
-        (StatusCode::OK, cached.manifest_bytes.clone())
-    );
+    served_from_cache_past_ttl(&mirror, "v1", &cached).await;
     assert_eq!(registry_requests(&hub), 1, "{:?}", request_lines(&hub));
 
     // Timeouts 2 and 3: uncached content fails with 504.
@@ -329,12 +315,7 @@ async fn stale_answers_stop_after_max_stale() {
     hub.reset_counts();
     hub.set_fault(Target::All, Fault::Status(500));
 
-    tokio::time::sleep(PAST_TTL).await;
-    let (status, bytes) = manifest(&mirror, "v1").await;
-    assert_eq!(
-        (status, bytes),
-        (StatusCode::OK, image.manifest_bytes.clone())
-    );
+    served_from_cache_past_ttl(&mirror, "v1", &image).await;
 
     // More than max_stale since the upstream last confirmed the tag (the
     // index keeps whole seconds, so wait past 3 s).
@@ -421,3 +402,15 @@ async fn a_failing_token_service_serves_the_cached_tag() {
 
 /// How long the mirror's circuit breaker stays open, with a margin.
 const BREAKER_OPEN: Duration = Duration::from_secs(6);
+
+/// Once the tag's TTL has run out, asks for it and checks that the cached
+/// manifest answers, byte for byte.
+async fn served_from_cache_past_ttl(mirror: &Mirror, tag: &str, image: &TestImage) {
+    tokio::time::sleep(PAST_TTL).await;
+    let (status, bytes) = manifest(mirror, tag).await;
+    assert_eq!(
+        (status, bytes),
+        (StatusCode::OK, image.manifest_bytes.clone()),
+        "{tag} past its TTL"
+    );
+}
