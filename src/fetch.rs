@@ -45,20 +45,6 @@ pub enum FetchError {
     NoSpace(UnclaimedResponse),
 }
 
-impl FetchError {
-    /// An answer about one repository (not found, not allowed), not about
-    /// the content or the upstream as a whole.
-    fn is_repository_specific(&self) -> bool {
-        match self {
-            FetchError::Upstream(UpstreamError::Status { status, .. }) => {
-                matches!(status, 401 | 403 | 404)
-            }
-            FetchError::Upstream(UpstreamError::Auth(_)) => true,
-            _ => false,
-        }
-    }
-}
-
 /// An upstream response that the request which started the download
 /// relays, so a blob that cannot be cached is still fetched once for that
 /// request, not twice.
@@ -152,7 +138,7 @@ impl BlobFetcher {
             // A download another request started answers for *its*
             // repository (and upstream): a 404 or a refusal there says
             // nothing about ours, so ask for ours.
-            Err((e, CacheOutcome::Coalesced)) if e.is_repository_specific() => {
+            Err((FetchError::Upstream(e), CacheOutcome::Coalesced)) if e.is_about_repository() => {
                 self.open_once(upstream, repo, digest).await
             }
             other => other,

@@ -89,14 +89,21 @@ impl ManifestService {
         digest: &Digest,
         accept: &str,
     ) -> Result<(Arc<Manifest>, CacheOutcome), ManifestError> {
-        coalesced(
-            &self.by_digest,
-            digest.clone(),
-            // Boxed: the nested lookups would otherwise make one very
-            // large future on the worker's stack.
-            Box::pin(self.load_or_fetch(upstream, repo, digest, accept)),
-        )
-        .await
+        // Boxed: the nested lookups would otherwise make one very large
+        // future on the worker's stack.
+        let load = || Box::pin(self.load_or_fetch(upstream, repo, digest, accept));
+        match coalesced(&self.by_digest, digest.clone(), load()).await {
+            // A fetch another request started answered for *its*
+            // repository: a 404 or a refusal there says nothing about ours.
+            Err((ManifestError::Upstream(e), CacheOutcome::Coalesced))
+                if e.is_about_repository() =>
+            {
+                coalesced(&self.by_digest, digest.clone(), load())
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
     }
 
     async fn load_or_fetch(
@@ -231,7 +238,9 @@ impl ManifestService {
         };
         let resolve = Box::pin(self.resolve_tag(upstream, repo, tag, &key, accept));
         let (fresh, outcome) =
-            coalesced(&self.fresh_tags, (key.clone(), accept.to_owned()), resolve).await?;
+            coalesced(&self.fresh_tags, (key.clone(), accept.to_owned()), resolve)
+                .await
+                .map_err(|(e, _)| e)?;
         let outcome = if fresh.stale {
             CacheOutcome::Stale
         } else {
@@ -415,12 +424,13 @@ impl ManifestService {
 }
 
 /// Looks `key` up in `cache`, running `load` once for all concurrent
-/// misses, and says whether this caller hit, loaded, or joined a load.
+/// misses, and says whether this caller hit, loaded, or joined a load (on
+/// failure too: a joiner may want to try for itself).
 async fn coalesced<K, V>(
     cache: &Cache<K, V>,
     key: K,
     load: impl std::future::Future<Output = Result<(V, CacheOutcome), ManifestError>>,
-) -> Result<(V, CacheOutcome), ManifestError>
+) -> Result<(V, CacheOutcome), (ManifestError, CacheOutcome)>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -430,16 +440,19 @@ where
     }
     // Stays `Coalesced` unless this caller is the one that loads.
     let mut outcome = CacheOutcome::Coalesced;
-    let entry = cache
+    let inserted = cache
         .entry(key)
         .or_try_insert_with(async {
+            outcome = CacheOutcome::Miss;
             let (value, o) = load.await?;
             outcome = o;
             Ok::<_, ManifestError>(value)
         })
-        .await
-        .map_err(|e: Arc<ManifestError>| (*e).clone())?;
-    Ok((entry.into_value(), outcome))
+        .await;
+    match inserted {
+        Ok(entry) => Ok((entry.into_value(), outcome)),
+        Err(e) => Err(((*e).clone(), outcome)),
+    }
 }
 
 /// The `Accept` value to send upstream: the client's, or every manifest

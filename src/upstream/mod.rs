@@ -83,6 +83,17 @@ impl UpstreamError {
 
     /// Whether the upstream is out of service (as opposed to answering a
     /// definite "no" such as 404), so a stale cache entry may answer.
+    /// An answer about one repository (not found, not allowed), not about
+    /// the content or the upstream as a whole: another repository may
+    /// well have what this one does not.
+    pub fn is_about_repository(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => matches!(status, 401 | 403 | 404),
+            UpstreamError::Auth(_) => true,
+            _ => false,
+        }
+    }
+
     pub fn is_outage(&self) -> bool {
         match self {
             UpstreamError::Unreachable(_) | UpstreamError::Timeout => true,

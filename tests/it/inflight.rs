@@ -306,3 +306,47 @@ async fn concurrent_misses_in_one_repository_share_one_token() {
     assert_eq!(scoped, 1, "12 concurrent misses, one token");
     assert_eq!(hub.count(Kind::ManifestGetByDigest), 12);
 }
+
+/// Coalescing is by digest, but an upstream's "not here" is about one
+/// repository: a request for a repository that holds the content must not
+/// inherit the 404 of a concurrent request for one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_404_for_one_repository_is_not_shared_with_another() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[64 * 1024]);
+    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    // Every registry answer takes a moment, so the two requests overlap.
+    hub.set_fault(Target::All, Fault::Delay(Duration::from_millis(500)));
+    let (layer, layer_bytes) = &image.layers[0];
+    let cases = [
+        (format!("blobs/{layer}"), layer_bytes.clone()),
+        (
+            format!("manifests/{}", image.manifest_digest),
+            image.manifest_bytes.clone(),
+        ),
+    ];
+    for (path, bytes) in cases {
+        let absent = format!("{}/v2/library/other/{path}", mirror.url());
+        let present = format!("{}/v2/library/app/{path}", mirror.url());
+        let accept = "application/vnd.oci.image.manifest.v1+json";
+        let first = tokio::spawn(client().get(absent).header("accept", accept).send());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = client()
+            .get(present)
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("mirror answers");
+        assert_eq!(second.status(), StatusCode::OK, "{path} in library/app");
+        assert!(
+            read_transfer(second).await.bytes() == bytes,
+            "{path}: wrong bytes"
+        );
+        let first = first.await.expect("task").expect("mirror answers");
+        assert_eq!(
+            first.status(),
+            StatusCode::NOT_FOUND,
+            "{path} in library/other"
+        );
+    }
+}
