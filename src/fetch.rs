@@ -13,6 +13,7 @@ use crate::cache::{
 use crate::metrics::metrics;
 use crate::oci::{Digest, DigestWriter, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
+use crate::visibility::Visibility;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::fs::File;
@@ -105,14 +106,16 @@ impl BlobSource {
 pub struct BlobFetcher {
     store: BlobStore,
     index: Index,
+    visibility: Visibility,
     inflight: Mutex<HashMap<Digest, watch::Receiver<Progress>>>,
 }
 
 impl BlobFetcher {
-    pub fn new(store: BlobStore, index: Index) -> Arc<BlobFetcher> {
+    pub fn new(store: BlobStore, index: Index, visibility: Visibility) -> Arc<BlobFetcher> {
         Arc::new(BlobFetcher {
             store,
             index,
+            visibility,
             inflight: Mutex::new(HashMap::new()),
         })
     }
@@ -285,6 +288,7 @@ impl BlobFetcher {
         tx: &watch::Sender<Progress>,
     ) -> Result<(Arc<File>, u64), FetchError> {
         let resp = upstream.get_blob(repo, digest).await?;
+        self.visibility.record(upstream, repo, digest);
         let total = resp.content_length();
         let mut reserved = self.store.create_temp_reserved(total);
         if reserved.as_ref().is_err_and(is_over_budget) {

@@ -5,6 +5,7 @@
 use crate::cache::{unix_now, BlobStore, CacheOutcome, ContentRecord, Index, TagKey, TagRecord};
 use crate::oci::{Digest, Reference, RepoName, Tag, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
 use crate::upstream::{Upstream, UpstreamError};
+use crate::visibility::Visibility;
 use bytes::Bytes;
 use moka::future::Cache;
 use std::collections::HashSet;
@@ -61,13 +62,15 @@ pub struct ManifestService {
     fresh_tags: Cache<(TagKey, String), FreshTag>,
     /// Tags currently served stale, so each outage is logged once per tag.
     stale_tags: Mutex<HashSet<TagKey>>,
+    visibility: Visibility,
 }
 
 impl ManifestService {
-    pub fn new(store: BlobStore, index: Index) -> ManifestService {
+    pub fn new(store: BlobStore, index: Index, visibility: Visibility) -> ManifestService {
         ManifestService {
             store,
             index,
+            visibility,
             by_digest: Cache::builder()
                 .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
                 .max_capacity(64 * 1024 * 1024)
@@ -127,6 +130,7 @@ impl ManifestService {
                 actual,
             });
         }
+        self.visibility.record(upstream, repo, digest);
         let manifest = Arc::new(Manifest {
             digest: actual,
             media_type: fetched.media_type,

@@ -85,7 +85,13 @@ impl Visibility {
         matches!(self.index.content(digest), Ok(Some(r)) if !r.private)
     }
 
-    fn record(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) {
+    /// Notes that the upstream has just answered for `digest` in `repo`
+    /// (a fetch there succeeded), so requests joining that fetch need no
+    /// confirmation of their own.
+    pub fn record(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) {
+        if !self.enabled {
+            return;
+        }
         let repo = upstream.upstream_name(repo);
         if let Err(e) = self.index.link(upstream.name(), repo.as_str(), digest) {
             tracing::warn!(error = %e, "cannot record which repository holds content");

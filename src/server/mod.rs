@@ -99,7 +99,10 @@ impl App {
                 })
             }
         }
-        let index_for_visibility = index.clone();
+        let visibility = Visibility::new(
+            index.clone(),
+            config.upstreams.iter().any(|u| u.credentials.is_some()),
+        );
         let mut upstreams = Vec::new();
         for settings in &config.upstreams {
             let upstream = Upstream::new(settings.clone()).map_err(StartError::Upstream)?;
@@ -109,8 +112,8 @@ impl App {
             .ok_or_else(|| StartError::Upstream("no upstream configured".into()))?;
         Ok(Arc::new(App {
             upstreams,
-            blobs: BlobFetcher::new(store.clone(), index.clone()),
-            manifests: ManifestService::new(store, index.clone()),
+            blobs: BlobFetcher::new(store.clone(), index.clone(), visibility.clone()),
+            manifests: ManifestService::new(store, index.clone(), visibility.clone()),
             index,
             cache_dir: config.cache_dir.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -119,10 +122,7 @@ impl App {
                 config.bearer_tokens_file.as_deref(),
             )
             .map_err(StartError::ClientAuth)?,
-            visibility: Visibility::new(
-                index_for_visibility,
-                config.upstreams.iter().any(|u| u.credentials.is_some()),
-            ),
+            visibility,
             shutting_down: AtomicBool::new(false),
         }))
     }

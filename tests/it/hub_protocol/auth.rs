@@ -2,8 +2,8 @@
 //! the config file for private repositories, clean errors without them.
 
 use super::{error_of, get, head, mirror_of, mirror_with_config, pull};
-use crate::support::client::read_transfer;
-use crate::support::hub::{Hub, Kind};
+use crate::support::client::{client, read_transfer};
+use crate::support::hub::{Fault, Hub, Kind, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_are_fetched_per_repository_scope() {
@@ -127,4 +127,39 @@ async fn private_content_is_served_only_under_repositories_that_hold_it() {
     hub.reset_counts();
     pull(&mirror, "corp/secret", "v1", &secret).await;
     assert_eq!(hub.count(Kind::BlobHead) + hub.count(Kind::BlobGet), 0);
+}
+
+/// With credentials configured, requests that join a download of private
+/// content for the same repository need no confirming HEAD: the upstream's
+/// answer to the download already says the repository holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joining_a_private_download_costs_no_extra_upstream_request() {
+    let hub = Hub::start().await;
+    let secret = hub.push_image("corp/secret", "v1", &[2 * 1024 * 1024]);
+    hub.make_private("corp/secret", "u", "p");
+    let (layer, layer_bytes) = secret.layers[0].clone();
+    hub.set_fault(
+        Target::Digest(layer.clone()),
+        Fault::Throttle(4 * 1024 * 1024),
+    );
+    let (mirror, _config) = mirror_with_config(&hub, "username = \"u\"\npassword = \"p\"");
+    let url = format!("{}/v2/corp/secret/blobs/{layer}", mirror.url());
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        clients.spawn(async move {
+            let response = client().get(url).send().await.expect("mirror answers");
+            (response.status(), read_transfer(response).await.bytes())
+        });
+    }
+    for (status, bytes) in clients.join_all().await {
+        assert_eq!(status, 200);
+        assert!(bytes == layer_bytes, "wrong bytes");
+    }
+    assert_eq!(hub.count(Kind::BlobGet), 1, "one download");
+    assert_eq!(
+        hub.count(Kind::BlobHead),
+        0,
+        "no confirmation for the same repository"
+    );
 }
