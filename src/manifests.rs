@@ -346,6 +346,8 @@ impl ManifestService {
                 (manifest, CacheOutcome::Miss)
             }
         };
+        // The upstream has just named this content for the tag's repository.
+        self.visibility.record(upstream, repo, &manifest.digest);
         // Only now, with the manifest in hand: a HEAD that works while GETs
         // still fail (429 on GETs only) is not the end of the outage.
         if self

@@ -42,11 +42,8 @@ impl Visibility {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), UpstreamError>>,
     {
-        if !self.enabled {
-            return Ok(());
-        }
-        if fetched_here(outcome) {
-            self.record(upstream, repo, digest);
+        // A miss was fetched for this very repository; the fetch recorded it.
+        if !self.enabled || outcome == CacheOutcome::Miss {
             return Ok(());
         }
         if !self.is_known(upstream, repo, digest) {
@@ -54,21 +51,6 @@ impl Visibility {
             self.record(upstream, repo, digest);
         }
         Ok(())
-    }
-
-    /// Notes what a tag resolved to when the upstream just answered for it
-    /// (a tag is recorded per upstream and repository, so serving it from
-    /// cache needs no check).
-    pub fn resolved_tag(
-        &self,
-        upstream: &Upstream,
-        repo: &RepoName,
-        digest: &Digest,
-        outcome: CacheOutcome,
-    ) {
-        if self.enabled && fetched_here(outcome) {
-            self.record(upstream, repo, digest);
-        }
     }
 
     fn is_known(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) -> bool {
@@ -85,8 +67,9 @@ impl Visibility {
         matches!(self.index.content(digest), Ok(Some(r)) if !r.private)
     }
 
-    /// Notes that the upstream has just answered for `digest` in `repo`
-    /// (a fetch there succeeded), so requests joining that fetch need no
+    /// Notes that the upstream has just answered for `digest` in `repo` (a
+    /// fetch there succeeded, or a tag there resolved to it), so requests
+    /// joining that fetch, or asking for the digest later, need no
     /// confirmation of their own.
     pub fn record(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) {
         if !self.enabled {
@@ -97,9 +80,4 @@ impl Visibility {
             tracing::warn!(error = %e, "cannot record which repository holds content");
         }
     }
-}
-
-/// The upstream has just answered for this very repository.
-fn fetched_here(outcome: CacheOutcome) -> bool {
-    matches!(outcome, CacheOutcome::Miss | CacheOutcome::Revalidated)
 }

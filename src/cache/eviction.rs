@@ -113,8 +113,7 @@ pub fn spawn_evictor(store: BlobStore, index: Index, budget: Option<Budget>) {
                 _ = tick.tick() => {},
                 _ = store.usage().over_budget() => {},
             }
-            let (store, index) = (store.clone(), index.clone());
-            let pass = store.clone();
+            let (pass, index) = (store.clone(), index.clone());
             let work = tokio::task::spawn_blocking(move || {
                 let usage = pass.usage();
                 let wanted = usage.bytes() + usage.reserved() + usage.demand();

@@ -53,12 +53,10 @@ pub async fn manifest(
             app.manifests.by_tag(upstream, name, tag, &accept).await?,
         ),
     };
-    match reference {
-        Reference::Tag(_) => app
-            .visibility
-            .resolved_tag(upstream, name, &manifest.digest, outcome),
-        Reference::Digest(digest) => app
-            .visibility
+    // A tag is recorded per upstream and repository, so what it resolved
+    // to needs no check; a digest may have been cached through another.
+    if let Reference::Digest(digest) = reference {
+        app.visibility
             .admit(upstream, name, digest, outcome, || async {
                 upstream
                     .head_manifest(name, reference, &accept)
@@ -66,7 +64,7 @@ pub async fn manifest(
                     .map(|_| ())
             })
             .await
-            .map_err(|e| ApiError::upstream(e, Subject::Manifest))?,
+            .map_err(|e| ApiError::upstream(e, Subject::Manifest))?;
     }
     app.blobs.store().usage().touch(manifest.digest.hex());
     let m = metrics();
@@ -122,12 +120,7 @@ pub async fn blob(
         Err(e) => return Err(e.into()),
     };
     let outcome = source.outcome;
-    app.visibility
-        .admit(upstream, name, digest, outcome, || async {
-            upstream.head_blob(name, digest).await.map(|_| ())
-        })
-        .await
-        .map_err(|e| ApiError::upstream(e, Subject::Blob))?;
+    admit_blob(app, upstream, name, digest, outcome).await?;
     metrics()
         .cache_lookups
         .with_label_values(&["blob", outcome.as_str()])
@@ -208,6 +201,23 @@ async fn blob_passthrough(
     })
 }
 
+/// Checks that a blob obtained as `outcome` may be served under `name`
+/// (see `visibility`), confirming with a blob HEAD when it is not known.
+async fn admit_blob(
+    app: &App,
+    upstream: &Upstream,
+    name: &RepoName,
+    digest: &Digest,
+    outcome: CacheOutcome,
+) -> Result<(), ApiError> {
+    app.visibility
+        .admit(upstream, name, digest, outcome, || async {
+            upstream.head_blob(name, digest).await.map(|_| ())
+        })
+        .await
+        .map_err(|e| ApiError::upstream(e, Subject::Blob))
+}
+
 /// HEAD answers from the cache, or asks the upstream with HEAD; it never
 /// starts a download.
 async fn blob_head(
@@ -223,12 +233,7 @@ async fn blob_head(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let (size, outcome) = match cached {
         Some((_, len)) => {
-            app.visibility
-                .admit(upstream, name, digest, CacheOutcome::Hit, || async {
-                    upstream.head_blob(name, digest).await.map(|_| ())
-                })
-                .await
-                .map_err(|e| ApiError::upstream(e, Subject::Blob))?;
+            admit_blob(app, upstream, name, digest, CacheOutcome::Hit).await?;
             (Some(len), CacheOutcome::Hit)
         }
         None => (
