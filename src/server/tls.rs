@@ -8,19 +8,12 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio_rustls::TlsAcceptor;
 
-/// How often the files are checked for changes.
-const POLL: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+pub use crate::config::TlsFiles;
 
 #[derive(Debug)]
 struct CurrentCert {
@@ -59,7 +52,8 @@ fn load(files: &TlsFiles) -> Result<CertifiedKey, String> {
 }
 
 /// Builds the acceptor and starts the reloader.
-pub fn acceptor(files: TlsFiles) -> Result<TlsAcceptor, String> {
+/// `poll`: how often the files are checked for changes.
+pub fn acceptor(files: TlsFiles, poll: Duration) -> Result<TlsAcceptor, String> {
     let current = Arc::new(CurrentCert {
         key: RwLock::new(Arc::new(load(&files)?)),
     });
@@ -69,7 +63,7 @@ pub fn acceptor(files: TlsFiles) -> Result<TlsAcceptor, String> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    tokio::spawn(reload_forever(files, current));
+    tokio::spawn(reload_forever(files, current, poll));
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -77,13 +71,13 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-async fn reload_forever(files: TlsFiles, current: Arc<CurrentCert>) {
+async fn reload_forever(files: TlsFiles, current: Arc<CurrentCert>, poll: Duration) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut seen = (modified(&files.cert), modified(&files.key));
     loop {
         let signalled = tokio::select! {
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
-            _ = tokio::time::sleep(POLL) => false,
+            _ = tokio::time::sleep(poll) => false,
         };
         let now = (modified(&files.cert), modified(&files.key));
         if !signalled && now == seen {

@@ -3,35 +3,10 @@
 
 use super::UpstreamError;
 use moka::future::Cache;
-use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// A string that must never reach a log line, a metric or an error body.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    pub username: String,
-    pub password: Secret,
-}
+pub use crate::config::{Credentials, Secret};
 
 /// What an upstream asked for in its 401.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 /// Consecutive outage-type failures that open the circuit.
 const TRIP_AFTER: u32 = 3;
-/// How long an open circuit refuses calls before letting one through.
-const OPEN_FOR: Duration = Duration::from_secs(5);
-
-#[derive(Default)]
 pub struct CircuitBreaker {
     state: Mutex<State>,
+    /// How long an open circuit refuses calls before letting one through.
+    open_for: Duration,
 }
 
 #[derive(Default)]
@@ -22,6 +20,13 @@ struct State {
 }
 
 impl CircuitBreaker {
+    pub fn new(open_for: Duration) -> CircuitBreaker {
+        CircuitBreaker {
+            state: Mutex::default(),
+            open_for,
+        }
+    }
+
     /// Whether a call may go out now. After the open period one call at a
     /// time probes the upstream; its result closes or reopens the circuit.
     pub fn allow(&self) -> bool {
@@ -33,7 +38,7 @@ impl CircuitBreaker {
             Some(_) => {
                 // Half-open: this caller probes; others wait out another
                 // period unless the probe succeeds.
-                s.open_until = Some(Instant::now() + OPEN_FOR);
+                s.open_until = Some(Instant::now() + self.open_for);
                 true
             }
             None => true,
@@ -57,7 +62,7 @@ impl CircuitBreaker {
                         "upstream failing; circuit open"
                     );
                 }
-                s.open_until = Some(Instant::now() + OPEN_FOR);
+                s.open_until = Some(Instant::now() + self.open_for);
             }
         }
     }
@@ -76,7 +81,7 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_outages_and_closes_on_success() {
-        let b = CircuitBreaker::default();
+        let b = CircuitBreaker::new(Duration::from_secs(5));
         for _ in 0..TRIP_AFTER - 1 {
             b.record_outage();
             assert!(b.allow());
@@ -91,7 +96,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_count() {
-        let b = CircuitBreaker::default();
+        let b = CircuitBreaker::new(Duration::from_secs(5));
         b.record_outage();
         b.record_outage();
         b.record_success();

@@ -4,7 +4,9 @@
 mod auth;
 mod breaker;
 
-pub use auth::{parse_challenge, Challenge, Credentials, Secret};
+use crate::config::Timings;
+pub use crate::config::{Credentials, Secret, UpstreamSettings};
+pub use auth::{parse_challenge, Challenge};
 
 use crate::metrics::metrics;
 use crate::oci::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
@@ -21,7 +23,6 @@ use url::Url;
 const MAX_REDIRECTS: usize = 5;
 /// Extra attempts for a request that failed to connect or got a 502/503/504.
 const RETRIES: u32 = 2;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Manifests, HEADs, tokens and tag lists are small: a whole exchange
 /// that takes longer than this is a stalled upstream. Blob bodies have no
 /// total limit, only the idle-read timeout.
@@ -103,31 +104,6 @@ impl UpstreamError {
     }
 }
 
-/// Settings for one upstream, resolved from the config.
-#[derive(Clone, Debug)]
-pub struct UpstreamSettings {
-    /// Registry name clients use for it, e.g. `docker.io`.
-    pub name: String,
-    pub url: Url,
-    pub credentials: Option<Credentials>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub tag_ttl: Duration,
-    /// How long a cached tag may be served while the upstream fails.
-    pub max_stale: Duration,
-    /// Tag patterns (`*` and `?` wildcards) whose mapping never changes
-    /// once cached, e.g. `v*.*.*`: never revalidated.
-    pub immutable_tags: Vec<String>,
-    /// Repository patterns this mirror serves (empty: all), e.g. `library/*`.
-    pub allow: Vec<String>,
-    /// Repository patterns refused even if allowed.
-    pub deny: Vec<String>,
-    /// Extra trusted CA certificates (PEM) for a private registry.
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Skip TLS verification (lab registries only).
-    pub insecure: bool,
-}
-
 /// A manifest as the upstream sent it, byte-exact.
 #[derive(Clone, Debug)]
 pub struct FetchedManifest {
@@ -155,11 +131,13 @@ pub struct Upstream {
     http: reqwest::Client,
     auth: Authenticator,
     breaker: CircuitBreaker,
+    /// Wait before the first retry of a transient failure (then × 4).
+    first_backoff: Duration,
     pub rate_limit: RateLimit,
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings) -> Result<Upstream, String> {
+    pub fn new(settings: UpstreamSettings, timings: &Timings) -> Result<Upstream, String> {
         let mut builder = reqwest::Client::builder();
         if let Some(ca_file) = &settings.ca_file {
             let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
@@ -192,7 +170,8 @@ impl Upstream {
             settings,
             http,
             auth,
-            breaker: CircuitBreaker::default(),
+            breaker: CircuitBreaker::new(timings.breaker_open),
+            first_backoff: timings.retry_backoff,
             rate_limit: RateLimit::default(),
         })
     }
@@ -216,19 +195,15 @@ impl Upstream {
 
     /// Whether a tag is configured as immutable once cached.
     pub fn is_immutable_tag(&self, tag: &str) -> bool {
-        self.settings
-            .immutable_tags
-            .iter()
-            .any(|p| glob_match(p.as_bytes(), tag.as_bytes()))
+        self.settings.immutable_tags.matches(tag)
     }
 
     /// Whether the policy lets a repository through (patterns match the
     /// name as the upstream knows it, e.g. `library/ubuntu`).
     pub fn allows(&self, repo: &RepoName) -> bool {
         let name = self.upstream_name(repo);
-        let matches = |p: &String| glob_match(p.as_bytes(), name.as_str().as_bytes());
-        let allowed = self.settings.allow.is_empty() || self.settings.allow.iter().any(matches);
-        allowed && !self.settings.deny.iter().any(matches)
+        let allowed = self.settings.allow.is_empty() || self.settings.allow.matches(name.as_str());
+        allowed && !self.settings.deny.matches(name.as_str())
     }
 
     /// Whether calls currently fail fast because the upstream is down.
@@ -435,7 +410,7 @@ impl Upstream {
         url: &Url,
         authorization: &Authorization,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = self.first_backoff;
         let mut attempt = 0;
         loop {
             let result = self
@@ -528,34 +503,6 @@ impl Upstream {
 }
 
 /// `*` matches any run of characters, `?` any one character.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    // Greedy with one backtrack point (the last `*`): linear in practice
-    // and never exponential, whatever the pattern.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
 fn expect_success(resp: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
     let status = resp.status();
     if status.is_success() {
@@ -646,20 +593,6 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_patterns() {
-        assert!(glob_match(b"v*.*.*", b"v1.2.3"));
-        assert!(!glob_match(b"v*.*.*", b"v1.2"));
-        assert!(glob_match(b"*", b"latest"));
-        assert!(glob_match(b"1.2?", b"1.25"));
-        assert!(!glob_match(b"1.2?", b"1.2"));
-        assert!(glob_match(b"sha-*", b"sha-abc"));
-        assert!(!glob_match(b"latest", b"latest2"));
-        assert!(glob_match(b"library/*", b"library/a/b"));
-        assert!(glob_match(b"**a", b"xxa"));
-        assert!(!glob_match(b"a*a*a*a*a*a*a*a*b", &[b'a'; 200]));
-    }
 
     #[test]
     fn outages_are_distinguished_from_answers() {

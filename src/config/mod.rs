@@ -1,0 +1,316 @@
+//! The validated configuration: built from the TOML file, then the
+//! environment and flags on top (flags > environment > file > defaults).
+//!
+//! - [`values`]: typed values (sizes, durations, patterns, networks).
+//! - `file`: the file's schema.
+//! - `upstream`: one `[[upstream]]` entry resolved, credentials included.
+
+mod file;
+mod upstream;
+mod values;
+
+pub use upstream::{Credentials, Secret, UpstreamSettings};
+pub use values::{ByteSize, HumanDuration, PatternSet, ProxyNet, TlsFiles};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+pub const DEFAULT_CACHE_DIR: &str = "./pullthrough-cache";
+pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(7 * 86_400);
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cache_dir: PathBuf,
+    /// The first entry is the default upstream.
+    pub upstreams: Vec<UpstreamSettings>,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    /// How long a client may take to send a request head (HTTP/1), and the
+    /// TLS handshake.
+    pub header_read_timeout: Duration,
+    /// A second listener that serves `/metrics` (and health) only to
+    /// whoever can reach it; `/metrics` stays on the main listener too.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ProxyNet>,
+    /// The cache's byte budget; `None` means unbounded.
+    pub max_size: Option<u64>,
+    /// Serve HTTPS (h2 and http/1.1) with this certificate and key.
+    pub tls: Option<TlsFiles>,
+    /// Client credentials: htpasswd (bcrypt) users and bearer tokens.
+    pub htpasswd_file: Option<PathBuf>,
+    pub bearer_tokens_file: Option<PathBuf>,
+    /// Internal timings, not in the file: tests shorten them instead of
+    /// sleeping through the production values.
+    pub timings: Timings,
+}
+
+/// Waits and intervals that have sound production values but that an
+/// in-process test wants short.
+#[derive(Clone, Debug)]
+pub struct Timings {
+    /// How long an upstream's circuit stays open after repeated failures.
+    pub breaker_open: Duration,
+    /// How often the TLS files are checked for changes.
+    pub tls_poll: Duration,
+    /// First backoff between retries of a failed upstream call (doubles).
+    pub retry_backoff: Duration,
+    /// How long a download waits for eviction to make room before it
+    /// streams past the cache instead.
+    pub make_room_wait: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            breaker_open: Duration::from_secs(5),
+            tls_poll: Duration::from_secs(10),
+            retry_backoff: Duration::from_millis(100),
+            make_room_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Values given on the command line or in the environment (clap merges
+/// those two); `None` means "not given here".
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    pub upstream: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub max_size: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("invalid {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// A flag or environment value parsed like its file counterpart.
+fn flag<T: std::str::FromStr>(key: &str, value: &str, example: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| {
+        let detail = e.to_string();
+        if detail.contains(value) {
+            invalid(key, detail)
+        } else {
+            invalid(key, format!("{value:?} is not {example}"))
+        }
+    })
+}
+
+impl Config {
+    /// Builds the configuration from an optional file and the overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let parsed = match file {
+            Some(path) => file::parse_file(path)?,
+            None => file::FileConfig::default(),
+        };
+        let listen = match &overrides.listen {
+            Some(s) => flag("listen", s, "an address like 0.0.0.0:5000")?,
+            None => parsed
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address")),
+        };
+        let cache_dir = overrides
+            .cache_dir
+            .clone()
+            .or(parsed.cache_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+
+        let mut file_upstreams = parsed.upstream;
+        if file_upstreams.is_empty() {
+            file_upstreams.push(file::FileUpstream::default());
+        }
+        let mut upstreams = Vec::new();
+        for (i, u) in file_upstreams.into_iter().enumerate() {
+            let url_override = if i == 0 {
+                overrides.upstream.clone()
+            } else {
+                None
+            };
+            upstreams.push(upstream::resolve(i, u, url_override)?);
+        }
+        for (i, u) in upstreams.iter().enumerate() {
+            if upstreams[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&u.name))
+            {
+                return Err(invalid(
+                    &format!("upstream[{i}].name"),
+                    format!("{:?} is configured twice", u.name),
+                ));
+            }
+        }
+        let shutdown_grace = parsed
+            .shutdown_grace
+            .map_or(Duration::from_secs(30), |d| d.0);
+        let header_read_timeout = parsed
+            .header_read_timeout
+            .map_or(Duration::from_secs(30), |d| d.0);
+        if header_read_timeout.is_zero() {
+            return Err(invalid("header_read_timeout", "must be more than 0s"));
+        }
+        let max_connections = parsed.max_connections.unwrap_or(4096);
+        if max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        let metrics_listen = match &overrides.metrics_listen {
+            Some(s) => Some(flag("metrics_listen", s, "an address like 0.0.0.0:9090")?),
+            None => parsed.metrics_listen,
+        };
+        let max_size = match &overrides.max_size {
+            Some(s) => Some(flag::<ByteSize>("max_size", s, "a size like 50GiB")?),
+            None => parsed.max_size,
+        };
+        let tls = match (
+            overrides.tls_cert.clone().or(parsed.tls_cert),
+            overrides.tls_key.clone().or(parsed.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(invalid("tls_cert", "tls_cert and tls_key go together")),
+        };
+        Ok(Config {
+            htpasswd_file: parsed.htpasswd_file,
+            bearer_tokens_file: parsed.bearer_tokens_file,
+            tls,
+            max_size: max_size.map(|b| b.0),
+            listen,
+            cache_dir,
+            upstreams,
+            max_connections,
+            shutdown_grace,
+            header_read_timeout,
+            metrics_listen,
+            trusted_proxies: parsed.trusted_proxies,
+            timings: Timings::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
+        assert_eq!(c.upstreams[0].name, "docker.io");
+        assert_eq!(c.upstreams[0].url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(60));
+        assert_eq!(c.upstreams[0].max_stale, DEFAULT_MAX_STALE);
+        assert!(c.upstreams[0].immutable_tags.is_empty());
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let f = write("listen = \"127.0.0.1:1\"\ncache_dir = \"/a\"\n[[upstream]]\nurl = \"http://x:1\"\ntag_ttl = \"5m\"\n");
+        let o = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            cache_dir: None,
+            upstream: Some("http://y:2/prefix".into()),
+            metrics_listen: None,
+            max_size: Some("1GiB".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(f.path()), &o).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.cache_dir, PathBuf::from("/a"));
+        assert_eq!(c.upstreams[0].url.as_str(), "http://y:2/prefix/");
+        assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(300));
+        assert_eq!(c.max_size, Some(1 << 30));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let f = write("listen = \"127.0.0.1:1\"\ncolour = \"blue\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let f = write("[[upstream]]\ntag_ttl = \"soon\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream[0].tag_ttl"), "{e}");
+        let e = Config::load(
+            None,
+            &Overrides {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::load(
+            None,
+            &Overrides {
+                upstream: Some("ftp://x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("url"), "{e}");
+    }
+
+    #[test]
+    fn password_file_and_redaction() {
+        let pw = write("s3cret\n");
+        let f = write(&format!(
+            "[[upstream]]\nusername = \"u\"\npassword_file = \"{}\"\n",
+            pw.path().display()
+        ));
+        let c = Config::load(Some(f.path()), &Overrides::default()).unwrap();
+        let creds = c.upstreams[0].credentials.as_ref().unwrap();
+        assert_eq!(creds.password.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

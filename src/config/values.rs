@@ -1,0 +1,290 @@
+//! Typed config values, parsed once by serde at load: sizes, durations,
+//! compiled repository/tag patterns, proxy networks, TLS file pairs.
+
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A byte count written with a unit: `50GiB`, `500MB`, `1048576`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ByteSize(pub u64);
+
+impl TryFrom<String> for ByteSize {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    /// Decimal (kB, MB, GB, TB) or binary (KiB, MiB, GiB, TiB) units.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a size like 50GiB, 500MB or 1048576");
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "m" | "mb" => 1_000_000,
+            "g" | "gb" => 1_000_000_000,
+            "t" | "tb" => 1_000_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            _ => return Err(bad()),
+        };
+        match n.checked_mul(mult) {
+            Some(0) | None => Err(bad()),
+            Some(v) => Ok(ByteSize(v)),
+        }
+    }
+}
+
+/// A duration written with a unit: `500ms`, `30s`, `5m`, `2h`, `7d`; a bare
+/// number is seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl TryFrom<String> for HumanDuration {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a duration like 30s, 5m, 2h or 7d");
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+        match unit.trim() {
+            "ms" => Some(Duration::from_millis(n)),
+            "" | "s" => secs(1),
+            "m" => secs(60),
+            "h" => secs(3600),
+            "d" => secs(86_400),
+            _ => None,
+        }
+        .map(HumanDuration)
+        .ok_or_else(bad)
+    }
+}
+
+/// Glob patterns (`*` and `?`) compiled at load, matched without
+/// allocating on every request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "Vec<String>")]
+pub struct PatternSet {
+    patterns: Vec<Box<[u8]>>,
+}
+
+impl From<Vec<String>> for PatternSet {
+    fn from(patterns: Vec<String>) -> Self {
+        PatternSet {
+            patterns: patterns
+                .into_iter()
+                .map(|p| p.into_bytes().into_boxed_slice())
+                .collect(),
+        }
+    }
+}
+
+impl PatternSet {
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        self.patterns.iter().any(|p| glob_match(p, text.as_bytes()))
+    }
+}
+
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    // Greedy with one backtrack point (the last `*`): linear in practice
+    // and never exponential, whatever the pattern.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// An address or CIDR block, e.g. `10.0.0.0/8` or `::1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProxyNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl TryFrom<String> for ProxyNet {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl ProxyNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0
+}
+
+impl std::str::FromStr for ProxyNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not an IP address or CIDR block");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(ProxyNet { addr, prefix })
+    }
+}
+
+/// A PEM certificate chain and its key, served over TLS.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(s: &str) -> Result<u64, String> {
+        s.parse::<ByteSize>().map(|b| b.0)
+    }
+
+    fn duration(s: &str) -> Result<Duration, String> {
+        s.parse::<HumanDuration>().map(|d| d.0)
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("50GiB"), Ok(50 << 30));
+        assert_eq!(size("500MB"), Ok(500_000_000));
+        assert_eq!(size("1024"), Ok(1024));
+        assert_eq!(size("2 mib"), Ok(2 << 20));
+        assert!(size("0").is_err());
+        assert!(size("lots").is_err());
+        assert!(size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn proxy_nets() {
+        let net: ProxyNet = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one: ProxyNet = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let v6: ProxyNet = "fd00::/12".parse().unwrap();
+        assert!(v6.contains("fd01::1".parse().unwrap()));
+        assert!(!v6.contains("fe00::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<ProxyNet>().is_err());
+        assert!("nope".parse::<ProxyNet>().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(duration("7 weeks").is_err());
+        assert!(duration("").is_err());
+        assert!(duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match(b"v*.*.*", b"v1.2.3"));
+        assert!(!glob_match(b"v*.*.*", b"v1.2"));
+        assert!(glob_match(b"*", b"latest"));
+        assert!(glob_match(b"1.2?", b"1.25"));
+        assert!(!glob_match(b"1.2?", b"1.2"));
+        assert!(glob_match(b"sha-*", b"sha-abc"));
+        assert!(!glob_match(b"latest", b"latest2"));
+        assert!(glob_match(b"library/*", b"library/a/b"));
+        assert!(glob_match(b"**a", b"xxa"));
+        assert!(!glob_match(b"a*a*a*a*a*a*a*a*b", &[b'a'; 200]));
+    }
+
+    #[test]
+    fn patterns() {
+        let set = PatternSet::from(vec!["library/*".to_owned(), "v?.*".to_owned()]);
+        assert!(set.matches("library/alpine"));
+        assert!(set.matches("v1.2"));
+        assert!(!set.matches("other/alpine"));
+        assert!(!PatternSet::default().matches("x"));
+        // Linear on hostile input.
+        let evil = PatternSet::from(vec!["*a*a*a*a*a*a*a*a*b".to_owned()]);
+        assert!(!evil.matches(&"a".repeat(10_000)));
+    }
+}

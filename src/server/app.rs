@@ -1,0 +1,167 @@
+//! Everything a request handler can reach, built once from the config:
+//! the upstreams, the pull-through core, client auth, and the background
+//! maintenance of the cache.
+
+use super::client_auth;
+use crate::cache;
+use crate::config::{Config, ProxyNet};
+use crate::fetch::BlobFetcher;
+use crate::manifests::ManifestService;
+use crate::upstream::{Upstream, Upstreams};
+use crate::visibility::Visibility;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything a request handler can reach.
+pub struct App {
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub tls_poll: Duration,
+    pub upstreams: Upstreams,
+    pub blobs: Arc<BlobFetcher>,
+    pub manifests: ManifestService,
+    pub index: cache::Index,
+    pub cache_dir: PathBuf,
+    pub trusted_proxies: Vec<ProxyNet>,
+    /// `None` when clients need no credentials.
+    pub client_auth: Option<client_auth::ClientAuth>,
+    pub visibility: Visibility,
+    pub shutting_down: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open cache directory {dir}: {source}")]
+    Cache {
+        dir: PathBuf,
+        source: cache::CacheError,
+    },
+    #[error("cannot build the upstream client: {0}")]
+    Upstream(String),
+    #[error("cannot load client credentials: {0}")]
+    ClientAuth(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl App {
+    pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
+        let (store, index) = cache::open(&config.cache_dir, config.max_size).map_err(|source| {
+            StartError::Cache {
+                dir: config.cache_dir.clone(),
+                source,
+            }
+        })?;
+        // We own the cache now (the index lock says so): whatever is in
+        // tmp/ is a download that a previous process did not finish.
+        match store.clear_temp(false) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "removed unfinished downloads from tmp/"),
+            Err(source) => {
+                return Err(StartError::Cache {
+                    dir: config.cache_dir.clone(),
+                    source: source.into(),
+                })
+            }
+        }
+        let visibility = Visibility::new(
+            index.clone(),
+            config.upstreams.iter().any(|u| u.credentials.is_some()),
+        );
+        let mut upstreams = Vec::new();
+        for settings in &config.upstreams {
+            let upstream =
+                Upstream::new(settings.clone(), &config.timings).map_err(StartError::Upstream)?;
+            upstreams.push(Arc::new(upstream));
+        }
+        let upstreams = Upstreams::new(upstreams)
+            .ok_or_else(|| StartError::Upstream("no upstream configured".into()))?;
+        let app = Arc::new(App {
+            upstreams,
+            blobs: BlobFetcher::new(store.clone(), index.clone(), visibility.clone()),
+            manifests: ManifestService::new(store, index.clone(), visibility.clone()),
+            index,
+            cache_dir: config.cache_dir.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            client_auth: client_auth::ClientAuth::load(
+                config.htpasswd_file.as_deref(),
+                config.bearer_tokens_file.as_deref(),
+            )
+            .map_err(StartError::ClientAuth)?,
+            visibility,
+            shutting_down: AtomicBool::new(false),
+            header_read_timeout: config.header_read_timeout,
+            shutdown_grace: config.shutdown_grace,
+            max_connections: config.max_connections,
+            tls_poll: config.timings.tls_poll,
+        });
+        spawn_maintenance(&app, config);
+        Ok(app)
+    }
+}
+
+/// Reconciles the cache with its index in the background (the mirror
+/// serves meanwhile), then keeps it within its budget.
+fn spawn_maintenance(app: &App, config: &Config) {
+    let store = app.blobs.store().clone();
+    let index = app.index.clone();
+    let budget = config.max_size.map(|max_size| cache::Budget {
+        max_size,
+        protect_recent: config
+            .upstreams
+            .iter()
+            .map(|u| u.tag_ttl)
+            .max()
+            .unwrap_or_default(),
+    });
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let (s, i) = (store.clone(), index.clone());
+        match tokio::task::spawn_blocking(move || cache::reconcile(&s, &i, false)).await {
+            Ok(r) => tracing::info!(
+                entries = r.entries,
+                bytes = r.bytes,
+                adopted = r.adopted,
+                removed_corrupt = r.removed_corrupt,
+                removed_stray = r.removed_stray,
+                dropped_entries = r.dropped_entries,
+                millis = started.elapsed().as_millis() as u64,
+                "cache reconciled"
+            ),
+            Err(e) => tracing::error!(error = %e, "cache reconciliation failed"),
+        }
+        cache::spawn_evictor(store, index, budget);
+    });
+}
+
+impl App {
+    /// After the connections: lets downloads (which belong to no
+    /// connection) land in the cache until `deadline`, then persists what
+    /// is batched in memory.
+    pub(super) async fn drain(&self, deadline: Instant) {
+        while self.blobs.inflight_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Batched access times would otherwise die with the process, and
+        // the next eviction would take the blobs used last for the oldest.
+        self.blobs.store().usage().flush_access_times(&self.index);
+        if let Err(e) = self.index.flush() {
+            tracing::warn!(error = %e, "cannot flush the cache index");
+        }
+        let left = self.blobs.inflight_count();
+        if left > 0 {
+            tracing::warn!(downloads = left, "grace period over; abandoning downloads");
+        } else {
+            tracing::info!("drained; exiting");
+        }
+    }
+}
