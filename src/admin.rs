@@ -17,7 +17,7 @@ pub enum AdminError {
 }
 
 fn open(dir: &Path, max_size: Option<u64>) -> Result<(cache::BlobStore, Index), AdminError> {
-    cache::open(dir, max_size).map_err(|source| match &source {
+    cache::open(dir, max_size, Default::default()).map_err(|source| match &source {
         CacheError::InUse => AdminError::InUse(dir.display().to_string()),
         _ => AdminError::Open {
             dir: dir.display().to_string(),
@@ -174,21 +174,18 @@ pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
     let (store, index) = open(dir, None)?;
     let mut rows = Vec::new();
     for (key, record) in index.tags() {
-        if repo.is_some_and(|r| r != key.repo && format!("library/{r}") != key.repo) {
+        let name = key.repo.as_str();
+        if repo.is_some_and(|r| r != name && format!("library/{r}") != name) {
             continue;
         }
-        let (size, last_used) = match record.digest.parse::<Digest>() {
-            Ok(d) => (
-                image_size(&store, &index, &d, 2),
-                index.content(&d).ok().flatten().map(|c| c.last_access),
-            ),
-            Err(_) => (0, None),
-        };
+        let d = &record.digest;
+        let size = image_size(&store, &index, d, 2);
+        let last_used = index.content(d).ok().flatten().map(|c| c.last_access);
         let row = TagRow {
             upstream: key.upstream,
-            repository: key.repo,
-            tag: key.tag,
-            digest: record.digest,
+            repository: key.repo.to_string(),
+            tag: key.tag.to_string(),
+            digest: record.digest.to_string(),
             size,
             last_used,
         };

@@ -2,29 +2,33 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: listener, routing, handlers, the error → HTTP mapping,
-//!   and graceful shutdown.
-//! - [`oci`]: names, references, digests, media types, error bodies.
-//! - [`upstream`]: the registry client: auth challenges, scoped tokens,
-//!   redirects to CDNs.
-//! - [`cache`]: the content-addressed blob store and the sled index.
-//! - [`fetch`]: one upstream download per digest, tailed by every reader.
-//! - [`manifests`]: manifests by digest and by tag, with tag freshness.
-//! - [`visibility`]: which repositories may be served content that came
-//!   through upstream credentials.
-//! - [`metrics`]: the Prometheus registry and its handles.
+//! The layers, each depending only on those below it:
+//! `oci` → `config` → `cache`, `upstream` → `fetch` → `server` → `main`.
+//!
+//! - [`oci`]: names, references, digests, media types, ranges, error bodies.
+//! - [`config`]: the validated configuration (file schema, typed values,
+//!   merge order of file, environment and flags).
+//! - `cache`: the local content store behind the `ContentStore` seam, the
+//!   `Tier` seam for further tiers (an object store), the sled index,
+//!   usage and eviction. Its opening comment says how a tier plugs in.
+//! - `upstream`: the registry client: auth challenges, scoped tokens,
+//!   retries, the circuit breaker, redirects to CDNs, policy.
+//! - `fetch`: the pull-through core behind one facade (`PullThrough`):
+//!   lookup, one coalescing primitive, downloads tailed by readers,
+//!   verification, tag freshness, visibility of private content.
+//! - [`server`]: listeners, routing, handlers (which call only the core),
+//!   the error → HTTP mapping, graceful shutdown; `server::run` serves
+//!   bound listeners in-process.
+//! - [`metrics`]: one Prometheus registry per running mirror.
 //! - [`admin`]: the offline `gc` and `cache stats|ls` commands.
-//! - [`config`]: the TOML file, environment and flags.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod cache;
+pub(crate) mod cache;
 pub mod config;
-pub mod fetch;
-pub mod manifests;
+pub(crate) mod fetch;
 pub mod metrics;
 pub mod oci;
 pub mod server;
-pub mod upstream;
-pub mod visibility;
+pub(crate) mod upstream;

@@ -1,12 +1,13 @@
-//! Prometheus metrics: one process-wide registry and the handles that the
-//! rest of the code bumps. Labels never carry repositories, digests or
+//! Prometheus metrics: one registry per running mirror (so mirrors started
+//! in-process by tests count apart) and the handles the rest of the code
+//! bumps. Labels never carry repositories, digests or
 //! anything secret, so cardinality stays fixed.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 pub struct Metrics {
     registry: Registry,
@@ -68,7 +69,11 @@ fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histo
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::registered())
+    }
+
+    fn registered() -> Metrics {
         // Every name and label set below is a constant, so registration
         // cannot fail at run time; a mistake fails the first unit test.
         let r = Registry::new_custom(Some("pullthrough".into()), None).expect("valid prefix");
@@ -185,10 +190,10 @@ impl Metrics {
     }
 }
 
-/// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::registered()
+    }
 }
 
 /// `2xx`, `4xx`, …: status classes keep label sets small.
@@ -208,7 +213,7 @@ mod tests {
 
     #[test]
     fn registers_and_renders() {
-        let m = metrics();
+        let m = Metrics::new();
         m.cache_lookups.with_label_values(&["blob", "hit"]).inc();
         let text = m.render();
         assert!(text.contains("pullthrough_build_info{version="));

@@ -2,6 +2,8 @@
 //! hash to its name, because the only way in is temp file → verify → rename.
 
 use super::usage::{CacheUsage, Reservation};
+use super::CacheError;
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -46,34 +48,19 @@ impl Drop for TempBlob {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// The blob would fit the budget, but not next to what is cached and
-/// downloading now: eviction can make room (see [`is_over_budget`]).
-#[derive(Debug)]
-struct OverBudget;
-
-impl std::fmt::Display for OverBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the cache is at its budget until eviction makes room")
-    }
-}
-
-impl std::error::Error for OverBudget {}
-
-/// Whether [`BlobStore::create_temp_reserved`] failed only for want of
-/// evicted room (as opposed to a full disk or a blob beyond the budget).
-pub fn is_over_budget(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<OverBudget>())
-}
-
 impl BlobStore {
     /// Creates the directories. `tmp/` is left alone: only the process
     /// that owns the cache may empty it ([`BlobStore::clear_temp`]), and
     /// read-only commands must not.
-    pub fn open(root: &Path, max_size: Option<u64>) -> io::Result<BlobStore> {
+    pub fn open(
+        root: &Path,
+        max_size: Option<u64>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<BlobStore> {
         let store = BlobStore {
             blobs: root.join("blobs").join("sha256"),
             tmp: root.join("tmp"),
-            usage: Arc::new(CacheUsage::default()),
+            usage: Arc::new(CacheUsage::new(metrics)),
             max_size,
         };
         fs::create_dir_all(&store.blobs)?;
@@ -111,10 +98,6 @@ impl BlobStore {
 
     pub fn usage(&self) -> &Arc<CacheUsage> {
         &self.usage
-    }
-
-    pub fn max_size(&self) -> Option<u64> {
-        self.max_size
     }
 
     /// Deletes a complete blob; returns the bytes freed (0 if absent).
@@ -191,20 +174,17 @@ impl BlobStore {
     /// A temp file with `len` bytes of disk reserved up front, so a full
     /// disk shows before the first byte is promised to anyone rather than
     /// in the middle of a download.
-    pub fn create_temp_reserved(&self, len: Option<u64>) -> io::Result<TempBlob> {
+    pub fn create_temp_reserved(&self, len: Option<u64>) -> Result<TempBlob, CacheError> {
         if let (Some(len), Some(max)) = (len, self.max_size) {
             if len > max {
-                return Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    "blob is larger than the cache budget",
-                ));
+                return Err(CacheError::LargerThanBudget);
             }
         }
         let reservation = match len {
             Some(len) => Some(
                 self.usage
                     .reserve_within(len, self.max_size)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::StorageFull, OverBudget))?,
+                    .ok_or(CacheError::OverBudget)?,
             ),
             None => None,
         };
@@ -216,7 +196,7 @@ impl BlobStore {
                 // Some filesystems (NFS, some FUSE) cannot preallocate: go
                 // on without; a full disk then shows during the download.
                 Err(rustix::io::Errno::OPNOTSUPP) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(io::Error::from(e).into()),
             }
         }
         Ok(temp)
@@ -292,7 +272,7 @@ mod tests {
     #[test]
     fn temp_files_vanish_unless_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), None).unwrap();
+        let store = BlobStore::open(dir.path(), None, Arc::default()).unwrap();
         let temp = store.create_temp().unwrap();
         (&**temp.file()).write_all(b"abc").unwrap();
         drop(temp);
@@ -309,7 +289,7 @@ mod tests {
     #[test]
     fn write_verified_refuses_wrong_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), None).unwrap();
+        let store = BlobStore::open(dir.path(), None, Arc::default()).unwrap();
         let digest = Digest::of(b"right");
         assert!(store.write_verified(b"wrong", &digest).is_err());
         assert!(!store.contains(&digest));
@@ -322,7 +302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("tmp/sub")).unwrap();
         fs::write(dir.path().join("tmp/old.partial"), b"half").unwrap();
-        let store = BlobStore::open(dir.path(), None).unwrap();
+        let store = BlobStore::open(dir.path(), None, Arc::default()).unwrap();
         assert_eq!(store.clear_temp(true).unwrap(), 2);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 2);
         assert_eq!(store.clear_temp(false).unwrap(), 2);

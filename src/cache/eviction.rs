@@ -3,8 +3,8 @@
 //! the low-water mark. Blobs being served and manifests of recently served
 //! tags stay.
 
-use super::{unix_now, BlobStore, Index};
-use crate::metrics::metrics;
+use super::{unix_now, BlobStore, ContentStore, Index};
+use crate::oci::Digest;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -41,7 +41,12 @@ pub struct EvictionReport {
 /// Evicts down to the low-water mark if usage is over the high-water mark.
 /// Usage is summed from the index, which is authoritative after
 /// reconciliation.
-pub fn evict(store: &BlobStore, index: &Index, budget: &Budget, dry_run: bool) -> EvictionReport {
+pub fn evict(
+    store: &dyn ContentStore,
+    index: &Index,
+    budget: &Budget,
+    dry_run: bool,
+) -> EvictionReport {
     store.usage().flush_access_times(index);
     let mut candidates: Vec<(u64, String, u64, bool)> = index
         .contents()
@@ -76,15 +81,18 @@ pub fn evict(store: &BlobStore, index: &Index, budget: &Budget, dry_run: bool) -
             report.removed.push((format!("sha256:{hex}"), size));
             continue;
         }
-        match store.remove(&hex) {
+        let Ok(digest) = format!("sha256:{hex}").parse::<Digest>() else {
+            continue;
+        };
+        match store.remove(&digest) {
             Ok(freed) => {
                 if let Err(e) = index.remove_content(&hex) {
                     tracing::warn!(error = %e, "cannot drop evicted entry from the index");
                 }
                 report.freed_bytes += freed;
                 report.removed.push((format!("sha256:{hex}"), freed));
-                metrics().evictions.inc();
-                metrics().evicted_bytes.inc_by(freed);
+                store.usage().metrics().evictions.inc();
+                store.usage().metrics().evicted_bytes.inc_by(freed);
             }
             Err(e) => tracing::warn!(error = %e, digest = %hex, "cannot evict"),
         }

@@ -2,7 +2,8 @@
 //! and per-digest metadata (media type, size, last access). Everything here
 //! can be rebuilt from `blobs/` or by asking the upstream again.
 
-use crate::oci::Digest;
+use super::CacheError;
+use crate::oci::{Digest, RepoName, Tag};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -10,8 +11,9 @@ use std::path::Path;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TagKey {
     pub upstream: String,
-    pub repo: String,
-    pub tag: String,
+    /// As the upstream knows it (`library/ubuntu` on Docker Hub).
+    pub repo: RepoName,
+    pub tag: Tag,
     /// Which manifest kinds the asking client takes: an upstream answers
     /// a multi-arch tag with the index for one client and with a single
     /// image's manifest for another, so each kind has its own mapping.
@@ -35,7 +37,7 @@ fn link_key(upstream: &str, repo: &str, digest: &Digest) -> Vec<u8> {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagRecord {
-    pub digest: String,
+    pub digest: Digest,
     pub media_type: String,
     /// When the upstream last confirmed this mapping (Unix seconds).
     pub checked_at: u64,
@@ -85,28 +87,31 @@ impl Index {
         })
     }
 
-    pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, sled::Error> {
+    /// A tag's mapping; a record that no longer decodes (written by an
+    /// older version, or damaged) reads as absent: it only costs one
+    /// revalidation.
+    pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, CacheError> {
         Ok(self
             .tags
             .get(key.encode())?
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
-    pub fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<(), sled::Error> {
-        let value = serde_json::to_vec(record).unwrap_or_default();
+    pub fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<(), CacheError> {
+        let value = serde_json::to_vec(record)?;
         self.tags.insert(key.encode(), value)?;
         Ok(())
     }
 
-    pub fn content(&self, digest: &Digest) -> Result<Option<ContentRecord>, sled::Error> {
+    pub fn content(&self, digest: &Digest) -> Result<Option<ContentRecord>, CacheError> {
         Ok(self
             .content
             .get(digest.hex())?
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
-    pub fn put_content(&self, digest: &Digest, record: &ContentRecord) -> Result<(), sled::Error> {
-        let value = serde_json::to_vec(record).unwrap_or_default();
+    pub fn put_content(&self, digest: &Digest, record: &ContentRecord) -> Result<(), CacheError> {
+        let value = serde_json::to_vec(record)?;
         self.content.insert(digest.hex(), value)?;
         Ok(())
     }
@@ -127,7 +132,7 @@ impl Index {
     }
 
     /// Records that the upstream holds `digest` in `repo`.
-    pub fn link(&self, upstream: &str, repo: &str, digest: &Digest) -> Result<(), sled::Error> {
+    pub fn link(&self, upstream: &str, repo: &str, digest: &Digest) -> Result<(), CacheError> {
         self.links
             .insert(link_key(upstream, repo, digest), &[] as &[u8])?;
         Ok(())
@@ -138,8 +143,8 @@ impl Index {
         upstream: &str,
         repo: &str,
         digest: &Digest,
-    ) -> Result<bool, sled::Error> {
-        self.links.contains_key(link_key(upstream, repo, digest))
+    ) -> Result<bool, CacheError> {
+        Ok(self.links.contains_key(link_key(upstream, repo, digest))?)
     }
 
     /// Every content record, by digest hex; unreadable entries are skipped.
@@ -159,8 +164,8 @@ impl Index {
             let mut parts = key.splitn(4, '\0');
             let key = TagKey {
                 upstream: parts.next()?.to_owned(),
-                repo: parts.next()?.to_owned(),
-                tag: parts.next()?.to_owned(),
+                repo: parts.next()?.parse().ok()?,
+                tag: parts.next()?.parse().ok()?,
                 accept: parts.next().unwrap_or_default().to_owned(),
             };
             Some((key, serde_json::from_slice(&v).ok()?))
@@ -188,8 +193,8 @@ mod tests {
         let index = Index::open(dir.path()).unwrap();
         let hub = TagKey {
             upstream: "docker.io".into(),
-            repo: "library/app".into(),
-            tag: "latest".into(),
+            repo: "library/app".parse().unwrap(),
+            tag: "latest".parse().unwrap(),
             accept: "1f".into(),
         };
         let ghcr = TagKey {
@@ -197,7 +202,7 @@ mod tests {
             ..hub.clone()
         };
         let record = TagRecord {
-            digest: Digest::of(b"x").to_string(),
+            digest: Digest::of(b"x"),
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             checked_at: 1,
         };

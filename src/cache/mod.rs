@@ -7,61 +7,90 @@
 //!   tmp/                      partial downloads; emptied at start-up
 //!   index/                    sled: tags → digests, media types, sizes, access times
 //! ```
+//!
+//! # Tiers
+//!
+//! Content by digest is looked up in the local tier first, then in any
+//! further [`Tier`]s in order, then upstream. The local tier is a
+//! [`ContentStore`] (today [`BlobStore`], a directory): downloads from any
+//! source are written there, hashed as they go, and tailed by every
+//! reader, so the local tier is where bytes become servable. A further
+//! tier (an object store shared by replicas) implements [`Tier`]: the
+//! fetch core asks it after a local miss and before the upstream, streams
+//! what it answers through the same verified download as upstream bytes,
+//! and uploads a verified upstream download to it in the background. A
+//! tier never serves bytes the local tier has not verified.
 
 mod blobs;
 mod eviction;
 mod index;
 mod reconcile;
+mod store;
 mod usage;
 
-pub use blobs::{is_over_budget, BlobStore, TempBlob};
+pub use blobs::{BlobStore, TempBlob};
 pub use eviction::{evict, spawn_evictor, Budget, EvictionReport};
 pub use index::{ContentRecord, Index, TagKey, TagRecord};
 pub use reconcile::{reconcile, ReconcileReport};
+pub use store::{ContentStore, StoredFile, Tier};
 pub use usage::{CacheUsage, Lease};
 
+use crate::metrics::Metrics;
 use std::path::Path;
+use std::sync::Arc;
 
+/// Everything that can go wrong in the cache; `Io` keeps the
+/// `io::ErrorKind` (a full disk is `StorageFull`).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("cache index error: {0}")]
     Index(#[from] sled::Error),
+    #[error("cache index record cannot be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
     #[error("the cache directory is in use by another pullthrough process")]
     InUse,
+    /// The blob would fit the budget, but not beside what is cached and
+    /// downloading now: eviction can make room.
+    #[error("the cache is at its budget until eviction makes room")]
+    OverBudget,
+    #[error("blob is larger than the cache budget")]
+    LargerThanBudget,
+    #[error("cache task failed: {0}")]
+    Task(String),
 }
 
-/// How a request was answered, for logs and metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheOutcome {
-    Hit,
-    Miss,
-    /// A stale tag that the upstream confirmed (HEAD) without a download.
-    Revalidated,
-    /// Served from cache because the upstream is failing.
-    Stale,
-    /// Joined a fetch another request started.
-    Coalesced,
-    /// Relayed from the upstream without caching (cache disk full).
-    Bypass,
-}
-
-impl CacheOutcome {
-    pub fn as_str(self) -> &'static str {
+impl CacheError {
+    /// The cache cannot take this content now (disk full, budget too
+    /// small): serve it past the cache instead of failing.
+    pub fn is_no_space(&self) -> bool {
         match self {
-            CacheOutcome::Hit => "hit",
-            CacheOutcome::Miss => "miss",
-            CacheOutcome::Revalidated => "revalidated",
-            CacheOutcome::Stale => "stale",
-            CacheOutcome::Coalesced => "coalesced",
-            CacheOutcome::Bypass => "bypass",
+            CacheError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            CacheError::OverBudget | CacheError::LargerThanBudget => true,
+            _ => false,
         }
     }
 }
 
+/// Runs blocking cache work (sled, file metadata, fsync) on the blocking
+/// pool, never on the async threads.
+pub async fn blocking<T, F>(work: F) -> Result<T, CacheError>
+where
+    F: FnOnce() -> Result<T, CacheError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CacheError::Task(e.to_string()))?
+}
+
 /// Opens (creating if needed) the cache directory: the blob store and index.
-pub fn open(dir: &Path, max_size: Option<u64>) -> Result<(BlobStore, Index), CacheError> {
+pub fn open(
+    dir: &Path,
+    max_size: Option<u64>,
+    metrics: Arc<Metrics>,
+) -> Result<(BlobStore, Index), CacheError> {
     // The index first: its lock tells us whether another process owns this
     // cache, before anything (emptying tmp/) could disturb that process.
     std::fs::create_dir_all(dir)?;
@@ -88,7 +117,7 @@ pub fn open(dir: &Path, max_size: Option<u64>) -> Result<(BlobStore, Index), Cac
             Index::open(&index_dir)?
         }
     };
-    let store = BlobStore::open(dir, max_size)?;
+    let store = BlobStore::open(dir, max_size, metrics)?;
     Ok((store, index))
 }
 

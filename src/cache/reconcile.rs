@@ -2,7 +2,7 @@
 //! while the mirror serves) and in `gc`: files without entries are
 //! verified and adopted or removed, entries without files are dropped.
 
-use super::{BlobStore, ContentRecord, Index};
+use super::{ContentRecord, ContentStore, Index, StoredFile};
 use crate::oci::{Digest, DigestWriter};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -53,13 +53,19 @@ fn mtime_secs(path: &Path) -> u64 {
 
 /// Repairs the cache. Files whose size matches their entry are trusted
 /// (they were verified when written); everything else is hashed.
-pub fn reconcile(store: &BlobStore, index: &Index, dry_run: bool) -> ReconcileReport {
+pub fn reconcile(store: &dyn ContentStore, index: &Index, dry_run: bool) -> ReconcileReport {
     let mut report = ReconcileReport::default();
     let mut seen = HashSet::new();
     if !dry_run {
         store.usage().begin_scan();
     }
-    for (shard, name, path, len) in store.walk() {
+    for StoredFile {
+        shard,
+        name,
+        path,
+        len,
+    } in store.list()
+    {
         if shard.len() != 2 || !is_digest_hex(&name) || !name.starts_with(&shard) {
             report.removed_stray += 1;
             if !dry_run {

@@ -4,7 +4,7 @@
 
 use super::index::Index;
 use super::unix_now;
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,7 @@ pub struct CacheUsage {
     /// While a reconciliation walks the files: content added meanwhile, so
     /// its totals do not erase what landed behind its back.
     added_during_scan: Mutex<Option<HashMap<String, u64>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Disk space held for one download until it is committed or abandoned.
@@ -69,6 +70,17 @@ impl Drop for Lease {
 }
 
 impl CacheUsage {
+    pub fn new(metrics: Arc<Metrics>) -> CacheUsage {
+        CacheUsage {
+            metrics,
+            ..CacheUsage::default()
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
     }
@@ -200,7 +212,7 @@ impl CacheUsage {
     }
 
     fn publish(&self) {
-        let m = metrics();
+        let m = &self.metrics;
         m.cache_size_bytes.set(self.bytes() as i64);
         m.cache_entries.set(self.entries() as i64);
     }

@@ -4,10 +4,12 @@
 mod digest;
 mod error;
 mod name;
+mod range;
 
 pub use digest::{Digest, DigestError, DigestWriter};
 pub use error::{ErrorBody, ErrorCode};
 pub use name::{NameError, Reference, RepoName, Tag};
+pub use range::{parse_range, ByteSpan, RangeRequest};
 
 /// Manifest media types a registry may answer with; used as the default
 /// `Accept` list when a client sends none.

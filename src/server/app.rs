@@ -3,34 +3,29 @@
 //! maintenance of the cache.
 
 use super::client_auth;
-use crate::cache;
+use crate::cache::{self, BlobStore, Index};
 use crate::config::{Config, ProxyNet};
-use crate::fetch::BlobFetcher;
-use crate::manifests::ManifestService;
+use crate::fetch::PullThrough;
+use crate::metrics::Metrics;
 use crate::upstream::{Upstream, Upstreams};
-use crate::visibility::Visibility;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Everything a request handler can reach.
 pub struct App {
-    pub header_read_timeout: Duration,
-    pub shutdown_grace: Duration,
-    pub max_connections: usize,
-    pub tls_poll: Duration,
-    pub upstreams: Upstreams,
-    pub blobs: Arc<BlobFetcher>,
-    pub manifests: ManifestService,
-    pub index: cache::Index,
-    pub cache_dir: PathBuf,
-    pub trusted_proxies: Vec<ProxyNet>,
+    pub(super) upstreams: Upstreams,
+    pub(super) core: PullThrough,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) trusted_proxies: Vec<ProxyNet>,
     /// `None` when clients need no credentials.
-    pub client_auth: Option<client_auth::ClientAuth>,
-    pub visibility: Visibility,
-    pub shutting_down: AtomicBool,
+    pub(super) client_auth: Option<client_auth::ClientAuth>,
+    pub(super) shutting_down: AtomicBool,
+    pub(super) header_read_timeout: Duration,
+    pub(super) shutdown_grace: Duration,
+    pub(super) max_connections: usize,
+    pub(super) tls_poll: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +50,12 @@ pub enum StartError {
 
 impl App {
     pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
-        let (store, index) = cache::open(&config.cache_dir, config.max_size).map_err(|source| {
-            StartError::Cache {
+        let metrics = Metrics::new();
+        let (store, index) = cache::open(&config.cache_dir, config.max_size, Arc::clone(&metrics))
+            .map_err(|source| StartError::Cache {
                 dir: config.cache_dir.clone(),
                 source,
-            }
-        })?;
+            })?;
         // We own the cache now (the index lock says so): whatever is in
         // tmp/ is a download that a previous process did not finish.
         match store.clear_temp(false) {
@@ -73,47 +68,49 @@ impl App {
                 })
             }
         }
-        let visibility = Visibility::new(
-            index.clone(),
-            config.upstreams.iter().any(|u| u.credentials.is_some()),
-        );
         let mut upstreams = Vec::new();
         for settings in &config.upstreams {
-            let upstream =
-                Upstream::new(settings.clone(), &config.timings).map_err(StartError::Upstream)?;
+            let upstream = Upstream::new(settings.clone(), &config.timings, Arc::clone(&metrics))
+                .map_err(StartError::Upstream)?;
             upstreams.push(Arc::new(upstream));
         }
         let upstreams = Upstreams::new(upstreams)
             .ok_or_else(|| StartError::Upstream("no upstream configured".into()))?;
+        spawn_maintenance(&store, &index, config);
+        let private = config.upstreams.iter().any(|u| u.credentials.is_some());
+        let core = PullThrough::new(
+            store,
+            index,
+            Vec::new(),
+            private,
+            &config.timings,
+            Arc::clone(&metrics),
+        );
+        let client_auth = client_auth::ClientAuth::load(
+            config.htpasswd_file.as_deref(),
+            config.bearer_tokens_file.as_deref(),
+        )
+        .map_err(StartError::ClientAuth)?;
         let app = Arc::new(App {
             upstreams,
-            blobs: BlobFetcher::new(store.clone(), index.clone(), visibility.clone()),
-            manifests: ManifestService::new(store, index.clone(), visibility.clone()),
-            index,
-            cache_dir: config.cache_dir.clone(),
+            core,
+            metrics,
             trusted_proxies: config.trusted_proxies.clone(),
-            client_auth: client_auth::ClientAuth::load(
-                config.htpasswd_file.as_deref(),
-                config.bearer_tokens_file.as_deref(),
-            )
-            .map_err(StartError::ClientAuth)?,
-            visibility,
+            client_auth,
             shutting_down: AtomicBool::new(false),
             header_read_timeout: config.header_read_timeout,
             shutdown_grace: config.shutdown_grace,
             max_connections: config.max_connections,
             tls_poll: config.timings.tls_poll,
         });
-        spawn_maintenance(&app, config);
         Ok(app)
     }
 }
 
 /// Reconciles the cache with its index in the background (the mirror
 /// serves meanwhile), then keeps it within its budget.
-fn spawn_maintenance(app: &App, config: &Config) {
-    let store = app.blobs.store().clone();
-    let index = app.index.clone();
+fn spawn_maintenance(store: &BlobStore, index: &Index, config: &Config) {
+    let (store, index) = (store.clone(), index.clone());
     let budget = config.max_size.map(|max_size| cache::Budget {
         max_size,
         protect_recent: config
@@ -148,16 +145,11 @@ impl App {
     /// connection) land in the cache until `deadline`, then persists what
     /// is batched in memory.
     pub(super) async fn drain(&self, deadline: Instant) {
-        while self.blobs.inflight_count() > 0 && Instant::now() < deadline {
+        while self.core.downloads_in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Batched access times would otherwise die with the process, and
-        // the next eviction would take the blobs used last for the oldest.
-        self.blobs.store().usage().flush_access_times(&self.index);
-        if let Err(e) = self.index.flush() {
-            tracing::warn!(error = %e, "cannot flush the cache index");
-        }
-        let left = self.blobs.inflight_count();
+        self.core.persist();
+        let left = self.core.downloads_in_flight();
         if left > 0 {
             tracing::warn!(downloads = left, "grace period over; abandoning downloads");
         } else {

@@ -3,7 +3,7 @@
 //! protects mirrors used by containerd, Podman, skopeo and CI tools; a
 //! Docker-facing mirror is protected at the network level instead.
 
-use crate::upstream::Secret;
+use crate::config::Secret;
 use http::HeaderMap;
 use moka::future::Cache;
 use sha2::{Digest as _, Sha256};

@@ -9,7 +9,7 @@ use super::ops;
 use super::routes::{self, Route};
 use super::select::select;
 use super::App;
-use crate::metrics::{metrics, status_class};
+use crate::metrics::status_class;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
@@ -64,7 +64,7 @@ pub async fn dispatch(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let m = metrics();
+    let m = &app.metrics;
     m.http_requests
         .with_label_values(&[route_label, method.as_str(), status_class(status)])
         .inc();
@@ -171,19 +171,18 @@ pub(super) async fn route(
         }
         Route::Base | Route::Healthz | Route::Readyz | Route::Metrics => None,
     };
-    let target = select(app, req.uri().query(), name)?;
-    let upstream = target.upstream;
-    let name = target.name.as_ref();
-    let handled = match (route, name) {
-        (Route::Manifest { reference, .. }, Some(name)) => {
-            handlers::manifest(app, upstream, method, req.headers(), name, &reference).await
+    let selected = select(app, req.uri().query(), name)?;
+    let target = selected.target();
+    let handled = match (route, &target) {
+        (Route::Manifest { reference, .. }, Some(at)) => {
+            handlers::manifest(app, at, method, req.headers(), &reference).await
         }
-        (Route::Blob { digest, .. }, Some(name)) => {
-            handlers::blob(app, upstream, method, req.headers(), name, &digest).await
+        (Route::Blob { digest, .. }, Some(at)) => {
+            handlers::blob(app, at, method, req.headers(), &digest).await
         }
-        (Route::TagsList { .. }, Some(name)) => {
+        (Route::TagsList { .. }, Some(at)) => {
             let query = strip_ns(req.uri().query());
-            handlers::tags_list(upstream, name, query.as_deref()).await
+            handlers::tags_list(app, at, query.as_deref()).await
         }
         (Route::Healthz, _) => Ok(ops::healthz().into()),
         (Route::Readyz, _) => Ok(ops::readiness(app).into()),
@@ -193,7 +192,7 @@ pub(super) async fn route(
     // Errors from the chosen upstream name it too.
     let mut handled = handled.unwrap_or_else(|e| e.into_response().into());
     // The distribution spec asks a proxy to say which namespace answered.
-    if let Some(ns) = target
+    if let Some(ns) = selected
         .ns
         .as_deref()
         .and_then(|ns| HeaderValue::from_str(ns).ok())

@@ -5,7 +5,6 @@
 use super::body::{self, Body};
 use super::routes::RouteError;
 use crate::fetch::FetchError;
-use crate::manifests::ManifestError;
 use crate::oci::{ErrorBody, ErrorCode};
 use crate::upstream::UpstreamError;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -33,23 +32,19 @@ pub enum ApiError {
     #[error("repository {0:?} is not allowed on this mirror")]
     Denied(String),
     #[error("{source}")]
-    Upstream {
-        source: UpstreamError,
+    Fetch {
+        source: FetchError,
         subject: Subject,
     },
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error("requested range not satisfiable")]
-    RangeNotSatisfiable { total: u64 },
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 impl ApiError {
-    pub fn upstream(source: UpstreamError, subject: Subject) -> ApiError {
-        ApiError::Upstream { source, subject }
+    #[cfg(test)]
+    fn upstream(source: UpstreamError, subject: Subject) -> ApiError {
+        ApiError::Fetch {
+            source: FetchError::Upstream(source),
+            subject,
+        }
     }
 
     pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
@@ -72,37 +67,16 @@ impl ApiError {
             ApiError::UnknownRegistry(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
-            ApiError::Upstream { source, subject } => upstream_status(source, *subject),
-            ApiError::Fetch(FetchError::Upstream(source)) => upstream_status(source, Subject::Blob),
-            ApiError::Fetch(FetchError::DigestMismatch { .. } | FetchError::Truncated { .. }) => {
-                (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
-            }
-            ApiError::Fetch(FetchError::NoSpace(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
-            }
-            ApiError::Fetch(FetchError::Disk(_)) | ApiError::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable)
-            }
-            ApiError::Manifest(ManifestError::Upstream(source)) => {
-                upstream_status(source, Subject::Manifest)
-            }
-            ApiError::Manifest(ManifestError::DigestMismatch { .. }) => {
-                (StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid)
-            }
-            ApiError::Manifest(ManifestError::Disk(_)) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable)
-            }
-            ApiError::RangeNotSatisfiable { .. } => {
-                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
-            }
+            ApiError::Fetch { source, subject } => fetch_status(source, *subject),
         }
     }
 
     fn upstream_error(&self) -> Option<&UpstreamError> {
         match self {
-            ApiError::Upstream { source, .. }
-            | ApiError::Fetch(FetchError::Upstream(source))
-            | ApiError::Manifest(ManifestError::Upstream(source)) => Some(source),
+            ApiError::Fetch {
+                source: FetchError::Upstream(source),
+                ..
+            } => Some(source),
             _ => None,
         }
     }
@@ -118,7 +92,7 @@ impl ApiError {
             _ => self.to_string(),
         };
         let detail = match &self {
-            ApiError::Upstream { .. } | ApiError::Fetch(_) | ApiError::Manifest(_) => "",
+            ApiError::Fetch { .. } => "",
             other => match other {
                 ApiError::Route(e) => route_detail(e),
                 _ => "",
@@ -130,7 +104,11 @@ impl ApiError {
         }
         let mut resp = body::json_response(status, json);
         let headers = resp.headers_mut();
-        if let ApiError::RangeNotSatisfiable { total } = &self {
+        if let ApiError::Fetch {
+            source: FetchError::RangeNotSatisfiable { total },
+            ..
+        } = &self
+        {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
                 headers.insert(header::CONTENT_RANGE, v);
             }
@@ -165,6 +143,29 @@ fn route_detail(e: &RouteError) -> &'static str {
         }
         RouteError::Reference(_) => "tags follow [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}",
         RouteError::Digest(_) => "digests look like sha256:<64 lowercase hex characters>",
+    }
+}
+
+/// Where a fetch failed decides the answer: the upstream's own answer
+/// (mapped per subject), content that failed verification, or the cache.
+fn fetch_status(e: &FetchError, subject: Subject) -> (StatusCode, ErrorCode) {
+    match e {
+        FetchError::Upstream(source) => upstream_status(source, subject),
+        FetchError::DigestMismatch { .. } => (
+            StatusCode::BAD_GATEWAY,
+            match subject {
+                Subject::Manifest => ErrorCode::ManifestInvalid,
+                Subject::Blob | Subject::Repository => ErrorCode::Unavailable,
+            },
+        ),
+        FetchError::Truncated { .. } | FetchError::Abandoned => {
+            (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+        }
+        FetchError::NoSpace(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+        FetchError::Cache(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable),
+        FetchError::RangeNotSatisfiable { .. } => {
+            (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
+        }
     }
 }
 

@@ -14,14 +14,13 @@ mod error;
 mod handlers;
 mod listener;
 mod ops;
-mod range;
 mod routes;
 mod select;
 mod tls;
 
+pub use crate::oci::{parse_range, ByteSpan, RangeRequest};
 pub use app::{App, StartError};
 pub use error::ApiError;
-pub use range::{parse_range, ByteSpan, RangeRequest};
 pub use routes::{parse as parse_route, Route, RouteError};
 pub use tls::TlsFiles;
 

@@ -2,7 +2,6 @@
 
 use super::body::{self, Body};
 use super::App;
-use crate::metrics::metrics;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::sync::atomic::Ordering;
 
@@ -11,8 +10,9 @@ pub fn healthz() -> Response<Body> {
 }
 
 pub fn metrics_response(app: &App) -> Response<Body> {
-    let m = metrics();
-    m.downloads_in_flight.set(app.blobs.inflight_count() as i64);
+    let m = &app.metrics;
+    m.downloads_in_flight
+        .set(app.core.downloads_in_flight() as i64);
     for u in app.upstreams.iter() {
         let name = [u.name()];
         m.ratelimit_limit
@@ -37,11 +37,9 @@ pub fn readiness(app: &App) -> Response<Body> {
     if app.shutting_down.load(Ordering::SeqCst) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    // Really create a file (a read-only mount or a wrong owner shows here,
-    // mode bits do not); a full disk does not fail this, and should not:
-    // the cache still serves, and downloads stream past it.
-    let writable = app.blobs.store().create_temp().is_ok();
-    if !writable || !app.index.is_healthy() {
+    // A full disk does not fail this, and should not: the cache still
+    // serves, and downloads stream past it.
+    if !app.core.is_writable() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "cache not writable\n");
     }
     text(StatusCode::OK, "ready\n")

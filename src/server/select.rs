@@ -4,11 +4,12 @@
 
 use super::error::ApiError;
 use super::App;
+use crate::fetch::Target;
 use crate::oci::RepoName;
 use crate::upstream::Upstream;
 use std::sync::Arc;
 
-pub struct Target<'a> {
+pub struct Selected<'a> {
     pub upstream: &'a Arc<Upstream>,
     /// The repository name with any registry prefix removed.
     pub name: Option<RepoName>,
@@ -16,11 +17,21 @@ pub struct Target<'a> {
     pub ns: Option<String>,
 }
 
+impl Selected<'_> {
+    /// What the core needs to fetch for a repository route.
+    pub fn target(&self) -> Option<Target> {
+        Some(Target {
+            upstream: Arc::clone(self.upstream),
+            repo: self.name.clone()?,
+        })
+    }
+}
+
 pub fn select<'a>(
     app: &'a App,
     query: Option<&str>,
     name: Option<&RepoName>,
-) -> Result<Target<'a>, ApiError> {
+) -> Result<Selected<'a>, ApiError> {
     let ns = query.and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "ns")
@@ -45,7 +56,7 @@ pub fn select<'a>(
             return Err(ApiError::Denied(upstream.upstream_name(name).to_string()));
         }
     }
-    Ok(Target { upstream, name, ns })
+    Ok(Selected { upstream, name, ns })
 }
 
 fn by_registry_name<'a>(app: &'a App, registry: &str) -> Result<&'a Arc<Upstream>, ApiError> {

@@ -119,6 +119,7 @@ pub struct Authenticator {
     credentials: Option<Credentials>,
     challenge: RwLock<Option<Challenge>>,
     tokens: Cache<String, Arc<Token>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(serde::Deserialize)]
@@ -129,8 +130,14 @@ struct TokenResponse {
 }
 
 impl Authenticator {
-    pub fn new(http: reqwest::Client, upstream: String, credentials: Option<Credentials>) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        upstream: String,
+        credentials: Option<Credentials>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Authenticator {
+            metrics,
             http,
             upstream,
             credentials,
@@ -222,7 +229,7 @@ impl Authenticator {
             Ok(_) => "refused",
             Err(_) => "error",
         };
-        crate::metrics::metrics()
+        self.metrics
             .token_fetches
             .with_label_values(&[&self.upstream, result])
             .inc();

@@ -5,10 +5,9 @@ mod auth;
 mod breaker;
 
 use crate::config::Timings;
-pub use crate::config::{Credentials, Secret, UpstreamSettings};
-pub use auth::{parse_challenge, Challenge};
+pub use crate::config::UpstreamSettings;
 
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
 use auth::{Authenticator, Authorization};
 use breaker::CircuitBreaker;
@@ -115,8 +114,6 @@ pub struct FetchedManifest {
 #[derive(Clone, Debug)]
 pub struct ManifestHead {
     pub digest: Option<Digest>,
-    pub media_type: Option<String>,
-    pub size: Option<u64>,
 }
 
 /// The upstream's most recent `ratelimit-*` headers (0 = not seen).
@@ -134,10 +131,15 @@ pub struct Upstream {
     /// Wait before the first retry of a transient failure (then × 4).
     first_backoff: Duration,
     pub rate_limit: RateLimit,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings, timings: &Timings) -> Result<Upstream, String> {
+    pub fn new(
+        settings: UpstreamSettings,
+        timings: &Timings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, String> {
         let mut builder = reqwest::Client::builder();
         if let Some(ca_file) = &settings.ca_file {
             let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
@@ -165,12 +167,14 @@ impl Upstream {
             http.clone(),
             settings.name.clone(),
             settings.credentials.clone(),
+            Arc::clone(&metrics),
         );
         Ok(Upstream {
             settings,
             http,
             auth,
             breaker: CircuitBreaker::new(timings.breaker_open),
+            metrics,
             first_backoff: timings.retry_backoff,
             rate_limit: RateLimit::default(),
         })
@@ -272,12 +276,6 @@ impl Upstream {
         let resp = expect_success(resp)?;
         Ok(ManifestHead {
             digest: header_digest(resp.headers()),
-            media_type: resp
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            size: content_length(resp.headers()),
         })
     }
 
@@ -453,7 +451,7 @@ impl Upstream {
             }
             let started = std::time::Instant::now();
             let sent = req.send().await;
-            let m = metrics();
+            let m = &self.metrics;
             let status = match &sent {
                 Ok(resp) => resp.status().as_str().to_owned(),
                 Err(_) => "error".to_owned(),
@@ -583,10 +581,6 @@ impl Upstreams {
 
     pub fn len(&self) -> usize {
         self.all.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.all.is_empty()
     }
 }
 

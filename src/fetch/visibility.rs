@@ -9,7 +9,8 @@
 //! is confirmed with one HEAD first, with the mirror's credentials, which
 //! is exactly what the client could have pulled through that repository.
 
-use crate::cache::{CacheOutcome, Index};
+use super::CacheOutcome;
+use crate::cache::Index;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 use std::future::Future;

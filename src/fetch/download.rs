@@ -1,0 +1,447 @@
+//! One download per digest: a blob miss starts a single spawned task that
+//! writes `tmp/…partial` through the local tier, hashes as it goes and
+//! publishes its progress; every request for the digest tails that file.
+//!
+//! The download belongs to no request: a client hanging up cancels nothing.
+//! It ends either verified and committed (readers keep the same inode
+//! open) or failed, in which case every reader's body ends in an error so
+//! no client ever mistakes a broken transfer for a complete one.
+
+use super::coalesce::{Flights, Joined};
+use super::visibility::Visibility;
+use super::{CacheOutcome, FetchError, Target};
+use crate::cache::{self, unix_now, CacheError, ContentRecord, ContentStore, Index, Lease, Tier};
+use crate::metrics::Metrics;
+use crate::oci::{Digest, DigestWriter};
+use crate::upstream::UpstreamError;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Downloads are written in batches of up to this many bytes, so a fast
+/// upstream costs few blocking-pool round trips and a slow one is still
+/// published as soon as its bytes arrive.
+const WRITE_BATCH: usize = 512 * 1024;
+
+/// How long a request that joined a download waits for its first bytes
+/// before it gives up (the download's own timeouts and retries come first).
+const FOLLOW_WAIT: Duration = Duration::from_secs(120);
+
+/// Bytes of a blob from wherever they come (a tier or the upstream),
+/// before verification.
+pub struct SourceBody {
+    pub len: Option<u64>,
+    pub stream: BoxStream<'static, Result<Bytes, FetchError>>,
+}
+
+impl SourceBody {
+    pub(super) fn from_upstream(resp: reqwest::Response) -> SourceBody {
+        SourceBody {
+            len: resp.content_length(),
+            stream: resp
+                .bytes_stream()
+                .map_err(|e| FetchError::Upstream(UpstreamError::from_reqwest(e)))
+                .boxed(),
+        }
+    }
+}
+
+/// A source the download could not cache (no room), handed to the request
+/// that started it so the blob is still fetched once for that request.
+#[derive(Clone, Default)]
+pub struct UnclaimedBody(Arc<Mutex<Option<SourceBody>>>);
+
+impl UnclaimedBody {
+    fn new(body: SourceBody) -> Self {
+        UnclaimedBody(Arc::new(Mutex::new(Some(body))))
+    }
+
+    pub fn claim(&self) -> Option<SourceBody> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+impl std::fmt::Debug for UnclaimedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnclaimedBody")
+    }
+}
+
+/// What readers see of a download.
+#[derive(Clone)]
+pub enum Progress {
+    /// Waiting for the source's first answer.
+    Connecting,
+    /// Bytes `[0, written)` of `file` are on disk and may be read.
+    Streaming {
+        file: Arc<File>,
+        total: Option<u64>,
+        written: u64,
+    },
+    /// Verified and committed to the local tier.
+    Complete {
+        file: Arc<File>,
+        total: u64,
+    },
+    Failed(FetchError),
+}
+
+/// A blob to serve: already complete, or still being written.
+pub struct BlobSource {
+    pub file: Arc<File>,
+    /// Known up front for cached blobs and for downloads whose source
+    /// announced a length.
+    pub total: Option<u64>,
+    /// `None` for a complete file; otherwise the download's progress.
+    pub progress: Option<watch::Receiver<Progress>>,
+    /// Keeps eviction off this blob while it is being served.
+    pub lease: Lease,
+    /// Hit (on disk), Miss (this request started the download) or
+    /// Coalesced (it joined one already running).
+    pub outcome: CacheOutcome,
+}
+
+impl BlobSource {
+    pub fn is_cached(&self) -> bool {
+        self.progress.is_none()
+    }
+}
+
+/// The downloads in flight, one per digest.
+pub struct BlobDownloads {
+    store: Arc<dyn ContentStore>,
+    index: Index,
+    tiers: Vec<Arc<dyn Tier>>,
+    visibility: Visibility,
+    flights: Flights<Digest, Progress>,
+    metrics: Arc<Metrics>,
+    make_room_wait: Duration,
+}
+
+impl BlobDownloads {
+    pub fn new(
+        store: Arc<dyn ContentStore>,
+        index: Index,
+        tiers: Vec<Arc<dyn Tier>>,
+        visibility: Visibility,
+        metrics: Arc<Metrics>,
+        make_room_wait: Duration,
+    ) -> Arc<BlobDownloads> {
+        Arc::new(BlobDownloads {
+            store,
+            index,
+            tiers,
+            visibility,
+            flights: Flights::default(),
+            metrics,
+            make_room_wait,
+        })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// The cached blob, or the (possibly just started) download of it,
+    /// once its source has answered.
+    pub async fn open(
+        self: &Arc<Self>,
+        at: &Target,
+        digest: &Digest,
+    ) -> Result<BlobSource, FetchError> {
+        let result = match self.open_once(at, digest).await {
+            // A download another request started answers for *its*
+            // repository (and upstream): a 404 or a refusal there says
+            // nothing about ours, so ask for ours.
+            Err((FetchError::Upstream(e), CacheOutcome::Coalesced)) if e.is_about_repository() => {
+                self.open_once(at, digest).await
+            }
+            // The leader vanished without a word: compete again.
+            Err((FetchError::Abandoned, CacheOutcome::Coalesced)) => {
+                self.open_once(at, digest).await
+            }
+            other => other,
+        };
+        match result {
+            // The body a full cache hands over was fetched for the request
+            // that started the download; others fetch their own.
+            Err((FetchError::NoSpace(_), CacheOutcome::Coalesced)) => {
+                Err(FetchError::NoSpace(UnclaimedBody::default()))
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    /// The cached blob, if the local tier has it.
+    pub fn open_cached(&self, digest: &Digest) -> Result<Option<BlobSource>, FetchError> {
+        let Some(stored) = self.store.open(digest)? else {
+            return Ok(None);
+        };
+        let usage = self.store.usage();
+        usage.touch(digest.hex());
+        Ok(Some(BlobSource {
+            file: Arc::new(stored.file),
+            total: Some(stored.len),
+            progress: None,
+            lease: usage.lease(digest.hex()),
+            outcome: CacheOutcome::Hit,
+        }))
+    }
+
+    /// One attempt; a failure says whether this request started the
+    /// download or joined one.
+    async fn open_once(
+        self: &Arc<Self>,
+        at: &Target,
+        digest: &Digest,
+    ) -> Result<BlobSource, (FetchError, CacheOutcome)> {
+        let miss = |e| (e, CacheOutcome::Miss);
+        if let Some(source) = self.open_cached(digest).map_err(miss)? {
+            return Ok(source);
+        }
+        let (mut rx, outcome) = match self.flights.join(digest, || Progress::Connecting) {
+            Joined::Follow(rx) => {
+                self.metrics.coalesced_waiters.inc();
+                (rx, CacheOutcome::Coalesced)
+            }
+            Joined::Lead(flight) => {
+                // A download may have finished between our first look and
+                // taking the lead.
+                if let Some(source) = self.open_cached(digest).map_err(miss)? {
+                    return Ok(source);
+                }
+                let rx = flight.subscribe();
+                let (downloads, at, digest) = (Arc::clone(self), at.clone(), digest.clone());
+                tokio::spawn(async move { downloads.run(at, digest, flight).await });
+                (rx, CacheOutcome::Miss)
+            }
+        };
+        let waited = tokio::time::timeout(
+            FOLLOW_WAIT,
+            rx.wait_for(|p| !matches!(p, Progress::Connecting)),
+        );
+        let progress = match waited.await {
+            Ok(Ok(p)) => p.clone(),
+            Ok(Err(_)) => return Err((FetchError::Abandoned, outcome)),
+            Err(_) => return Err((FetchError::Upstream(UpstreamError::Timeout), outcome)),
+        };
+        let lease = || self.store.usage().lease(digest.hex());
+        match progress {
+            Progress::Connecting => Err((FetchError::Abandoned, outcome)),
+            Progress::Failed(e) => Err((e, outcome)),
+            Progress::Streaming { file, total, .. } => Ok(BlobSource {
+                file,
+                total,
+                progress: Some(rx),
+                lease: lease(),
+                outcome,
+            }),
+            Progress::Complete { file, total } => Ok(BlobSource {
+                file,
+                total: Some(total),
+                progress: None,
+                lease: lease(),
+                outcome,
+            }),
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        at: Target,
+        digest: Digest,
+        flight: super::coalesce::Flight<Digest, Progress>,
+    ) {
+        let name = at.upstream.name().to_owned();
+        self.metrics.downloads_in_flight.inc();
+        let result = self.download(&at, &digest, &flight).await;
+        self.metrics.downloads_in_flight.dec();
+        match result {
+            Ok((file, total, from_upstream)) => {
+                tracing::info!(%digest, bytes = total, upstream = %name, "blob cached");
+                flight.finish(Progress::Complete { file, total });
+                if from_upstream {
+                    self.upload_to_tiers(&digest);
+                }
+            }
+            // Already logged as a bypass; the requests stream it themselves.
+            Err(e @ FetchError::NoSpace(_)) => flight.finish(Progress::Failed(e)),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, upstream = %name, "blob download failed");
+                flight.finish(Progress::Failed(e));
+            }
+        }
+    }
+
+    /// The blob's bytes from the first tier that has them, else from the
+    /// upstream; says which.
+    async fn open_source(
+        &self,
+        at: &Target,
+        digest: &Digest,
+    ) -> Result<(SourceBody, bool), FetchError> {
+        for tier in &self.tiers {
+            match tier.get(digest).await {
+                Ok(Some(body)) => {
+                    let stream = body.stream.map_err(FetchError::from).boxed();
+                    return Ok((
+                        SourceBody {
+                            len: body.len,
+                            stream,
+                        },
+                        false,
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%digest, tier = tier.name(), error = %e, "tier lookup failed; trying the next")
+                }
+            }
+        }
+        let resp = at.upstream.get_blob(&at.repo, digest).await?;
+        self.visibility.record(&at.upstream, &at.repo, digest);
+        Ok((SourceBody::from_upstream(resp), true))
+    }
+
+    /// Puts a verified upstream download into every further tier, in the
+    /// background: no client waits for it.
+    fn upload_to_tiers(&self, digest: &Digest) {
+        for tier in &self.tiers {
+            let (tier, digest) = (Arc::clone(tier), digest.clone());
+            let path = self.store.path(&digest);
+            tokio::spawn(async move {
+                if let Err(e) = tier.put(&digest, path).await {
+                    tracing::warn!(%digest, tier = tier.name(), error = %e, "tier upload failed");
+                }
+            });
+        }
+    }
+
+    async fn download(
+        &self,
+        at: &Target,
+        digest: &Digest,
+        flight: &super::coalesce::Flight<Digest, Progress>,
+    ) -> Result<(Arc<File>, u64, bool), FetchError> {
+        let (source, from_upstream) = self.open_source(at, digest).await?;
+        let total = source.len;
+        let mut reserved = self.store.begin(total);
+        if matches!(reserved, Err(CacheError::OverBudget)) {
+            // Evicting old content is quicker than the download: make room
+            // now rather than stream this one past the cache.
+            self.store.usage().make_room(self.make_room_wait).await;
+            reserved = self.store.begin(total);
+        }
+        let temp = match reserved {
+            Ok(temp) => temp,
+            Err(e) if e.is_no_space() => {
+                tracing::warn!(%digest, bytes = total, reason = %e, "cannot cache this blob; streaming it without caching");
+                return Err(FetchError::NoSpace(UnclaimedBody::new(source)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let file = Arc::clone(temp.file());
+        flight.publish(Progress::Streaming {
+            file: Arc::clone(&file),
+            total,
+            written: 0,
+        });
+
+        let mut body = source.stream;
+        let mut hasher = DigestWriter::default();
+        let mut ended = false;
+        let upstream_bytes = self
+            .metrics
+            .upstream_bytes
+            .with_label_values(&[at.upstream.name()]);
+        while !ended {
+            let mut batch = match body.next().await {
+                Some(chunk) => chunk?.to_vec(),
+                None => break,
+            };
+            // Take whatever else is already buffered, without waiting.
+            while batch.len() < WRITE_BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(chunk)) => batch.extend_from_slice(&chunk?),
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let got = hasher.len() + batch.len() as u64;
+            if let Some(expected) = total.filter(|&t| got > t) {
+                return Err(FetchError::Truncated { expected, got });
+            }
+            if from_upstream {
+                upstream_bytes.inc_by(batch.len() as u64);
+            }
+            hasher = write_batch(Arc::clone(&file), hasher, batch).await?;
+            let written = hasher.len();
+            flight.update(|p| {
+                if let Progress::Streaming { written: w, .. } = p {
+                    *w = written;
+                }
+            });
+        }
+
+        let got = hasher.len();
+        if let Some(expected) = total.filter(|&t| t != got) {
+            return Err(FetchError::Truncated { expected, got });
+        }
+        let actual = hasher.finish();
+        if actual != *digest {
+            self.metrics.digest_mismatches.inc();
+            if !from_upstream {
+                self.discard_from_tiers(digest).await;
+            }
+            return Err(FetchError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let (store, index, digest) = (Arc::clone(&self.store), self.index.clone(), digest.clone());
+        let private = at.upstream.has_credentials();
+        cache::blocking(move || {
+            store.commit(temp, &digest)?;
+            let record = ContentRecord {
+                media_type: None,
+                size: got,
+                last_access: unix_now(),
+                private,
+            };
+            index.put_content(&digest, &record)
+        })
+        .await?;
+        Ok((file, got, from_upstream))
+    }
+
+    /// A tier answered with bytes that are not the blob: never again.
+    async fn discard_from_tiers(&self, digest: &Digest) {
+        for tier in &self.tiers {
+            if let Err(e) = tier.remove(digest).await {
+                tracing::warn!(%digest, tier = tier.name(), error = %e, "cannot remove a corrupt tier copy");
+            }
+        }
+    }
+}
+
+/// Appends and hashes one batch off the async threads.
+async fn write_batch(
+    file: Arc<File>,
+    mut hasher: DigestWriter,
+    batch: Vec<u8>,
+) -> Result<DigestWriter, FetchError> {
+    Ok(cache::blocking(move || {
+        (&*file).write_all(&batch)?;
+        hasher.update(&batch);
+        Ok(hasher)
+    })
+    .await?)
+}

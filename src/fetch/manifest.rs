@@ -1,0 +1,220 @@
+//! Manifests by digest: memory, then the local tier, then one upstream GET
+//! shared by every concurrent asker, verified before it is stored or
+//! served, and kept byte-exact with the upstream's media type.
+
+use super::accept::sniff_media_type;
+use super::coalesce::{self, Flights, Role, Slot};
+use super::visibility::Visibility;
+use super::{CacheOutcome, FetchError, Target};
+use crate::cache::{self, unix_now, ContentRecord, ContentStore, Index};
+use crate::metrics::Metrics;
+use crate::oci::{Digest, Reference, MAX_MANIFEST_BYTES};
+use bytes::Bytes;
+use moka::future::Cache;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a request waits for a manifest fetch another request started
+/// before it fetches alone (the fetch itself is bounded well below this).
+pub(super) const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+
+/// A manifest exactly as the upstream sent it.
+#[derive(Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+type Loaded = (Arc<Manifest>, CacheOutcome);
+
+pub(super) struct Manifests {
+    store: Arc<dyn ContentStore>,
+    index: Index,
+    /// Hot manifests by digest.
+    hot: Cache<Digest, Arc<Manifest>>,
+    flights: Flights<Digest, Slot<Loaded, FetchError>>,
+    visibility: Visibility,
+    metrics: Arc<Metrics>,
+}
+
+impl Manifests {
+    pub fn new(
+        store: Arc<dyn ContentStore>,
+        index: Index,
+        visibility: Visibility,
+        metrics: Arc<Metrics>,
+    ) -> Manifests {
+        Manifests {
+            store,
+            index,
+            visibility,
+            metrics,
+            hot: Cache::builder()
+                .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+                .max_capacity(64 * 1024 * 1024)
+                .build(),
+            flights: Flights::default(),
+        }
+    }
+
+    /// A manifest by digest, and how it was obtained.
+    pub async fn by_digest(
+        &self,
+        at: &Target,
+        digest: &Digest,
+        accept: &str,
+    ) -> Result<Loaded, FetchError> {
+        if let Some(m) = self.hot.get(digest).await {
+            return Ok((m, CacheOutcome::Hit));
+        }
+        // Boxed: the nested lookups would otherwise make one very large
+        // future on the worker's stack.
+        // Remembered before the flight ends, so nobody arriving in between
+        // loads it again.
+        let load = || {
+            Box::pin(async {
+                let loaded = self.load_or_fetch(at, digest, accept).await?;
+                self.hot.insert(digest.clone(), Arc::clone(&loaded.0)).await;
+                Ok(loaded)
+            })
+        };
+        // A fetch another request started answered for *its* repository:
+        // a 404 or a refusal there says nothing about ours.
+        let (result, role) = coalesce::once(
+            &self.flights,
+            digest,
+            FOLLOW_WAIT,
+            FetchError::is_about_repository,
+            load,
+        )
+        .await;
+        let (manifest, outcome) = result?;
+        Ok(match role {
+            Role::Leader => (manifest, outcome),
+            Role::Follower => (manifest, CacheOutcome::Coalesced),
+        })
+    }
+
+    /// A manifest the index or the tier already has, without asking the
+    /// upstream.
+    pub async fn cached(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, FetchError> {
+        if let Some(m) = self.hot.get(digest).await {
+            return Ok(Some(m));
+        }
+        let loaded = self.load(digest).await?;
+        if let Some(m) = &loaded {
+            self.hot.insert(digest.clone(), Arc::clone(m)).await;
+        }
+        Ok(loaded)
+    }
+
+    /// Keeps a manifest the upstream named for a tag (fetched by tag, as
+    /// registries without a digest on HEAD need).
+    pub async fn remember(&self, manifest: &Arc<Manifest>, at: &Target) {
+        self.save_or_bypass(manifest, at).await;
+        self.hot
+            .insert(manifest.digest.clone(), Arc::clone(manifest))
+            .await;
+    }
+
+    async fn load_or_fetch(
+        &self,
+        at: &Target,
+        digest: &Digest,
+        accept: &str,
+    ) -> Result<Loaded, FetchError> {
+        if let Some(m) = self.load(digest).await? {
+            return Ok((m, CacheOutcome::Hit));
+        }
+        let fetched = at
+            .upstream
+            .get_manifest(&at.repo, &Reference::Digest(digest.clone()), accept)
+            .await?;
+        let actual = Digest::of(&fetched.bytes);
+        if actual != *digest {
+            self.metrics.digest_mismatches.inc();
+            return Err(FetchError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        self.visibility.record(&at.upstream, &at.repo, digest);
+        let manifest = Arc::new(Manifest {
+            digest: actual,
+            media_type: fetched.media_type,
+            bytes: fetched.bytes,
+        });
+        self.save_or_bypass(&manifest, at).await;
+        Ok((manifest, CacheOutcome::Miss))
+    }
+
+    /// A manifest stored locally with its media type, if we have both.
+    async fn load(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, FetchError> {
+        let (store, index, digest) = (Arc::clone(&self.store), self.index.clone(), digest.clone());
+        Ok(cache::blocking(move || {
+            let record = index.content(&digest)?;
+            let Some(bytes) = store.read_small(&digest, MAX_MANIFEST_BYTES as u64)? else {
+                return Ok(None);
+            };
+            // The file's name promises its content; a file that breaks the
+            // promise (disk corruption) is treated as absent.
+            if Digest::of(&bytes) != digest {
+                tracing::error!(%digest, "cached manifest fails verification; refetching");
+                return Ok(None);
+            }
+            // A manifest on disk whose index entry was lost: its own
+            // mediaType field tells how to serve it.
+            let media_type = match record.and_then(|r| r.media_type) {
+                Some(m) => m,
+                None => match sniff_media_type(&bytes) {
+                    Some(m) => {
+                        let adopted = ContentRecord {
+                            media_type: Some(m.clone()),
+                            size: bytes.len() as u64,
+                            last_access: unix_now(),
+                            private: true,
+                        };
+                        if let Err(e) = index.put_content(&digest, &adopted) {
+                            tracing::warn!(%digest, error = %e, "cannot record an adopted manifest");
+                        }
+                        m
+                    }
+                    None => return Ok(None),
+                },
+            };
+            Ok(Some(Arc::new(Manifest {
+                digest,
+                media_type,
+                bytes: Bytes::from(bytes),
+            })))
+        })
+        .await?)
+    }
+
+    /// Stores a verified manifest; a cache that cannot take it (full disk)
+    /// must not fail the pull, so the manifest is served all the same.
+    async fn save_or_bypass(&self, manifest: &Arc<Manifest>, at: &Target) {
+        let private = at.upstream.has_credentials();
+        let (store, index, m) = (
+            Arc::clone(&self.store),
+            self.index.clone(),
+            Arc::clone(manifest),
+        );
+        let saved = cache::blocking(move || {
+            store.put_small(&m.bytes, &m.digest)?;
+            let record = ContentRecord {
+                media_type: Some(m.media_type.clone()),
+                size: m.bytes.len() as u64,
+                last_access: unix_now(),
+                private,
+            };
+            index.put_content(&m.digest, &record)
+        })
+        .await;
+        if let Err(e) = saved {
+            self.metrics.cache_bypasses.inc();
+            tracing::warn!(digest = %manifest.digest, error = %e, "cannot cache manifest; serving it uncached");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Manifests by tag: a fresh mapping answers from memory or the index;
+//! after `tag_ttl` a HEAD (free on Docker Hub) confirms or moves the tag
+//! and only a new digest costs a GET; while the upstream fails, the last
+//! mapping is served for up to `max_stale`.
+
+use super::accept::{accept_class, accepts};
+use super::coalesce::{self, Flights, Role, Slot};
+use super::manifest::{Manifest, Manifests, FOLLOW_WAIT};
+use super::visibility::Visibility;
+use super::{CacheOutcome, FetchError, Target};
+use crate::cache::{unix_now, Index, TagKey, TagRecord};
+use crate::oci::{Digest, Reference, Tag};
+use crate::upstream::UpstreamError;
+use moka::future::Cache;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A tag answered from memory until its freshness runs out.
+#[derive(Clone)]
+struct FreshTag {
+    manifest: Arc<Manifest>,
+    fresh_for: Duration,
+    /// Served because the upstream is failing: every answer from this
+    /// entry counts as stale, not as a hit.
+    stale: bool,
+}
+
+/// Fresh answers are keyed by the tag (with its client class) and the
+/// client's Accept list, which is what the upstream answered.
+type FreshKey = (TagKey, String);
+
+struct FreshTagExpiry;
+
+impl moka::Expiry<FreshKey, FreshTag> for FreshTagExpiry {
+    fn expire_after_create(&self, _: &FreshKey, v: &FreshTag, _: Instant) -> Option<Duration> {
+        Some(v.fresh_for)
+    }
+}
+
+pub(super) struct Tags {
+    index: Index,
+    fresh: Cache<FreshKey, FreshTag>,
+    flights: Flights<FreshKey, Slot<(FreshTag, CacheOutcome), FetchError>>,
+    /// Tags currently served stale, so each outage is logged once per tag.
+    stale_tags: Mutex<HashSet<TagKey>>,
+    visibility: Visibility,
+}
+
+impl Tags {
+    pub fn new(index: Index, visibility: Visibility) -> Tags {
+        Tags {
+            index,
+            visibility,
+            fresh: Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(FreshTagExpiry)
+                .build(),
+            flights: Flights::default(),
+            stale_tags: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub async fn resolve(
+        &self,
+        manifests: &Manifests,
+        at: &Target,
+        tag: &Tag,
+        accept: &str,
+    ) -> Result<(Arc<Manifest>, CacheOutcome), FetchError> {
+        let key = TagKey {
+            upstream: at.upstream.name().to_owned(),
+            repo: at.upstream.upstream_name(&at.repo),
+            tag: tag.clone(),
+            accept: accept_class(accept),
+        };
+        let fresh_key = (key.clone(), accept.to_owned());
+        if let Some(fresh) = self.fresh.get(&fresh_key).await {
+            return Ok((fresh.manifest.clone(), served_as(&fresh, CacheOutcome::Hit)));
+        }
+        // Remembered before the flight ends, so nobody arriving in between
+        // revalidates again.
+        let resolve = || {
+            Box::pin(async {
+                let resolved = self.revalidate(manifests, at, tag, &key, accept).await?;
+                self.fresh
+                    .insert(fresh_key.clone(), resolved.0.clone())
+                    .await;
+                Ok(resolved)
+            })
+        };
+        // The key names the repository, so a failure holds for followers too.
+        let (result, role) =
+            coalesce::once(&self.flights, &fresh_key, FOLLOW_WAIT, |_| false, resolve).await;
+        let (fresh, outcome) = result?;
+        let outcome = match role {
+            Role::Leader => outcome,
+            Role::Follower => CacheOutcome::Coalesced,
+        };
+        Ok((fresh.manifest.clone(), served_as(&fresh, outcome)))
+    }
+
+    async fn revalidate(
+        &self,
+        manifests: &Manifests,
+        at: &Target,
+        tag: &Tag,
+        key: &TagKey,
+        accept: &str,
+    ) -> Result<(FreshTag, CacheOutcome), FetchError> {
+        let upstream = &at.upstream;
+        let ttl = upstream.tag_ttl();
+        let now = unix_now();
+        let recorded = self
+            .index
+            .tag(key)?
+            .filter(|r| accepts(accept, &r.media_type));
+
+        if let Some(record) = &recorded {
+            let age = Duration::from_secs(now.saturating_sub(record.checked_at));
+            let immutable = upstream.is_immutable_tag(tag.as_str());
+            if age < ttl || immutable {
+                if let Some(m) = manifests.cached(&record.digest).await? {
+                    let fresh_for = if immutable { ttl } else { ttl - age };
+                    let fresh = FreshTag {
+                        manifest: m,
+                        fresh_for,
+                        stale: false,
+                    };
+                    return Ok((fresh, CacheOutcome::Hit));
+                }
+            }
+        }
+
+        let stale = |e: UpstreamError| async {
+            match self
+                .stale_answer(manifests, at, key, recorded.as_ref(), now, &e)
+                .await?
+            {
+                Some(stale) => Ok((stale, CacheOutcome::Stale)),
+                None => Err(FetchError::Upstream(e)),
+            }
+        };
+        let reference = Reference::Tag(tag.clone());
+        let head = match upstream.head_manifest(&at.repo, &reference, accept).await {
+            Ok(head) => head,
+            Err(e) if e.is_outage() => return stale(e).await,
+            Err(e) => return Err(e.into()),
+        };
+
+        let (manifest, outcome) = match head.digest {
+            Some(digest) => {
+                let (m, o) = match manifests.by_digest(at, &digest, accept).await {
+                    Ok(found) => found,
+                    // The HEAD got through but the GET did not (429 on
+                    // GETs only, an outage starting): the last known
+                    // mapping is still better than a failed pull.
+                    Err(FetchError::Upstream(e)) if e.is_outage() => return stale(e).await,
+                    Err(e) => return Err(e),
+                };
+                let revalidated = recorded.as_ref().is_some_and(|r| r.digest == digest);
+                let outcome = if revalidated && o == CacheOutcome::Hit {
+                    CacheOutcome::Revalidated
+                } else {
+                    CacheOutcome::Miss
+                };
+                (m, outcome)
+            }
+            // A registry that does not name the digest on HEAD: fetch by
+            // tag and name the content ourselves.
+            None => {
+                let fetched = upstream.get_manifest(&at.repo, &reference, accept).await?;
+                let manifest = Arc::new(Manifest {
+                    digest: Digest::of(&fetched.bytes),
+                    media_type: fetched.media_type,
+                    bytes: fetched.bytes,
+                });
+                manifests.remember(&manifest, at).await;
+                (manifest, CacheOutcome::Miss)
+            }
+        };
+        // The upstream has just named this content for the tag's repository.
+        self.visibility.record(upstream, &at.repo, &manifest.digest);
+        // Only now, with the manifest in hand: a HEAD that works while GETs
+        // still fail (429 on GETs only) is not the end of the outage.
+        if self
+            .stale_tags
+            .lock()
+            .map(|mut s| s.remove(key))
+            .unwrap_or(false)
+        {
+            tracing::info!(repo = %key.repo, tag = %key.tag, "upstream answers again; tag revalidated");
+        }
+        let record = TagRecord {
+            digest: manifest.digest.clone(),
+            media_type: manifest.media_type.clone(),
+            checked_at: now,
+        };
+        if let Err(e) = self.index.put_tag(key, &record) {
+            // Served all the same; the tag is simply asked about again.
+            tracing::warn!(repo = %key.repo, tag = %key.tag, error = %e, "cannot record tag");
+        }
+        let fresh = FreshTag {
+            manifest,
+            fresh_for: ttl,
+            stale: false,
+        };
+        Ok((fresh, outcome))
+    }
+
+    /// The recorded mapping, if the upstream's outage lets us serve it:
+    /// within `max_stale` of its last confirmation and still on disk.
+    async fn stale_answer(
+        &self,
+        manifests: &Manifests,
+        at: &Target,
+        key: &TagKey,
+        recorded: Option<&TagRecord>,
+        now: u64,
+        error: &UpstreamError,
+    ) -> Result<Option<FreshTag>, FetchError> {
+        let Some(record) = recorded else {
+            return Ok(None);
+        };
+        let upstream = &at.upstream;
+        if Duration::from_secs(now.saturating_sub(record.checked_at)) > upstream.max_stale() {
+            return Ok(None);
+        }
+        let Some(manifest) = manifests.cached(&record.digest).await? else {
+            return Ok(None);
+        };
+        // Once per tag and outage, not once per request.
+        if self
+            .stale_tags
+            .lock()
+            .map(|mut s| s.insert(key.clone()))
+            .unwrap_or(false)
+        {
+            tracing::warn!(repo = %key.repo, tag = %key.tag, error = %error, "upstream failing; serving the cached tag");
+        }
+        // Ask the upstream again soon, not at every request.
+        let fresh_for = upstream.tag_ttl().min(Duration::from_secs(5));
+        Ok(Some(FreshTag {
+            manifest,
+            fresh_for,
+            stale: true,
+        }))
+    }
+}
+
+/// An entry made during an outage counts as stale whoever serves it.
+fn served_as(fresh: &FreshTag, outcome: CacheOutcome) -> CacheOutcome {
+    if fresh.stale {
+        CacheOutcome::Stale
+    } else {
+        outcome
+    }
+}
