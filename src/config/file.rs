@@ -15,6 +15,7 @@ pub(super) struct FileConfig {
     pub max_connections: Option<usize>,
     pub shutdown_grace: Option<HumanDuration>,
     pub header_read_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<HumanDuration>,
     pub metrics_listen: Option<SocketAddr>,
     pub max_size: Option<ByteSize>,
     pub tls_cert: Option<PathBuf>,

@@ -34,6 +34,9 @@ pub struct Config {
     /// How long a client may take to send a request head (HTTP/1), and the
     /// TLS handshake.
     pub header_read_timeout: Duration,
+    /// A connection on which no byte moves in either direction for this
+    /// long is closed (a silent client, or one that stopped reading).
+    pub idle_timeout: Duration,
     /// A second listener that serves `/metrics` (and health) only to
     /// whoever can reach it; `/metrics` stays on the main listener too.
     pub metrics_listen: Option<SocketAddr>,
@@ -181,6 +184,12 @@ impl Config {
         if header_read_timeout.is_zero() {
             return Err(invalid("header_read_timeout", "must be more than 0s"));
         }
+        let idle_timeout = parsed
+            .idle_timeout
+            .map_or(Duration::from_secs(120), |d| d.0);
+        if idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout", "must be more than 0s"));
+        }
         let max_connections = parsed.max_connections.unwrap_or(4096);
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -212,6 +221,7 @@ impl Config {
             max_connections,
             shutdown_grace,
             header_read_timeout,
+            idle_timeout,
             metrics_listen,
             trusted_proxies: parsed.trusted_proxies,
             timings: Timings::default(),

@@ -178,8 +178,9 @@ impl BlobDownloads {
     }
 
     /// The cached blob, if the local tier has it.
-    pub fn open_cached(&self, digest: &Digest) -> Result<Option<BlobSource>, FetchError> {
-        let Some(stored) = self.store.open(digest)? else {
+    pub async fn open_cached(&self, digest: &Digest) -> Result<Option<BlobSource>, FetchError> {
+        let (store, d) = (Arc::clone(&self.store), digest.clone());
+        let Some(stored) = cache::blocking(move || store.open(&d)).await? else {
             return Ok(None);
         };
         let usage = self.store.usage();
@@ -201,7 +202,7 @@ impl BlobDownloads {
         digest: &Digest,
     ) -> Result<BlobSource, (FetchError, CacheOutcome)> {
         let miss = |e| (e, CacheOutcome::Miss);
-        if let Some(source) = self.open_cached(digest).map_err(miss)? {
+        if let Some(source) = self.open_cached(digest).await.map_err(miss)? {
             return Ok(source);
         }
         let (mut rx, outcome) = match self.flights.join(digest, || Progress::Connecting) {
@@ -212,7 +213,7 @@ impl BlobDownloads {
             Joined::Lead(flight) => {
                 // A download may have finished between our first look and
                 // taking the lead.
-                if let Some(source) = self.open_cached(digest).map_err(miss)? {
+                if let Some(source) = self.open_cached(digest).await.map_err(miss)? {
                     return Ok(source);
                 }
                 let rx = flight.subscribe();
@@ -304,7 +305,7 @@ impl BlobDownloads {
             }
         }
         let resp = at.upstream.get_blob(&at.repo, digest).await?;
-        self.visibility.record(&at.upstream, &at.repo, digest);
+        self.visibility.record(&at.upstream, &at.repo, digest).await;
         Ok((SourceBody::from_upstream(resp), true))
     }
 

@@ -139,7 +139,7 @@ impl Manifests {
                 actual,
             });
         }
-        self.visibility.record(&at.upstream, &at.repo, digest);
+        self.visibility.record(&at.upstream, &at.repo, digest).await;
         let manifest = Arc::new(Manifest {
             digest: actual,
             media_type: fetched.media_type,

@@ -275,7 +275,7 @@ impl PullThrough {
     /// A blob's headers: from the cache, or from an upstream HEAD; never
     /// starts a download.
     pub async fn blob_head(&self, at: &Target, digest: &Digest) -> Result<Served, FetchError> {
-        let (len, outcome) = match self.blobs.open_cached(digest)? {
+        let (len, outcome) = match self.blobs.open_cached(digest).await? {
             Some(source) => {
                 self.admit_blob(at, digest, CacheOutcome::Hit).await?;
                 (source.total, CacheOutcome::Hit)

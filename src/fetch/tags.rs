@@ -8,7 +8,7 @@ use super::coalesce::{self, Flights, Role, Slot};
 use super::manifest::{Manifest, Manifests, FOLLOW_WAIT};
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
-use crate::cache::{unix_now, Index, TagKey, TagRecord};
+use crate::cache::{self, unix_now, Index, TagKey, TagRecord};
 use crate::oci::{Digest, Reference, Tag};
 use crate::upstream::UpstreamError;
 use moka::future::Cache;
@@ -111,9 +111,9 @@ impl Tags {
         let upstream = &at.upstream;
         let ttl = upstream.tag_ttl();
         let now = unix_now();
-        let recorded = self
-            .index
-            .tag(key)?
+        let (index, k) = (self.index.clone(), key.clone());
+        let recorded = cache::blocking(move || index.tag(&k))
+            .await?
             .filter(|r| accepts(accept, &r.media_type));
 
         if let Some(record) = &recorded {
@@ -180,7 +180,9 @@ impl Tags {
             }
         };
         // The upstream has just named this content for the tag's repository.
-        self.visibility.record(upstream, &at.repo, &manifest.digest);
+        self.visibility
+            .record(upstream, &at.repo, &manifest.digest)
+            .await;
         // Only now, with the manifest in hand: a HEAD that works while GETs
         // still fail (429 on GETs only) is not the end of the outage.
         if self
@@ -196,7 +198,8 @@ impl Tags {
             media_type: manifest.media_type.clone(),
             checked_at: now,
         };
-        if let Err(e) = self.index.put_tag(key, &record) {
+        let (index, k) = (self.index.clone(), key.clone());
+        if let Err(e) = cache::blocking(move || index.put_tag(&k, &record)).await {
             // Served all the same; the tag is simply asked about again.
             tracing::warn!(repo = %key.repo, tag = %key.tag, error = %e, "cannot record tag");
         }

@@ -10,7 +10,7 @@
 //! is exactly what the client could have pulled through that repository.
 
 use super::CacheOutcome;
-use crate::cache::Index;
+use crate::cache::{self, Index};
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 use std::future::Future;
@@ -47,37 +47,39 @@ impl Visibility {
         if !self.enabled || outcome == CacheOutcome::Miss {
             return Ok(());
         }
-        if !self.is_known(upstream, repo, digest) {
+        if !self.is_known(upstream, repo, digest).await {
             confirm().await?;
-            self.record(upstream, repo, digest);
+            self.record(upstream, repo, digest).await;
         }
         Ok(())
     }
 
-    fn is_known(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) -> bool {
-        let repo = upstream.upstream_name(repo);
-        if self
-            .index
-            .is_linked(upstream.name(), repo.as_str(), digest)
-            .unwrap_or(false)
-        {
-            return true;
-        }
-        // Public content (fetched without credentials) is anyone's; a
-        // file of unknown origin (index lost) is not.
-        matches!(self.index.content(digest), Ok(Some(r)) if !r.private)
+    async fn is_known(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) -> bool {
+        let (index, name) = (self.index.clone(), upstream.name().to_owned());
+        let (repo, digest) = (upstream.upstream_name(repo), digest.clone());
+        let known = cache::blocking(move || {
+            if index.is_linked(&name, repo.as_str(), &digest)? {
+                return Ok(true);
+            }
+            // Public content (fetched without credentials) is anyone's; a
+            // file of unknown origin (index lost) is not.
+            Ok(matches!(index.content(&digest)?, Some(r) if !r.private))
+        });
+        known.await.unwrap_or(false)
     }
 
     /// Notes that the upstream has just answered for `digest` in `repo` (a
     /// fetch there succeeded, or a tag there resolved to it), so requests
     /// joining that fetch, or asking for the digest later, need no
     /// confirmation of their own.
-    pub fn record(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) {
+    pub async fn record(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) {
         if !self.enabled {
             return;
         }
-        let repo = upstream.upstream_name(repo);
-        if let Err(e) = self.index.link(upstream.name(), repo.as_str(), digest) {
+        let (index, name) = (self.index.clone(), upstream.name().to_owned());
+        let (repo, digest) = (upstream.upstream_name(repo), digest.clone());
+        let linked = cache::blocking(move || index.link(&name, repo.as_str(), &digest));
+        if let Err(e) = linked.await {
             tracing::warn!(error = %e, "cannot record which repository holds content");
         }
     }

@@ -23,6 +23,7 @@ pub struct App {
     pub(super) client_auth: Option<client_auth::ClientAuth>,
     pub(super) shutting_down: AtomicBool,
     pub(super) header_read_timeout: Duration,
+    pub(super) idle_timeout: Duration,
     pub(super) shutdown_grace: Duration,
     pub(super) max_connections: usize,
     pub(super) tls_poll: Duration,
@@ -35,12 +36,17 @@ pub enum StartError {
         dir: PathBuf,
         source: cache::CacheError,
     },
-    #[error("cannot build the upstream client: {0}")]
-    Upstream(String),
+    #[error("cannot build the client for upstream {name}: {source}")]
+    Upstream {
+        name: String,
+        source: crate::upstream::ClientError,
+    },
+    #[error("no upstream configured")]
+    NoUpstream,
     #[error("cannot load client credentials: {0}")]
-    ClientAuth(String),
+    ClientAuth(#[from] client_auth::ClientAuthError),
     #[error("cannot set up TLS: {0}")]
-    Tls(String),
+    Tls(#[from] super::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -71,11 +77,17 @@ impl App {
         let mut upstreams = Vec::new();
         for settings in &config.upstreams {
             let upstream = Upstream::new(settings.clone(), &config.timings, Arc::clone(&metrics))
-                .map_err(StartError::Upstream)?;
+                .map_err(|source| StartError::Upstream {
+                name: settings.name.clone(),
+                source,
+            })?;
             upstreams.push(Arc::new(upstream));
         }
-        let upstreams = Upstreams::new(upstreams)
-            .ok_or_else(|| StartError::Upstream("no upstream configured".into()))?;
+        let upstreams = Upstreams::new(upstreams).ok_or(StartError::NoUpstream)?;
+        let client_auth = client_auth::ClientAuth::load(
+            config.htpasswd_file.as_deref(),
+            config.bearer_tokens_file.as_deref(),
+        )?;
         spawn_maintenance(&store, &index, config);
         let private = config.upstreams.iter().any(|u| u.credentials.is_some());
         let core = PullThrough::new(
@@ -86,11 +98,6 @@ impl App {
             &config.timings,
             Arc::clone(&metrics),
         );
-        let client_auth = client_auth::ClientAuth::load(
-            config.htpasswd_file.as_deref(),
-            config.bearer_tokens_file.as_deref(),
-        )
-        .map_err(StartError::ClientAuth)?;
         let app = Arc::new(App {
             upstreams,
             core,
@@ -99,6 +106,7 @@ impl App {
             client_auth,
             shutting_down: AtomicBool::new(false),
             header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
             shutdown_grace: config.shutdown_grace,
             max_connections: config.max_connections,
             tls_poll: config.timings.tls_poll,

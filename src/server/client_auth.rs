@@ -8,7 +8,7 @@ use http::HeaderMap;
 use moka::future::Cache;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long a verified password is remembered: bcrypt is deliberately slow
@@ -28,41 +28,63 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Why the client credential files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientAuthError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} line {line}: {problem}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        problem: &'static str,
+    },
+}
+
+fn read(path: &Path) -> Result<String, ClientAuthError> {
+    std::fs::read_to_string(path).map_err(|source| ClientAuthError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 impl ClientAuth {
     /// Reads the files; `None` when neither is configured (no client auth).
     pub fn load(
         htpasswd: Option<&Path>,
         tokens_file: Option<&Path>,
-    ) -> Result<Option<ClientAuth>, String> {
+    ) -> Result<Option<ClientAuth>, ClientAuthError> {
         if htpasswd.is_none() && tokens_file.is_none() {
             return Ok(None);
         }
         let mut users = HashMap::new();
         if let Some(path) = htpasswd {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = read(path)?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (user, hash) = line.split_once(':').ok_or_else(|| {
-                    format!("{} line {}: expected user:hash", path.display(), n + 1)
-                })?;
+                let syntax = |problem| ClientAuthError::Syntax {
+                    path: path.to_owned(),
+                    line: n + 1,
+                    problem,
+                };
+                let (user, hash) = line
+                    .split_once(':')
+                    .ok_or_else(|| syntax("expected user:hash"))?;
                 if !hash.starts_with("$2") {
-                    return Err(format!(
-                        "{} line {}: only bcrypt hashes are accepted (htpasswd -B)",
-                        path.display(),
-                        n + 1
-                    ));
+                    return Err(syntax("only bcrypt hashes are accepted (htpasswd -B)"));
                 }
                 users.insert(user.to_owned(), Secret::new(hash.to_owned()));
             }
         }
         let mut tokens = Vec::new();
         if let Some(path) = tokens_file {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = read(path)?;
             tokens = text
                 .lines()
                 .map(str::trim)

@@ -3,6 +3,7 @@
 //! HTTP/2 on each until told to stop.
 
 use super::dispatch::{self, Scope};
+use super::idle::IdleTimeout;
 use super::App;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -63,6 +64,10 @@ impl Listener {
                 _ = self.shared.stop.changed() => return,
             };
             let _ = stream.set_nodelay(true);
+            // The first byte must come as soon as a request head must; then
+            // a connection on which nothing moves is closed.
+            let app = &self.shared.app;
+            let stream = IdleTimeout::new(stream, app.header_read_timeout, app.idle_timeout);
             let (tls, scope, shared, builder) = (
                 self.tls.clone(),
                 self.scope,

@@ -12,6 +12,7 @@ mod client_auth;
 mod dispatch;
 mod error;
 mod handlers;
+mod idle;
 mod listener;
 mod ops;
 mod routes;
@@ -85,7 +86,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let tls = match listeners.tls {
-        Some(files) => Some(tls::acceptor(files, app.tls_poll).map_err(StartError::Tls)?),
+        Some(files) => Some(tls::acceptor(files, app.tls_poll)?),
         None => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -8,7 +8,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio_rustls::TlsAcceptor;
@@ -26,40 +26,72 @@ impl ResolvesServerCert for CurrentCert {
     }
 }
 
-fn load(files: &TlsFiles) -> Result<CertifiedKey, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| format!("{}: {e}", files.cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", files.cert.display()));
+/// Why the certificate or key cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: no certificate found", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{} does not match {}: {source}", key.display(), cert.display())]
+    Mismatch {
+        key: PathBuf,
+        cert: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+fn load(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
+    fn pem(path: &Path) -> impl Fn(rustls_pki_types::pem::Error) -> TlsError + '_ {
+        move |source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        }
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(pem(&files.cert))?
+        .collect::<Result<_, _>>()
+        .map_err(pem(&files.cert))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(files.cert.clone()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(pem(&files.key))?;
     let signing = default_provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+        .map_err(|source| TlsError::Key {
+            path: files.key.clone(),
+            source,
+        })?;
     let certified = CertifiedKey::new(certs, signing);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "{} does not match {}: {e}",
-            files.key.display(),
-            files.cert.display()
-        )
-    })?;
+    certified
+        .keys_match()
+        .map_err(|source| TlsError::Mismatch {
+            key: files.key.clone(),
+            cert: files.cert.clone(),
+            source,
+        })?;
     Ok(certified)
 }
 
 /// Builds the acceptor and starts the reloader.
 /// `poll`: how often the files are checked for changes.
-pub fn acceptor(files: TlsFiles, poll: Duration) -> Result<TlsAcceptor, String> {
+pub fn acceptor(files: TlsFiles, poll: Duration) -> Result<TlsAcceptor, TlsError> {
     let current = Arc::new(CurrentCert {
         key: RwLock::new(Arc::new(load(&files)?)),
     });
     let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -103,6 +103,23 @@ impl UpstreamError {
     }
 }
 
+/// Why an upstream's client cannot be built at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{}: {source}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    CaCertificates {
+        path: std::path::PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(reqwest::Error),
+}
+
 /// A manifest as the upstream sent it, byte-exact.
 #[derive(Clone, Debug)]
 pub struct FetchedManifest {
@@ -139,12 +156,19 @@ impl Upstream {
         settings: UpstreamSettings,
         timings: &Timings,
         metrics: Arc<Metrics>,
-    ) -> Result<Upstream, String> {
+    ) -> Result<Upstream, ClientError> {
         let mut builder = reqwest::Client::builder();
         if let Some(ca_file) = &settings.ca_file {
-            let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            let pem = std::fs::read(ca_file).map_err(|source| ClientError::CaFile {
+                path: ca_file.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                ClientError::CaCertificates {
+                    path: ca_file.clone(),
+                    source,
+                }
+            })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -162,7 +186,7 @@ impl Upstream {
             // Authorization header may go along.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(ClientError::Build)?;
         let auth = Authenticator::new(
             http.clone(),
             settings.name.clone(),

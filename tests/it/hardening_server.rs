@@ -1,0 +1,91 @@
+//! What a hostile or broken client can do to the listener: connections
+//! that never speak, or that stop reading, must not hold their slots.
+
+use crate::support::client::config_file;
+use crate::support::hub::Hub;
+use crate::support::mirror::Mirror;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn healthz_status(stream: &mut TcpStream) -> Option<u16> {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).await.ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+/// Reads until the mirror closes the connection (EOF or reset), within
+/// `limit`; `false` if it was still open by then.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut sink = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_connections_are_closed_and_free_their_slots() {
+    let hub = Hub::start().await;
+    let (_dir, path) = config_file("max_connections = 2\nheader_read_timeout = \"1s\"\n");
+    let mirror = Mirror::start(&hub.url(), &["--config", path.to_str().expect("path")]);
+
+    // Two connections that never send a byte take both slots.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(mirror.addr).await.expect("connect"));
+    }
+    for stream in &mut silent {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "a connection that never spoke was still open after 10 s (header_read_timeout = 1s)"
+        );
+    }
+    let mut fresh = TcpStream::connect(mirror.addr).await.expect("connect");
+    let status = tokio::time::timeout(Duration::from_secs(5), healthz_status(&mut fresh)).await;
+    assert_eq!(
+        status,
+        Ok(Some(200)),
+        "a real client is served once the silent ones are gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    let hub = Hub::start().await;
+    // Larger than what socket buffers on loopback absorb.
+    let blob = vec![7u8; 48 << 20];
+    let digest = hub.put_blob("library/big", blob);
+    let (_dir, path) = config_file("max_connections = 2\nidle_timeout = \"1s\"\n");
+    let mirror = Mirror::start(&hub.url(), &["--config", path.to_str().expect("path")]);
+
+    let request = format!("GET /v2/library/big/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(mirror.addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        stalled.push(stream);
+    }
+    // They never read; once no byte has moved for idle_timeout, the mirror
+    // closes them (reading now drains what the buffers held, then ends).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for stream in &mut stalled {
+        assert!(
+            closed_within(stream, Duration::from_secs(20)).await,
+            "a connection that stopped reading was kept open"
+        );
+    }
+    let mut fresh = TcpStream::connect(mirror.addr).await.expect("connect");
+    let status = tokio::time::timeout(Duration::from_secs(5), healthz_status(&mut fresh)).await;
+    assert_eq!(status, Ok(Some(200)), "a real client is served afterwards");
+}
