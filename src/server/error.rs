@@ -55,8 +55,10 @@ impl ApiError {
             ApiError::Route(RouteError::Name(_)) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid)
             }
+            // As the reference registry and the conformance suite have it:
+            // a reference that is no valid tag names no manifest.
             ApiError::Route(RouteError::Reference(_)) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::TagInvalid)
+                (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
             }
             ApiError::Route(RouteError::Digest(_)) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)

@@ -126,7 +126,7 @@ const BAD_REQUEST: &[u16] = &[400];
 const NOT_FOUND: &[u16] = &[404];
 const BAD_OR_NOT_FOUND: &[u16] = &[400, 404];
 const NAME_INVALID: &[&str] = &["NAME_INVALID"];
-const TAG_INVALID: &[&str] = &["TAG_INVALID"];
+const MANIFEST_UNKNOWN: &[&str] = &["MANIFEST_UNKNOWN"];
 const DIGEST_INVALID: &[&str] = &["DIGEST_INVALID"];
 
 fn request(method: &str, target: &str, headers: &str, body: &[u8]) -> Vec<u8> {
@@ -329,16 +329,20 @@ fn corpus(marker: &str, cached: &str) -> Vec<Case> {
         ),
         get(
             format!("/v2/library/app/manifests/..%2f..%2f{m}"),
-            BAD_REQUEST,
-            TAG_INVALID,
+            NOT_FOUND,
+            MANIFEST_UNKNOWN,
         ),
-        get("/v2/library/app/manifests/..", BAD_REQUEST, TAG_INVALID),
+        get("/v2/library/app/manifests/..", NOT_FOUND, MANIFEST_UNKNOWN),
         get(
             "/v2/library/app/manifests/.hidden",
-            BAD_REQUEST,
-            TAG_INVALID,
+            NOT_FOUND,
+            MANIFEST_UNKNOWN,
         ),
-        get("/v2/library/app/manifests/tag%00", BAD_REQUEST, TAG_INVALID),
+        get(
+            "/v2/library/app/manifests/tag%00",
+            NOT_FOUND,
+            MANIFEST_UNKNOWN,
+        ),
         // Overlong names and tags.
         get(
             format!("/v2/{}/manifests/latest", "a".repeat(256)),
@@ -366,13 +370,13 @@ fn corpus(marker: &str, cached: &str) -> Vec<Case> {
         ),
         get(
             format!("/v2/library/app/manifests/{}", "t".repeat(129)),
-            BAD_REQUEST,
-            TAG_INVALID,
+            NOT_FOUND,
+            MANIFEST_UNKNOWN,
         ),
         get(
             format!("/v2/library/app/manifests/{}", "t".repeat(10_000)),
-            BAD_REQUEST,
-            TAG_INVALID,
+            NOT_FOUND,
+            MANIFEST_UNKNOWN,
         ),
         // Invalid digest algorithms and lengths.
         get(
@@ -451,8 +455,8 @@ fn corpus(marker: &str, cached: &str) -> Vec<Case> {
         ),
         get(
             "/v2/library/app/manifests/-bad?foo=../../x",
-            BAD_REQUEST,
-            TAG_INVALID,
+            NOT_FOUND,
+            MANIFEST_UNKNOWN,
         ),
         get(
             format!("/v2/library/app/manifests/latest?ns=../../tmp/{m}"),
