@@ -245,12 +245,12 @@ mod tests {
     }
 
     #[test]
-    fn request_errors_are_400s() {
+    fn request_errors_are_4xx() {
         use crate::oci::NameError;
         let (s, c) = ApiError::Route(RouteError::Name(NameError::Grammar)).status_and_code();
         assert_eq!((s.as_u16(), c.as_str()), (400, "NAME_INVALID"));
         let (s, c) = ApiError::Route(RouteError::Reference(NameError::Tag)).status_and_code();
-        assert_eq!((s.as_u16(), c.as_str()), (400, "TAG_INVALID"));
+        assert_eq!((s.as_u16(), c.as_str()), (404, "MANIFEST_UNKNOWN"));
         let (s, c) = ApiError::ReadOnly.status_and_code();
         assert_eq!((s.as_u16(), c.as_str()), (405, "UNSUPPORTED"));
     }
