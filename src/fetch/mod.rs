@@ -21,7 +21,7 @@ mod manifest;
 mod tags;
 mod visibility;
 
-use accept::accept_or_default;
+use accept::AcceptList;
 pub use body::{full, Body};
 
 use crate::cache::{BlobStore, CacheError, ContentStore, Index, Tier};
@@ -298,7 +298,8 @@ impl PullThrough {
         client_accept: Option<&str>,
         head: bool,
     ) -> Result<Served, FetchError> {
-        let accept = accept_or_default(client_accept);
+        let list = AcceptList::from_client(client_accept);
+        let accept = list.header();
         let (kind, (manifest, outcome)) = match reference {
             Reference::Digest(digest) => {
                 let found = self.manifests.by_digest(at, digest, &accept).await?;
@@ -317,7 +318,7 @@ impl PullThrough {
             }
             Reference::Tag(tag) => (
                 "tag",
-                self.tags.resolve(&self.manifests, at, tag, &accept).await?,
+                self.tags.resolve(&self.manifests, at, tag, list).await?,
             ),
         };
         self.store.usage().touch(manifest.digest.hex());

@@ -3,7 +3,7 @@
 //! and only a new digest costs a GET; while the upstream fails, the last
 //! mapping is served for up to `max_stale`.
 
-use super::accept::{accept_class, accepts};
+use super::accept::AcceptList;
 use super::coalesce::{self, Flights, Role, Slot};
 use super::manifest::{Manifest, Manifests, FOLLOW_WAIT};
 use super::visibility::Visibility;
@@ -26,9 +26,9 @@ struct FreshTag {
     stale: bool,
 }
 
-/// Fresh answers are keyed by the tag (with its client class) and the
-/// client's Accept list, which is what the upstream answered.
-type FreshKey = (TagKey, String);
+/// Fresh answers are keyed by the tag with its client class, which
+/// decides what the upstream was asked.
+type FreshKey = TagKey;
 
 struct FreshTagExpiry;
 
@@ -66,15 +66,15 @@ impl Tags {
         manifests: &Manifests,
         at: &Target,
         tag: &Tag,
-        accept: &str,
+        list: AcceptList,
     ) -> Result<(Arc<Manifest>, CacheOutcome), FetchError> {
         let key = TagKey {
             upstream: at.upstream.name().to_owned(),
             repo: at.upstream.upstream_name(&at.repo),
             tag: tag.clone(),
-            accept: accept_class(accept),
+            accept: list.class(),
         };
-        let fresh_key = (key.clone(), accept.to_owned());
+        let fresh_key = key.clone();
         if let Some(fresh) = self.fresh.get(&fresh_key).await {
             return Ok((fresh.manifest.clone(), served_as(&fresh, CacheOutcome::Hit)));
         }
@@ -82,7 +82,7 @@ impl Tags {
         // revalidates again.
         let resolve = || {
             Box::pin(async {
-                let resolved = self.revalidate(manifests, at, tag, &key, accept).await?;
+                let resolved = self.revalidate(manifests, at, tag, &key, &list).await?;
                 self.fresh
                     .insert(fresh_key.clone(), resolved.0.clone())
                     .await;
@@ -106,15 +106,16 @@ impl Tags {
         at: &Target,
         tag: &Tag,
         key: &TagKey,
-        accept: &str,
+        list: &AcceptList,
     ) -> Result<(FreshTag, CacheOutcome), FetchError> {
+        let accept = &list.header();
         let upstream = &at.upstream;
         let ttl = upstream.tag_ttl();
         let now = unix_now();
         let (index, k) = (self.index.clone(), key.clone());
         let recorded = cache::blocking(move || index.tag(&k))
             .await?
-            .filter(|r| accepts(accept, &r.media_type));
+            .filter(|r| list.takes(&r.media_type));
 
         if let Some(record) = &recorded {
             let age = Duration::from_secs(now.saturating_sub(record.checked_at));
