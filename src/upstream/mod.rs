@@ -67,6 +67,11 @@ pub enum UpstreamError {
     Auth(&'static str),
     #[error("upstream sent an invalid response: {0}")]
     Protocol(String),
+    /// The token service answered 200 with something unusable (too large,
+    /// not JSON, no token): it is broken, not refusing us, so this is an
+    /// outage and the stale cache may answer.
+    #[error("upstream token service sent an unusable answer: {0}")]
+    TokenService(&'static str),
 }
 
 impl UpstreamError {
@@ -96,7 +101,9 @@ impl UpstreamError {
 
     pub fn is_outage(&self) -> bool {
         match self {
-            UpstreamError::Unreachable(_) | UpstreamError::Timeout => true,
+            UpstreamError::Unreachable(_)
+            | UpstreamError::Timeout
+            | UpstreamError::TokenService(_) => true,
             UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
             UpstreamError::Auth(_) | UpstreamError::Protocol(_) => false,
         }
@@ -186,6 +193,7 @@ impl Upstream {
         let auth = Authenticator::new(
             http.clone(),
             settings.name.clone(),
+            settings.url.clone(),
             settings.credentials.clone(),
         );
         Ok(Upstream {
@@ -422,7 +430,7 @@ impl Upstream {
             .map(str::to_owned);
         let authorization = self
             .auth
-            .after_unauthorized(challenge.as_deref(), &scope)
+            .after_unauthorized(resp.url(), challenge.as_deref(), &scope)
             .await?;
         let resp = self.send_with_retries(call, &url, &authorization).await?;
         self.record_rate_limit(resp.headers());
@@ -672,5 +680,6 @@ mod tests {
         assert!(!status(404).is_outage());
         assert!(UpstreamError::Timeout.is_outage());
         assert!(!UpstreamError::Auth("x").is_outage());
+        assert!(UpstreamError::TokenService("x").is_outage());
     }
 }

@@ -43,6 +43,8 @@ pub enum Kind {
     CdnBytesSent,
     /// Tokens issued.
     TokenFetch,
+    /// Token body bytes handed to connections under `Fault::HugeToken`.
+    TokenBytesSent,
     /// Token requests refused (private repository, wrong credentials).
     TokenRefused,
     /// Registry requests answered 401 for want of a valid token.
