@@ -253,3 +253,146 @@ async fn an_oversized_token_answer_is_not_read_or_used() {
     }
     hub.stop().await;
 }
+
+/// Status, OCI error code and message of an error response.
+async fn error_of(response: reqwest::Response) -> (StatusCode, Option<String>, String) {
+    let status = response.status();
+    let body = response.bytes().await.expect("error body");
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| Some(v["errors"][0]["message"].as_str()?.to_string()))
+        .unwrap_or_default();
+    (status, oci_error_code(&body), message)
+}
+
+/// An upstream that redirects a manifest request to a blob (here: its own
+/// CDN, reachable like any internal host) gets a refusal: the blob is not
+/// a manifest, so it is neither served nor stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manifest_redirected_to_other_content_is_refused_and_not_stored() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[3000]);
+    let (mirror, _config) = mirror_with(&hub, "");
+    let (layer, _) = image.layers[0].clone();
+    hub.set_fault(
+        Target::Digest(image.manifest_digest.clone()),
+        Fault::Redirect(hub.cdn_blob_url(&layer)),
+    );
+    let (status, code, _) = error_of(get(&mirror, "/v2/library/app/manifests/v1").await).await;
+    assert_eq!(
+        (status, code.as_deref()),
+        (StatusCode::BAD_GATEWAY, Some("UNAVAILABLE"))
+    );
+    let stored = crate::support::client::files_named(
+        &mirror.cache_dir,
+        crate::support::client::hex_of(&layer),
+    );
+    assert_eq!(
+        stored,
+        Vec::<std::path::PathBuf>::new(),
+        "kept as a manifest"
+    );
+
+    hub.clear_faults();
+    let (status, bytes) = fetch(&mirror, "/v2/library/app/manifests/v1").await;
+    assert_eq!((status, bytes), (StatusCode::OK, image.manifest_bytes));
+    hub.stop().await;
+}
+
+/// Redirects to an address class the upstream is not on (here link-local,
+/// where cloud metadata services live, from an upstream on loopback) are
+/// not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redirect_to_a_link_local_address_is_not_followed() {
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "v1", &[1000]);
+    let (mirror, _config) = mirror_with(&hub, "");
+    hub.set_fault(
+        Target::All,
+        Fault::Redirect("http://[fe80::1]:9/latest/meta-data/".into()),
+    );
+    for path in ["/v2/library/app/manifests/v1", "/v2/library/app/tags/list"] {
+        let (status, code, message) = error_of(get(&mirror, path).await).await;
+        assert_eq!(
+            (status, code.as_deref()),
+            (StatusCode::BAD_GATEWAY, Some("UNAVAILABLE")),
+            "{path}"
+        );
+        assert!(
+            message.contains("redirect refused"),
+            "{path}: the client is told why: {message:?}"
+        );
+    }
+    hub.stop().await;
+}
+
+/// A manifest served as `text/html` (a page with a script, for ever, under
+/// the mirror's origin) is refused, whether asked by tag or by digest, and
+/// nothing is stored; every answer tells browsers not to sniff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_non_manifest_content_type_is_refused_and_not_stored() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[1000]);
+    let (mirror, _config) = mirror_with(&hub, "");
+    hub.set_fault(Target::All, Fault::ContentType("text/html".into()));
+    let by_digest = format!("/v2/library/app/manifests/{}", image.manifest_digest);
+    for path in ["/v2/library/app/manifests/v1", by_digest.as_str()] {
+        let response = get(&mirror, path).await;
+        let nosniff = crate::support::client::header(&response, "x-content-type-options");
+        let (status, code, _) = error_of(response).await;
+        assert_eq!(
+            (status, code.as_deref()),
+            (StatusCode::BAD_GATEWAY, Some("UNAVAILABLE")),
+            "{path}"
+        );
+        assert_eq!(nosniff.as_deref(), Some("nosniff"), "{path}");
+    }
+    let stored = crate::support::client::files_named(
+        &mirror.cache_dir,
+        crate::support::client::hex_of(&image.manifest_digest),
+    );
+    assert_eq!(stored, Vec::<std::path::PathBuf>::new(), "text/html kept");
+
+    hub.clear_faults();
+    let response = get(&mirror, "/v2/library/app/manifests/v1").await;
+    assert_eq!(
+        crate::support::client::header(&response, "content-type").as_deref(),
+        Some(image.media_type.as_str())
+    );
+    assert_eq!(
+        crate::support::client::header(&response, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert_eq!(
+        response.bytes().await.expect("manifest"),
+        image.manifest_bytes
+    );
+    hub.stop().await;
+}
+
+/// Tag list pagination stays on the mirror: an absolute `Link` from the
+/// upstream reaches the client as a path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tag_list_link_is_kept_relative() {
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "v1", &[1000]);
+    let (mirror, _config) = mirror_with(&hub, "");
+    hub.set_fault(
+        Target::All,
+        Fault::TagsLink(format!(
+            "<{}/v2/library/app/tags/list?n=1&last=v1>; rel=\"next\"",
+            hub.url()
+        )),
+    );
+    let response = get(&mirror, "/v2/library/app/tags/list?n=1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        crate::support::client::header(&response, "link").as_deref(),
+        Some("</v2/library/app/tags/list?n=1&last=v1>; rel=\"next\"")
+    );
+    assert_eq!(
+        crate::support::client::header(&response, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    hub.stop().await;
+}

@@ -61,6 +61,13 @@ pub enum Fault {
     /// Token requests answer 200 and then send a space every 500 ms,
     /// never finishing the body.
     TokenTrickle,
+    /// Registry requests under `/v2/<name>/` (after auth) answer 307 to
+    /// this URL: an upstream sending the mirror somewhere else.
+    Redirect(String),
+    /// Manifest responses (GET and HEAD) carry this Content-Type.
+    ContentType(String),
+    /// `tags/list` responses carry this `Link` header.
+    TagsLink(String),
 }
 
 /// The active faults, settable while the hub runs.

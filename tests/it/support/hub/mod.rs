@@ -167,6 +167,15 @@ impl Hub {
         self.state.cdn_url.clone()
     }
 
+    /// The signed CDN URL the registry redirects GETs of blob `digest` to.
+    pub fn cdn_blob_url(&self, digest: &str) -> String {
+        format!(
+            "{}/{digest}?sig={}",
+            self.state.cdn_url,
+            server::signature(digest)
+        )
+    }
+
     /// Stops the listeners and waits until they are closed, so the next
     /// connection attempt is refused.
     pub async fn stop(mut self) {

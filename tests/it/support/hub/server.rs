@@ -238,6 +238,18 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
     if let Some(response) = apply_faults(&faults).await {
         return response;
     }
+    let redirect = faults.iter().find_map(|fault| match fault {
+        Fault::Redirect(location) => Some(location.clone()),
+        _ => None,
+    });
+    if let Some(location) = redirect {
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, location)
+            .header(header::CONTENT_LENGTH, 0)
+            .body(empty())
+            .expect("response");
+    }
     let head = req.method() == Method::HEAD;
     match route {
         Route::Manifest { reference, .. } => {
@@ -259,7 +271,20 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
             manifest(state, name, reference, digest, head, &faults)
         }
         Route::Blob { digest, .. } => blob(state, name, digest, head),
-        Route::Tags { .. } => tags(state, name),
+        Route::Tags { .. } => {
+            let mut response = tags(state, name);
+            let link = faults.iter().find_map(|fault| match fault {
+                Fault::TagsLink(link) => Some(link.clone()),
+                _ => None,
+            });
+            if let Some(link) = link {
+                response.headers_mut().insert(
+                    header::LINK,
+                    HeaderValue::from_str(&link).expect("link header"),
+                );
+            }
+            response
+        }
     }
 }
 
@@ -329,9 +354,16 @@ fn manifest(
             ),
         );
     };
+    let content_type = faults
+        .iter()
+        .find_map(|fault| match fault {
+            Fault::ContentType(value) => Some(value.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| stored.media_type.clone());
     let mut builder = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, &stored.media_type)
+        .header(header::CONTENT_TYPE, content_type)
         .header("docker-content-digest", &digest)
         .header(header::CONTENT_LENGTH, stored.bytes.len())
         .header(header::ETAG, format!("\"{digest}\""))
