@@ -257,13 +257,9 @@ impl Authenticator {
         scope: &str,
     ) -> Result<Authorization, UpstreamError> {
         let origin = from.origin();
+        // The call pipeline already turns a redirect target's 401 into an
+        // error; this guard keeps the rule true whoever calls us.
         if origin != self.registry.origin() {
-            // The host only: a redirect target's URL may be signed.
-            tracing::warn!(
-                upstream = %self.upstream,
-                host = from.host_str().unwrap_or(""),
-                "a redirect target answered 401; not treated as a challenge"
-            );
             return Err(UpstreamError::Protocol(
                 "a redirect target answered 401 Unauthorized".into(),
             ));
@@ -528,6 +524,22 @@ mod tests {
         let http = authenticator("http://127.0.0.1:5000");
         assert!(http.accept(bearer("http://127.0.0.1:5000/token")).is_ok());
         assert!(matches!(http.accept(Challenge::Basic), Ok(Accepted::Basic)));
+    }
+
+    #[tokio::test]
+    async fn a_challenge_from_another_origin_is_neither_answered_nor_kept() {
+        let auth = authenticator("https://registry.example");
+        let cdn = Url::parse("https://cdn.example/blob?sig=x").expect("url");
+        let header = r#"Bearer realm="https://cdn.example/token",service="x""#;
+        let scope = "repository:x:pull";
+        assert!(auth
+            .after_unauthorized(&cdn, Some(header), scope)
+            .await
+            .is_err());
+        assert!(matches!(
+            auth.authorization(scope).await,
+            Ok(Authorization::None)
+        ));
     }
 
     #[test]

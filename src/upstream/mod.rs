@@ -524,6 +524,20 @@ impl Upstream {
                 .with_label_values(&[self.name(), call.kind()])
                 .observe(started.elapsed().as_secs_f64());
             let resp = sent.map_err(UpstreamError::from_reqwest)?;
+            // Only the registry may ask us to authenticate; a redirect target
+            // that does is failing, whether or not we sent a token first.
+            if resp.status() == StatusCode::UNAUTHORIZED
+                && url.origin() != self.settings.url.origin()
+            {
+                tracing::warn!(
+                    upstream = %self.name(),
+                    host = url.host_str().unwrap_or(""),
+                    "a redirect target answered 401; not treated as a challenge"
+                );
+                return Err(UpstreamError::Protocol(
+                    "a redirect target answered 401 Unauthorized".into(),
+                ));
+            }
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
