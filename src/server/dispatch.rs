@@ -54,6 +54,12 @@ pub async fn dispatch(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, v);
     }
+    // Bodies come from upstreams we do not control: a browser must take
+    // the Content-Type as sent, never sniff HTML or script out of a blob.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     let status = response.status().as_u16();
     let promised = if method == Method::HEAD {
         Some(0)

@@ -192,9 +192,9 @@ fn upstream_status(e: &UpstreamError, subject: Subject) -> (StatusCode, ErrorCod
         }
         UpstreamError::Timeout => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable),
         UpstreamError::Unreachable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
-        UpstreamError::Status { .. } | UpstreamError::Protocol(_) => {
-            (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
-        }
+        UpstreamError::Status { .. }
+        | UpstreamError::Protocol(_)
+        | UpstreamError::TokenService(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
     }
 }
 

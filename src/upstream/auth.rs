@@ -1,10 +1,36 @@
 //! Registry authentication: the `WWW-Authenticate` challenge parser, token
 //! fetches from the realm, and the per-scope token cache.
+//!
+//! What is trusted, and why: only the registry's own origin (scheme, host
+//! and port of the configured upstream URL) may challenge us. A redirect
+//! target (a CDN) that answers 401 could otherwise name a realm of its
+//! choosing and receive the configured credentials (containerd
+//! CVE-2020-15157). A challenge is validated before it is kept, and
+//! forgotten when answering it fails, so one bad 401 cannot disable an
+//! upstream until restart.
 
 use super::UpstreamError;
 use moka::future::Cache;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use url::{Origin, Url};
+
+/// The whole token exchange (connect, headers and body) must end within
+/// this. A realm that trickles its answer would otherwise hold every
+/// request waiting on the token, and the stale cache only answers once the
+/// fetch has failed. Docker Hub answers in well under a second.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Token responses are a few KiB of JSON; anything larger is a broken or
+/// hostile token service, and reading it whole would cost that much memory
+/// per concurrent fetch.
+const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+/// Registry tokens (JWTs) are 1–4 KiB; the token is kept in memory per
+/// scope and sent in a header on every request, so it is bounded too.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// A token service may ask for any lifetime; past a day we ask again
+/// anyway (and an absurd `expires_in` cannot overflow the cache's clock).
+const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
 pub use crate::config::{Credentials, Secret};
 
@@ -110,14 +136,29 @@ impl moka::Expiry<String, Arc<Token>> for TokenExpiry {
     }
 }
 
-/// Holds the upstream's last challenge and a token per repository scope;
-/// concurrent misses for one scope share one token fetch.
+/// A challenge that passed validation: the only kind that is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Accepted {
+    Bearer { realm: Url, service: Option<String> },
+    Basic,
+}
+
+/// Holds the challenge of each origin that may challenge us (today only the
+/// registry's own) and a token per origin and repository scope; concurrent
+/// misses for one scope share one token fetch.
 pub struct Authenticator {
     http: reqwest::Client,
     /// The upstream's name, for metric labels.
     upstream: String,
+    /// The configured upstream URL: its origin is the only one whose 401s
+    /// are challenges, and its scheme decides whether an http realm is
+    /// acceptable.
+    registry: Url,
     credentials: Option<Credentials>,
-    challenge: RwLock<Option<Challenge>>,
+    /// Per origin, so that no response from one host can replace the
+    /// challenge another host made.
+    challenges: RwLock<HashMap<Origin, Accepted>>,
+    /// Keyed by `<origin> <scope>`.
     tokens: Cache<String, Arc<Token>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -133,6 +174,7 @@ impl Authenticator {
     pub fn new(
         http: reqwest::Client,
         upstream: String,
+        registry: Url,
         credentials: Option<Credentials>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
@@ -140,8 +182,9 @@ impl Authenticator {
             metrics,
             http,
             upstream,
+            registry,
             credentials,
-            challenge: RwLock::new(None),
+            challenges: RwLock::new(HashMap::new()),
             tokens: Cache::builder()
                 .max_capacity(10_000)
                 .expire_after(TokenExpiry)
@@ -149,69 +192,164 @@ impl Authenticator {
         }
     }
 
-    fn remembered(&self) -> Option<Challenge> {
-        self.challenge.read().ok().and_then(|c| c.clone())
+    fn remembered(&self, origin: &Origin) -> Option<Accepted> {
+        self.challenges
+            .read()
+            .ok()
+            .and_then(|c| c.get(origin).cloned())
     }
 
-    /// The header to send before any 401 has been seen for this scope: the
-    /// cached token, or a fresh one if the upstream told us its realm before.
-    pub async fn authorization(&self, scope: &str) -> Result<Authorization, UpstreamError> {
-        match self.remembered() {
-            None => Ok(Authorization::None),
-            Some(challenge) => self.answer(&challenge, scope).await,
+    /// Forgets `origin`'s challenge if it is still `failed` (a concurrent
+    /// request may already have stored a newer one), so the next request
+    /// goes out without a token and the upstream can challenge afresh.
+    fn forget(&self, origin: &Origin, failed: &Accepted) {
+        if let Ok(mut map) = self.challenges.write() {
+            if map.get(origin) == Some(failed) {
+                map.remove(origin);
+            }
         }
     }
 
-    /// Answers a 401: remembers the challenge and gets a new token for scope.
+    fn token_key(origin: &Origin, scope: &str) -> String {
+        format!("{} {scope}", origin.ascii_serialization())
+    }
+
+    /// The header to send to the registry before any 401 has been seen for
+    /// this scope: the cached token, or a fresh one if the registry told us
+    /// its realm before.
+    pub async fn authorization(&self, scope: &str) -> Result<Authorization, UpstreamError> {
+        let origin = self.registry.origin();
+        match self.remembered(&origin) {
+            None => Ok(Authorization::None),
+            Some(challenge) => self.answer(&origin, &challenge, scope).await,
+        }
+    }
+
+    /// Answers a 401 that the response from `from` carried: validates and
+    /// remembers the challenge, then gets a new token for scope. A 401 from
+    /// any origin but the registry's is an error, never a challenge.
     pub async fn after_unauthorized(
         &self,
+        from: &Url,
         header: Option<&str>,
         scope: &str,
     ) -> Result<Authorization, UpstreamError> {
+        let origin = from.origin();
+        // The call pipeline already turns a redirect target's 401 into an
+        // error; this guard keeps the rule true whoever calls us.
+        if origin != self.registry.origin() {
+            return Err(UpstreamError::Protocol(
+                "a redirect target answered 401 Unauthorized".into(),
+            ));
+        }
         let challenge = header.and_then(parse_challenge).ok_or(UpstreamError::Auth(
             "upstream sent 401 without a usable challenge",
         ))?;
-        if let Ok(mut slot) = self.challenge.write() {
-            *slot = Some(challenge.clone());
+        let challenge = self.accept(challenge)?;
+        if let Ok(mut map) = self.challenges.write() {
+            map.insert(origin.clone(), challenge.clone());
         }
-        self.tokens.invalidate(scope).await;
-        self.answer(&challenge, scope).await
+        self.tokens
+            .invalidate(&Self::token_key(&origin, scope))
+            .await;
+        self.answer(&origin, &challenge, scope).await
+    }
+
+    /// Checks a challenge before anything is sent to its realm: the realm
+    /// must be an absolute http(s) URL without user info, and https unless
+    /// the registry itself is plain http (a lab registry).
+    fn accept(&self, challenge: Challenge) -> Result<Accepted, UpstreamError> {
+        let (realm, service) = match challenge {
+            Challenge::Basic => return Ok(Accepted::Basic),
+            Challenge::Bearer { realm, service } => (realm, service),
+        };
+        let refuse = |why: &'static str| {
+            tracing::warn!(upstream = %self.upstream, reason = why, "refused a token realm");
+            UpstreamError::Protocol(format!("upstream challenge refused: {why}"))
+        };
+        let url = Url::parse(&realm).map_err(|_| refuse("token realm is not a URL"))?;
+        let scheme_ok = match url.scheme() {
+            "https" => true,
+            "http" => self.registry.scheme() == "http",
+            _ => false,
+        };
+        if !scheme_ok {
+            return Err(refuse("token realm must be https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(refuse("token realm has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse("token realm carries user info"));
+        }
+        Ok(Accepted::Bearer {
+            realm: url,
+            service,
+        })
     }
 
     async fn answer(
         &self,
-        challenge: &Challenge,
+        origin: &Origin,
+        challenge: &Accepted,
         scope: &str,
     ) -> Result<Authorization, UpstreamError> {
-        match challenge {
-            Challenge::Basic => match &self.credentials {
+        let result = match challenge {
+            Accepted::Basic => match &self.credentials {
                 Some(c) => Ok(Authorization::Basic(c.clone())),
                 None => Err(UpstreamError::Auth(
                     "upstream wants credentials and none are configured",
                 )),
             },
-            Challenge::Bearer { realm, service } => {
-                let token = self
-                    .tokens
-                    .try_get_with(
-                        scope.to_owned(),
-                        self.fetch_token(realm, service.as_deref(), scope),
-                    )
-                    .await
-                    .map_err(|e: Arc<UpstreamError>| (*e).clone())?;
-                Ok(Authorization::Bearer(token.value.clone()))
-            }
+            Accepted::Bearer { realm, service } => self
+                .tokens
+                .try_get_with(
+                    Self::token_key(origin, scope),
+                    self.fetch_token(realm, service.as_deref(), scope),
+                )
+                .await
+                .map(|token| Authorization::Bearer(token.value.clone()))
+                .map_err(|e: Arc<UpstreamError>| (*e).clone()),
+        };
+        if result.is_err() {
+            self.forget(origin, challenge);
         }
+        result
     }
 
     async fn fetch_token(
         &self,
-        realm: &str,
+        realm: &Url,
         service: Option<&str>,
         scope: &str,
     ) -> Result<Arc<Token>, UpstreamError> {
-        let mut url =
-            url::Url::parse(realm).map_err(|_| UpstreamError::Auth("token realm is not a URL"))?;
+        let outcome = tokio::time::timeout(TOKEN_TIMEOUT, self.exchange(realm, service, scope))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout));
+        let result = match &outcome {
+            Ok(_) => "ok",
+            Err(UpstreamError::Auth(_)) => "refused",
+            Err(_) => "error",
+        };
+        self.metrics
+            .token_fetches
+            .with_label_values(&[&self.upstream, result])
+            .inc();
+        if let Err(e) = &outcome {
+            tracing::warn!(upstream = %self.upstream, scope, error = %e, "token fetch failed");
+        }
+        outcome
+    }
+
+    /// One token request and its body, unbounded in time (the caller bounds
+    /// it) but bounded in size.
+    async fn exchange(
+        &self,
+        realm: &Url,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<Arc<Token>, UpstreamError> {
+        let mut url = realm.clone();
         {
             let mut q = url.query_pairs_mut();
             if let Some(service) = service {
@@ -223,22 +361,11 @@ impl Authenticator {
         if let Some(c) = &self.credentials {
             req = req.basic_auth(&c.username, Some(c.password.expose()));
         }
-        let sent = req.send().await;
-        let result = match &sent {
-            Ok(r) if r.status().is_success() => "ok",
-            Ok(_) => "refused",
-            Err(_) => "error",
-        };
-        self.metrics
-            .token_fetches
-            .with_label_values(&[&self.upstream, result])
-            .inc();
-        let resp = sent.map_err(UpstreamError::from_reqwest)?;
+        let mut resp = req.send().await.map_err(UpstreamError::from_reqwest)?;
         let status = resp.status();
         // A token service that is down or rate-limiting is an outage (the
         // cache answers stale), not a refusal of our credentials.
         if status.is_server_error() || status.as_u16() == 429 {
-            tracing::warn!(status = status.as_u16(), scope, "token service failing");
             let retry_after = resp
                 .headers()
                 .get(http::header::RETRY_AFTER)
@@ -257,16 +384,41 @@ impl Authenticator {
                 "token service answered with an error"
             }));
         }
-        let body = resp.bytes().await.map_err(UpstreamError::from_reqwest)?;
+        let too_large = UpstreamError::TokenService("token response is larger than 64 KiB");
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_TOKEN_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(UpstreamError::from_reqwest)? {
+            if body.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
         let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| UpstreamError::Auth("token response is not JSON"))?;
+            .map_err(|_| UpstreamError::TokenService("token response is not JSON"))?;
         let value = parsed
             .token
+            .filter(|t| !t.is_empty())
             .or(parsed.access_token)
-            .ok_or(UpstreamError::Auth("token response has no token"))?;
+            .ok_or(UpstreamError::TokenService("token response has no token"))?;
+        if value.len() > MAX_TOKEN_BYTES {
+            return Err(UpstreamError::TokenService("token is longer than 16 KiB"));
+        }
+        // It goes into an Authorization header as is: visible ASCII only,
+        // so it can neither fail to encode nor smuggle a header.
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(UpstreamError::TokenService("token is not printable ASCII"));
+        }
         // Stop using a token a little before the upstream does; the spec's
         // default lifetime is 60 s.
-        let expires_in = parsed.expires_in.unwrap_or(60).max(1);
+        let expires_in = parsed
+            .expires_in
+            .unwrap_or(60)
+            .clamp(1, MAX_TOKEN_LIFETIME_SECS);
         let margin = (expires_in / 10).clamp(1, 30);
         tracing::debug!(scope, expires_in, "fetched upstream token");
         Ok(Arc::new(Token {
@@ -317,6 +469,61 @@ mod tests {
             "realm is required"
         );
         assert_eq!(parse_challenge(""), None);
+    }
+
+    fn authenticator(registry: &str) -> Authenticator {
+        let registry = Url::parse(registry).expect("registry URL");
+        Authenticator::new(
+            reqwest::Client::new(),
+            "test".into(),
+            registry,
+            None,
+            Arc::default(),
+        )
+    }
+
+    fn bearer(realm: &str) -> Challenge {
+        Challenge::Bearer {
+            realm: realm.into(),
+            service: None,
+        }
+    }
+
+    #[test]
+    fn realms_are_validated_before_they_are_kept() {
+        let https = authenticator("https://registry.example");
+        assert!(https.accept(bearer("https://auth.example/token")).is_ok());
+        for bad in [
+            "",
+            "/token",
+            "not a url",
+            "http://auth.example/token",
+            "ftp://auth.example/token",
+            "file:///etc/passwd",
+            "https://user:pass@auth.example/token",
+        ] {
+            assert!(https.accept(bearer(bad)).is_err(), "{bad:?} accepted");
+        }
+        // A plain-http lab registry may use a plain-http realm.
+        let http = authenticator("http://127.0.0.1:5000");
+        assert!(http.accept(bearer("http://127.0.0.1:5000/token")).is_ok());
+        assert!(matches!(http.accept(Challenge::Basic), Ok(Accepted::Basic)));
+    }
+
+    #[tokio::test]
+    async fn a_challenge_from_another_origin_is_neither_answered_nor_kept() {
+        let auth = authenticator("https://registry.example");
+        let cdn = Url::parse("https://cdn.example/blob?sig=x").expect("url");
+        let header = r#"Bearer realm="https://cdn.example/token",service="x""#;
+        let scope = "repository:x:pull";
+        assert!(auth
+            .after_unauthorized(&cdn, Some(header), scope)
+            .await
+            .is_err());
+        assert!(matches!(
+            auth.authorization(scope).await,
+            Ok(Authorization::None)
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::config::Timings;
 pub use crate::config::UpstreamSettings;
 
 use crate::metrics::Metrics;
-use crate::oci::{Digest, Reference, RepoName, MAX_MANIFEST_BYTES};
+use crate::oci::{Digest, Reference, RepoName, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
 use auth::{Authenticator, Authorization};
 use breaker::CircuitBreaker;
 use bytes::Bytes;
@@ -67,6 +67,11 @@ pub enum UpstreamError {
     Auth(&'static str),
     #[error("upstream sent an invalid response: {0}")]
     Protocol(String),
+    /// The token service answered 200 with something unusable (too large,
+    /// not JSON, no token): it is broken, not refusing us, so this is an
+    /// outage and the stale cache may answer.
+    #[error("upstream token service sent an unusable answer: {0}")]
+    TokenService(&'static str),
 }
 
 impl UpstreamError {
@@ -96,7 +101,9 @@ impl UpstreamError {
 
     pub fn is_outage(&self) -> bool {
         match self {
-            UpstreamError::Unreachable(_) | UpstreamError::Timeout => true,
+            UpstreamError::Unreachable(_)
+            | UpstreamError::Timeout
+            | UpstreamError::TokenService(_) => true,
             UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
             UpstreamError::Auth(_) | UpstreamError::Protocol(_) => false,
         }
@@ -190,6 +197,7 @@ impl Upstream {
         let auth = Authenticator::new(
             http.clone(),
             settings.name.clone(),
+            settings.url.clone(),
             settings.credentials.clone(),
             Arc::clone(&metrics),
         );
@@ -267,7 +275,11 @@ impl Upstream {
             )
             .await?;
         let resp = expect_success(resp)?;
-        let media_type = content_type(resp.headers());
+        let declared = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if resp
             .content_length()
             .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
@@ -277,6 +289,7 @@ impl Upstream {
             ));
         }
         let bytes = read_limited(resp, MAX_MANIFEST_BYTES).await?;
+        let media_type = manifest_media_type(declared.as_deref(), &bytes)?;
         Ok(FetchedManifest { bytes, media_type })
     }
 
@@ -298,6 +311,18 @@ impl Upstream {
             )
             .await?;
         let resp = expect_success(resp)?;
+        let media_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // A HEAD has no body to look into: a type it names must be a
+        // manifest's, and one it omits is settled by the GET.
+        if let Some(declared) = &media_type {
+            if !is_manifest_media_type(declared) {
+                return Err(not_a_manifest());
+            }
+        }
         Ok(ManifestHead {
             digest: header_digest(resp.headers()),
         })
@@ -366,8 +391,21 @@ impl Upstream {
             )
             .await?;
         let resp = expect_success(resp)?;
-        let headers = resp.headers().clone();
+        let mut headers = resp.headers().clone();
         let bytes = read_limited(resp, MAX_MANIFEST_BYTES).await?;
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            return Err(UpstreamError::Protocol("tag list is not JSON".into()));
+        }
+        // Pagination goes on through the mirror: a Link naming the
+        // upstream's own host would send clients past it.
+        let link = headers
+            .get(http::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .map(relative_link);
+        headers.remove(http::header::LINK);
+        if let Some(Ok(value)) = link.map(|l| http::HeaderValue::from_str(&l)) {
+            headers.insert(http::header::LINK, value);
+        }
         Ok((bytes, headers))
     }
 
@@ -419,7 +457,7 @@ impl Upstream {
             .map(str::to_owned);
         let authorization = self
             .auth
-            .after_unauthorized(challenge.as_deref(), &scope)
+            .after_unauthorized(resp.url(), challenge.as_deref(), &scope)
             .await?;
         let resp = self.send_with_retries(call, &url, &authorization).await?;
         self.record_rate_limit(resp.headers());
@@ -487,6 +525,20 @@ impl Upstream {
                 .with_label_values(&[self.name(), call.kind()])
                 .observe(started.elapsed().as_secs_f64());
             let resp = sent.map_err(UpstreamError::from_reqwest)?;
+            // Only the registry may ask us to authenticate; a redirect target
+            // that does is failing, whether or not we sent a token first.
+            if resp.status() == StatusCode::UNAUTHORIZED
+                && url.origin() != self.settings.url.origin()
+            {
+                tracing::warn!(
+                    upstream = %self.name(),
+                    host = url.host_str().unwrap_or(""),
+                    "a redirect target answered 401; not treated as a challenge"
+                );
+                return Err(UpstreamError::Protocol(
+                    "a redirect target answered 401 Unauthorized".into(),
+                ));
+            }
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
@@ -495,12 +547,23 @@ impl Upstream {
                 .get(http::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| UpstreamError::Protocol("redirect without Location".into()))?;
-            url = url
+            let next = url
                 .join(location)
                 .map_err(|_| UpstreamError::Protocol("redirect to an invalid URL".into()))?;
-            if !matches!(url.scheme(), "http" | "https") {
+            if !matches!(next.scheme(), "http" | "https") {
                 return Err(UpstreamError::Protocol("redirect to a non-HTTP URL".into()));
             }
+            if let Some(why) = refuse_redirect(&self.settings.url, &url, &next) {
+                // The host only: the rest of a redirect URL may be signed.
+                tracing::warn!(
+                    upstream = %self.name(),
+                    host = next.host_str().unwrap_or(""),
+                    reason = why,
+                    "redirect refused"
+                );
+                return Err(UpstreamError::Protocol(format!("redirect refused: {why}")));
+            }
+            url = next;
         }
         Err(UpstreamError::Protocol("too many redirects".into()))
     }
@@ -541,12 +604,141 @@ fn expect_success(resp: reqwest::Response) -> Result<reqwest::Response, Upstream
     })
 }
 
-fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_owned()
+/// Media types a manifest may be served with: the known manifest kinds,
+/// Docker's unsigned schema 1 and the OCI artifact manifest of the 1.1
+/// drafts.
+fn is_manifest_media_type(content_type: &str) -> bool {
+    const ALSO: [&str; 2] = [
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.oci.artifact.manifest.v1+json",
+    ];
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    MANIFEST_MEDIA_TYPES
+        .iter()
+        .chain(ALSO.iter())
+        .any(|m| m.eq_ignore_ascii_case(essence))
+}
+
+fn not_a_manifest() -> UpstreamError {
+    UpstreamError::Protocol("upstream answered a manifest request with a non-manifest type".into())
+}
+
+/// The media type to store a fetched manifest under. Whatever the
+/// upstream (or a host it redirected us to) sends is served to clients
+/// byte for byte under this type, so an HTML page or a blob must never
+/// pass: the type must be a manifest's and the body must be JSON. With no
+/// Content-Type at all, the manifest's own `mediaType` field decides.
+fn manifest_media_type(declared: Option<&str>, bytes: &[u8]) -> Result<String, UpstreamError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    let body: Body = serde_json::from_slice(bytes)
+        .map_err(|_| UpstreamError::Protocol("manifest is not a JSON object".into()))?;
+    let media_type = match declared {
+        Some(declared) => declared.to_owned(),
+        None => body.media_type.ok_or_else(not_a_manifest)?,
+    };
+    if is_manifest_media_type(&media_type) {
+        Ok(media_type)
+    } else {
+        Err(not_a_manifest())
+    }
+}
+
+/// A `Link` header with every absolute target reduced to its path and
+/// query (`<https://host/v2/x/tags/list?n=1>; rel="next"` becomes
+/// `</v2/x/tags/list?n=1>; rel="next"`); relative targets stay as they are.
+fn relative_link(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(open) = rest.find('<') {
+        let Some(close) = rest[open..].find('>') else {
+            break;
+        };
+        let target = &rest[open + 1..open + close];
+        out.push_str(&rest[..=open]);
+        match Url::parse(target) {
+            Ok(url) => {
+                out.push_str(url.path());
+                if let Some(query) = url.query() {
+                    out.push('?');
+                    out.push_str(query);
+                }
+            }
+            Err(_) => out.push_str(target),
+        }
+        out.push('>');
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where an IP literal (or `localhost`) points, for the redirect rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AddressClass {
+    Loopback,
+    LinkLocal,
+    Private,
+}
+
+impl AddressClass {
+    fn of(url: &Url) -> Option<AddressClass> {
+        match url.host()? {
+            url::Host::Domain(name) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                (name == "localhost" || name.ends_with(".localhost"))
+                    .then_some(AddressClass::Loopback)
+            }
+            url::Host::Ipv4(ip) => Self::of_v4(ip),
+            url::Host::Ipv6(ip) => match ip.to_ipv4_mapped() {
+                Some(v4) => Self::of_v4(v4),
+                None if ip.is_loopback() || ip.is_unspecified() => Some(AddressClass::Loopback),
+                None if ip.segments()[0] & 0xffc0 == 0xfe80 => Some(AddressClass::LinkLocal),
+                None if ip.segments()[0] & 0xfe00 == 0xfc00 => Some(AddressClass::Private),
+                None => None,
+            },
+        }
+    }
+
+    fn of_v4(ip: std::net::Ipv4Addr) -> Option<AddressClass> {
+        let [a, b, ..] = ip.octets();
+        if ip.is_loopback() || ip.is_unspecified() {
+            // 0.0.0.0 reaches this host too.
+            Some(AddressClass::Loopback)
+        } else if ip.is_link_local() {
+            Some(AddressClass::LinkLocal)
+        } else if ip.is_private() || (a == 100 && (64..128).contains(&b)) {
+            // RFC 1918 and the carrier-grade NAT range.
+            Some(AddressClass::Private)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why the redirect from `from` to `to` must not be followed, if it must
+/// not. A hostile or compromised upstream could otherwise make the mirror
+/// fetch (and cache, and serve) what only it can reach: this host's
+/// services, the cloud metadata address, the internal network. Names are
+/// not resolved here, only IP literals and `localhost` are judged; and an
+/// upstream that is itself on such an address (a lab registry, the tests on
+/// 127.0.0.1) may redirect within its own class of address.
+fn refuse_redirect(upstream: &Url, from: &Url, to: &Url) -> Option<&'static str> {
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Some("https to http downgrade");
+    }
+    let target = AddressClass::of(to)?;
+    if AddressClass::of(upstream) == Some(target) {
+        return None;
+    }
+    Some(match target {
+        AddressClass::Loopback => "target is a loopback address",
+        AddressClass::LinkLocal => "target is a link-local address",
+        AddressClass::Private => "target is a private address",
+    })
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -613,6 +805,79 @@ mod tests {
     use super::*;
 
     #[test]
+    fn redirects_stay_off_internal_addresses_and_keep_https() {
+        let url = |s: &str| Url::parse(s).expect("url");
+        let hub = url("https://registry-1.docker.io/v2/");
+        let refused = |to: &str| refuse_redirect(&hub, &hub, &url(to));
+        assert_eq!(refused("https://cdn.example/blob?sig=x"), None);
+        assert!(refused("http://cdn.example/blob").is_some(), "downgrade");
+        for internal in [
+            "https://127.0.0.1/",
+            "https://127.1.2.3:8080/",
+            "https://0.0.0.0/",
+            "https://localhost/",
+            "https://api.localhost/",
+            "https://2130706433/",
+            "https://[::1]/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://[fe80::1]/",
+            "https://10.1.2.3/",
+            "https://172.16.0.1/",
+            "https://192.168.1.1/",
+            "https://100.64.0.1/",
+            "https://[fd00::1]/",
+        ] {
+            assert!(refused(internal).is_some(), "{internal} followed");
+        }
+        // An upstream on an internal address may redirect within its class
+        // (a lab registry and its storage), never to another class.
+        let lab = url("http://127.0.0.1:5000/");
+        assert_eq!(
+            refuse_redirect(&lab, &lab, &url("http://127.0.0.1:9000/b")),
+            None
+        );
+        assert!(refuse_redirect(&lab, &lab, &url("http://169.254.169.254/")).is_some());
+        let lan = url("http://10.0.0.5:5000/");
+        assert_eq!(
+            refuse_redirect(&lan, &lan, &url("http://192.168.0.9/b")),
+            None
+        );
+        assert!(refuse_redirect(&lan, &lan, &url("http://127.0.0.1/")).is_some());
+    }
+
+    #[test]
+    fn manifests_need_a_manifest_type_and_a_json_body() {
+        let oci = "application/vnd.oci.image.manifest.v1+json";
+        let body =
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+        assert_eq!(
+            manifest_media_type(Some(oci), body).ok().as_deref(),
+            Some(oci)
+        );
+        assert!(manifest_media_type(Some(&format!("{oci}; charset=utf-8")), body).is_ok());
+        assert_eq!(manifest_media_type(None, body).ok().as_deref(), Some(oci));
+        assert!(manifest_media_type(Some("text/html"), body).is_err());
+        assert!(manifest_media_type(Some("application/octet-stream"), body).is_err());
+        assert!(manifest_media_type(Some("application/json"), body).is_err());
+        assert!(manifest_media_type(Some(oci), b"<html><script>").is_err());
+        assert!(manifest_media_type(None, b"{}").is_err());
+    }
+
+    #[test]
+    fn tag_list_links_become_relative() {
+        assert_eq!(
+            relative_link(r#"<https://registry.example/v2/x/tags/list?n=2&last=b>; rel="next""#),
+            r#"</v2/x/tags/list?n=2&last=b>; rel="next""#
+        );
+        assert_eq!(
+            relative_link(r#"</v2/x/tags/list?n=2&last=b>; rel="next""#),
+            r#"</v2/x/tags/list?n=2&last=b>; rel="next""#
+        );
+        assert_eq!(relative_link("garbage <unclosed"), "garbage <unclosed");
+    }
+
+    #[test]
     fn outages_are_distinguished_from_answers() {
         let status = |s| UpstreamError::Status {
             status: s,
@@ -623,5 +888,6 @@ mod tests {
         assert!(!status(404).is_outage());
         assert!(UpstreamError::Timeout.is_outage());
         assert!(!UpstreamError::Auth("x").is_outage());
+        assert!(UpstreamError::TokenService("x").is_outage());
     }
 }

@@ -2,6 +2,7 @@
 //! and Basic credentials for private repositories, and the bearer checks and
 //! challenges of the registry API.
 
+use super::faults::Fault;
 use super::server::{json, oci_error, signature, Body};
 use super::{lock, Kind, State, TokenRequest, SERVICE};
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -101,13 +102,23 @@ pub fn authorized(state: &State, req: &Request<Incoming>, repo: Option<&str>) ->
 
 pub fn challenge(state: &State, repo: Option<&str>) -> Response<Body> {
     state.counters.add(Kind::Unauthorized, 1);
-    let mut value = format!(
-        "Bearer realm=\"{}/token\",service=\"{SERVICE}\"",
-        state.registry_url
-    );
-    if let Some(repo) = repo {
-        value.push_str(&format!(",scope=\"repository:{repo}:pull\""));
-    }
+    let injected = lock(&state.faults)
+        .matching(None)
+        .into_iter()
+        .find_map(|fault| match fault {
+            Fault::Challenge(value) => Some(value),
+            _ => None,
+        });
+    let value = injected.unwrap_or_else(|| {
+        let mut value = format!(
+            "Bearer realm=\"{}/token\",service=\"{SERVICE}\"",
+            state.registry_url
+        );
+        if let Some(repo) = repo {
+            value.push_str(&format!(",scope=\"repository:{repo}:pull\""));
+        }
+        value
+    });
     let mut response = oci_error(
         StatusCode::UNAUTHORIZED,
         "UNAUTHORIZED",

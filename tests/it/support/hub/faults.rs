@@ -48,6 +48,26 @@ pub enum Fault {
     /// Wait this long before answering: registry requests under
     /// `/v2/<name>/`, CDN GETs and, with `Target::All`, token requests.
     Delay(Duration),
+    /// Registry 401s carry this `WWW-Authenticate` value instead of the
+    /// hub's own challenge (a malformed or dead realm).
+    Challenge(String),
+    /// CDN GETs answer 401 with this `WWW-Authenticate` value: a redirect
+    /// target naming a realm of its own.
+    CdnChallenge(String),
+    /// Token requests answer 200 with a JSON body whose token is this many
+    /// bytes long, streamed without a Content-Length; the bytes handed to
+    /// the connection count as `TokenBytesSent`.
+    HugeToken(u64),
+    /// Token requests answer 200 and then send a space every 500 ms,
+    /// never finishing the body.
+    TokenTrickle,
+    /// Registry requests under `/v2/<name>/` (after auth) answer 307 to
+    /// this URL: an upstream sending the mirror somewhere else.
+    Redirect(String),
+    /// Manifest responses (GET and HEAD) carry this Content-Type.
+    ContentType(String),
+    /// `tags/list` responses carry this `Link` header.
+    TagsLink(String),
 }
 
 /// The active faults, settable while the hub runs.

@@ -43,6 +43,8 @@ pub enum Kind {
     CdnBytesSent,
     /// Tokens issued.
     TokenFetch,
+    /// Token body bytes handed to connections under `Fault::HugeToken`.
+    TokenBytesSent,
     /// Token requests refused (private repository, wrong credentials).
     TokenRefused,
     /// Registry requests answered 401 for want of a valid token.
@@ -163,6 +165,15 @@ impl Hub {
     /// The CDN's base URL.
     pub fn cdn_url(&self) -> String {
         self.state.cdn_url.clone()
+    }
+
+    /// The signed CDN URL the registry redirects GETs of blob `digest` to.
+    pub fn cdn_blob_url(&self, digest: &str) -> String {
+        format!(
+            "{}/{digest}?sig={}",
+            self.state.cdn_url,
+            server::signature(digest)
+        )
     }
 
     /// Stops the listeners and waits until they are closed, so the next

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -85,13 +85,71 @@ async fn route(state: Arc<State>, which: Listener, req: Request<Incoming>) -> Re
                 Fault::TokenStatus(status) => Some(*status),
                 _ => None,
             });
-            match failing {
-                Some(status) => token_failure(status),
-                None => auth::token(&state, &req),
+            if let Some(status) = failing {
+                return token_failure(status);
             }
+            for fault in &faults {
+                match fault {
+                    Fault::HugeToken(len) => return huge_token(&state, *len),
+                    Fault::TokenTrickle => return trickled_token(),
+                    _ => {}
+                }
+            }
+            auth::token(&state, &req)
         }
         Site::Registry => registry(&state, &req).await,
     }
+}
+
+/// A 200 token answer `{"expires_in":300,"token":"aaa…"}` with a
+/// `len`-byte token, in 64 KiB frames made as the client reads, so a client
+/// that stops reading stops the stream.
+fn huge_token(state: &State, len: u64) -> Response<Body> {
+    const FRAME: u64 = 64 * 1024;
+    let filler = Bytes::from(vec![b'a'; FRAME as usize]);
+    let counters = state.counters.clone();
+    // (stage, token bytes left): 0 opens the JSON, 1 sends the token, 2 ends.
+    let frames = futures_util::stream::unfold((0u8, len), move |(stage, left)| {
+        let (filler, counters) = (filler.clone(), counters.clone());
+        async move {
+            let (piece, next) = match (stage, left) {
+                (0, _) => (
+                    Bytes::from_static(br#"{"expires_in":300,"token":""#),
+                    (1, left),
+                ),
+                (1, 0) => (Bytes::from_static(br#""}"#), (2, 0)),
+                (1, _) => {
+                    let n = FRAME.min(left);
+                    (filler.slice(..n as usize), (1, left - n))
+                }
+                _ => return None,
+            };
+            counters.add(Kind::TokenBytesSent, piece.len() as u64);
+            Some((Ok::<_, std::io::Error>(Frame::data(piece)), next))
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(StreamBody::new(frames).boxed())
+        .expect("response")
+}
+
+/// A 200 token answer whose body never ends: a space every 500 ms (JSON
+/// allows leading whitespace, so only a bound in time stops a reader).
+fn trickled_token() -> Response<Body> {
+    let frames = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Some((
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b" "))),
+            (),
+        ))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(StreamBody::new(frames).boxed())
+        .expect("response")
 }
 
 /// What a failing token service answers.
@@ -180,6 +238,18 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
     if let Some(response) = apply_faults(&faults).await {
         return response;
     }
+    let redirect = faults.iter().find_map(|fault| match fault {
+        Fault::Redirect(location) => Some(location.clone()),
+        _ => None,
+    });
+    if let Some(location) = redirect {
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, location)
+            .header(header::CONTENT_LENGTH, 0)
+            .body(empty())
+            .expect("response");
+    }
     let head = req.method() == Method::HEAD;
     match route {
         Route::Manifest { reference, .. } => {
@@ -201,7 +271,20 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
             manifest(state, name, reference, digest, head, &faults)
         }
         Route::Blob { digest, .. } => blob(state, name, digest, head),
-        Route::Tags { .. } => tags(state, name),
+        Route::Tags { .. } => {
+            let mut response = tags(state, name);
+            let link = faults.iter().find_map(|fault| match fault {
+                Fault::TagsLink(link) => Some(link.clone()),
+                _ => None,
+            });
+            if let Some(link) = link {
+                response.headers_mut().insert(
+                    header::LINK,
+                    HeaderValue::from_str(&link).expect("link header"),
+                );
+            }
+            response
+        }
     }
 }
 
@@ -271,9 +354,16 @@ fn manifest(
             ),
         );
     };
+    let content_type = faults
+        .iter()
+        .find_map(|fault| match fault {
+            Fault::ContentType(value) => Some(value.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| stored.media_type.clone());
     let mut builder = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, &stored.media_type)
+        .header(header::CONTENT_TYPE, content_type)
         .header("docker-content-digest", &digest)
         .header(header::CONTENT_LENGTH, stored.bytes.len())
         .header(header::ETAG, format!("\"{digest}\""))
@@ -361,6 +451,18 @@ async fn cdn(state: &State, req: &Request<Incoming>) -> Response<Body> {
     }
     let faults = state.faults_for(Some(digest));
     if let Some(response) = apply_faults(&faults).await {
+        return response;
+    }
+    let challenge = faults.iter().find_map(|fault| match fault {
+        Fault::CdnChallenge(value) => Some(value.clone()),
+        _ => None,
+    });
+    if let Some(value) = challenge {
+        let mut response = plain(StatusCode::UNAUTHORIZED, "authentication required");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&value).expect("challenge header"),
+        );
         return response;
     }
     let Some(bytes) = lock(&state.store).blob(digest) else {
