@@ -206,7 +206,7 @@ fn pulls_past_max_size_evict_least_recently_used_images() {
         .collect();
     let layer = |i: usize| images[i].layer_digests[0].as_str();
     let max_size = 8 * MIB;
-    let mirror = Mirror::start(&registry.url(), &["--max-size", "8MiB"]);
+    let mirror = Mirror::legacy_start(&registry.url(), &["--max-size", "8MiB"]);
     let cache = mirror.cache_dir.clone();
     let mut copies = 0;
     let mut pull_ = |i: usize| {
@@ -411,7 +411,7 @@ fn eviction_racing_a_slow_reader_keeps_its_blob() {
         registry.url()
     ));
     let config = config.to_string_lossy().into_owned();
-    let mirror = Mirror::start(&registry.url(), &["--config", &config]);
+    let mirror = Mirror::legacy_start(&registry.url(), &["--config", &config]);
     let cache = mirror.cache_dir.clone();
 
     get_blob(mirror.addr, "race-big", x);
@@ -478,7 +478,7 @@ fn blob_larger_than_max_size_streams_through_uncached() {
     let registry = Registry::start(&tmp.path().join("registry"));
     let image = seed(&registry, tmp.path(), "huge", 300, &[1_500_000, 10_000]);
     let (huge, small) = (&image.layer_digests[0], &image.layer_digests[1]);
-    let mirror = Mirror::start(&registry.url(), &["--max-size", "1MiB"]);
+    let mirror = Mirror::legacy_start(&registry.url(), &["--max-size", "1MiB"]);
 
     get_blob(mirror.addr, "huge", huge);
     assert!(
@@ -524,7 +524,7 @@ fn cache_stats_and_ls_describe_pulled_images_and_refuse_a_running_server() {
     let beta2 = oci_layout::write_image(&beta2_layout, "v2", 402, &[40_000]);
     registry.seed(&beta2_layout, "v2", "library/stats-beta:v2");
 
-    let mut mirror = Mirror::start(&registry.url(), &[]);
+    let mut mirror = Mirror::legacy_start(&registry.url(), &[]);
     let cache = mirror.cache_dir.clone();
     let dir = cache.to_string_lossy().into_owned();
     pull(
@@ -682,7 +682,7 @@ async fn concurrent_downloads_never_push_the_cache_past_max_size() {
     // Each layer takes about 2 s, so all three downloads overlap.
     hub.set_fault(Target::All, Fault::Throttle(2 * MIB));
     let mirror =
-        tokio::task::block_in_place(|| Mirror::start(&hub.url(), &["--max-size", "10MiB"]));
+        tokio::task::block_in_place(|| Mirror::legacy_start(&hub.url(), &["--max-size", "10MiB"]));
 
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {

@@ -33,7 +33,7 @@ fn populated() -> Populated {
     let q = seed(&registry, tmp.path(), "repair-q", 501, &[150_000]);
     let r = seed(&registry, tmp.path(), "repair-r", 502, &[100_000]);
     let cache = tmp.path().join("cache");
-    let mut mirror = Mirror::start_with_cache(&registry.url(), &cache, &[]);
+    let mut mirror = Mirror::legacy_start_with_cache(&registry.url(), &cache, &[]);
     for digest in std::iter::once(&p.config_digest).chain(&p.layer_digests) {
         get_blob(mirror.addr, "repair-p", digest);
     }
@@ -133,7 +133,7 @@ fn startup_reconciliation_repairs_a_damaged_cache() {
     }
     let s = populated();
     let damage = break_cache(&s);
-    let mirror = Mirror::start_with_cache(&s.registry.url(), &s.cache, &[]);
+    let mirror = Mirror::legacy_start_with_cache(&s.registry.url(), &s.cache, &[]);
 
     assert!(!damage.temp.exists(), "tmp/ is emptied at start-up");
     wait_for("corrupt and stray files removed", SETTLE, || {
@@ -278,7 +278,7 @@ fn gc_repairs_a_damaged_cache_offline_and_dry_run_changes_nothing() {
     assert_eq!(stats["bytes"], blob_bytes(&s.cache), "{stats}");
 
     // The repaired cache serves: the orphan from disk, the rest refetched.
-    let mirror = Mirror::start_with_cache(&s.registry.url(), &s.cache, &[]);
+    let mirror = Mirror::legacy_start_with_cache(&s.registry.url(), &s.cache, &[]);
     get_blob(mirror.addr, "repair-q", &s.q.layer_digests[0]);
     assert_eq!(
         upstream_gets(&s.registry, "repair-q", &s.q.layer_digests[0]),
@@ -333,7 +333,7 @@ fn gc_max_size_evicts_least_recently_used_first() {
         &[1_000_000, 1_000_000, 1_000_000],
     );
     let cache = tmp.path().join("cache");
-    let mut mirror = Mirror::start_with_cache(&registry.url(), &cache, &[]);
+    let mut mirror = Mirror::legacy_start_with_cache(&registry.url(), &cache, &[]);
     // Used in the order 2, 0, 1 (a second apart): 2 is the least recent.
     let order = [2, 0, 1];
     for (n, &i) in order.iter().enumerate() {
@@ -400,7 +400,7 @@ fn access_times_survive_a_clean_shutdown() {
     let image = seed(&registry, tmp.path(), "touch", 700, &[1_000_000, 1_000_000]);
     let (first, second) = (&image.layer_digests[0], &image.layer_digests[1]);
     let cache = tmp.path().join("cache");
-    let mut mirror = Mirror::start_with_cache(&registry.url(), &cache, &[]);
+    let mut mirror = Mirror::legacy_start_with_cache(&registry.url(), &cache, &[]);
     get_blob(mirror.addr, "touch", first);
     std::thread::sleep(NEXT_SECOND);
     get_blob(mirror.addr, "touch", second);

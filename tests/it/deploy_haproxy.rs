@@ -156,7 +156,7 @@ fn docker_pulls_through_haproxy_and_survives_a_killed_replica() {
     let config = deploy_path("pullthrough.toml");
     let config = config.to_str().expect("UTF-8 path");
     let mut replicas: Vec<Mirror> = (0..3)
-        .map(|_| Mirror::start(&registry.url(), &["--config", config]))
+        .map(|_| Mirror::legacy_start(&registry.url(), &["--config", config]))
         .collect();
     let balancer = Balancer::start(&replicas.iter().collect::<Vec<_>>());
     let docker = DockerDaemon::start(&balancer.url());

@@ -82,7 +82,7 @@ fn metrics_after_a_pull_pass_promtool_check_metrics() {
     let registry = Registry::start(&tmp.path().join("registry"));
     oci_layout::write_image(&tmp.path().join("image"), "v1", 61, &[300_000, 20_000]);
     registry.seed(&tmp.path().join("image"), "v1", "library/deploy-metrics:v1");
-    let mirror = Mirror::start(&registry.url(), &[]);
+    let mirror = Mirror::legacy_start(&registry.url(), &[]);
 
     skopeo_pull(&mirror, "deploy-metrics:v1", &tmp.path().join("pull1"));
     let cold = scrape(mirror.addr);
@@ -198,7 +198,7 @@ fn prometheus_scrapes_a_live_mirror_with_the_shipped_config_and_rules() {
     if !require_tool("prometheus") {
         return;
     }
-    let mirror = Mirror::start("http://127.0.0.1:9", &[]);
+    let mirror = Mirror::legacy_start("http://127.0.0.1:9", &[]);
     for _ in 0..3 {
         let _ = deploy::get(mirror.addr, "/v2/");
     }

@@ -19,7 +19,7 @@ async fn setup(size: usize, rate: u64) -> (Hub, Mirror, String, bytes::Bytes) {
     let image = hub.push_image("library/app", "v1", &[size]);
     let (digest, bytes) = image.layers[0].clone();
     hub.set_fault(Target::Digest(digest.clone()), Fault::Throttle(rate));
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = tokio::task::block_in_place(|| Mirror::legacy_start(&hub.url(), &[]));
     (hub, mirror, digest, bytes)
 }
 
@@ -251,7 +251,7 @@ async fn concurrent_manifest_misses_share_one_upstream_get() {
     let image = hub.push_image("library/app", "v1", &[10]);
     let slow = Duration::from_millis(400);
     hub.set_fault(Target::All, Fault::Delay(slow));
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = tokio::task::block_in_place(|| Mirror::legacy_start(&hub.url(), &[]));
     let url = format!(
         "{}/v2/library/app/manifests/{}",
         mirror.url(),
@@ -280,7 +280,7 @@ async fn concurrent_misses_in_one_repository_share_one_token() {
         .map(|i| hub.push_image("library/app", &format!("v{i}"), &[10]))
         .collect();
     hub.set_fault(Target::All, Fault::Delay(Duration::from_millis(300)));
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = tokio::task::block_in_place(|| Mirror::legacy_start(&hub.url(), &[]));
     let client = client();
     let mut tasks = JoinSet::new();
     for image in &images {
@@ -314,7 +314,7 @@ async fn concurrent_misses_in_one_repository_share_one_token() {
 async fn a_404_for_one_repository_is_not_shared_with_another() {
     let hub = Hub::start().await;
     let image = hub.push_image("library/app", "v1", &[64 * 1024]);
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = tokio::task::block_in_place(|| Mirror::legacy_start(&hub.url(), &[]));
     // Every registry answer takes a moment, so the two requests overlap.
     hub.set_fault(Target::All, Fault::Delay(Duration::from_millis(500)));
     let (layer, layer_bytes) = &image.layers[0];

@@ -60,8 +60,9 @@ fn upstreams_toml(entries: &[(&str, &str, &str)]) -> String {
 fn mirror_with(first_url: &str, toml: &str) -> (Mirror, tempfile::TempDir) {
     let (dir, path) = config_file(toml);
     let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror =
-        tokio::task::block_in_place(|| Mirror::start(first_url, &["--config", path.as_str()]));
+    let mirror = tokio::task::block_in_place(|| {
+        Mirror::legacy_start(first_url, &["--config", path.as_str()])
+    });
     (mirror, dir)
 }
 
@@ -261,7 +262,7 @@ async fn with_one_upstream_a_dotted_name_is_a_repository_unless_it_is_a_known_re
     let hub = Hub::start().await;
     let dotted = hub.push_image("my.team/app", "v1", &[100]);
     let official = hub.push_image("library/app", "v1", &[200]);
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = tokio::task::block_in_place(|| Mirror::legacy_start(&hub.url(), &[]));
 
     assert_manifest(
         get(&mirror.url(), "/v2/my.team/app/manifests/v1").await,
@@ -655,7 +656,7 @@ impl TwoRegistries {
         let toml = upstreams_toml(&[("docker.io", &hub.url(), ""), ("ghcr.io", &ghcr.url(), "")]);
         let (config, path) = config_file(&toml);
         let path = path.to_str().expect("utf-8").to_string();
-        let mirror = Mirror::start(&hub.url(), &["--config", path.as_str()]);
+        let mirror = Mirror::legacy_start(&hub.url(), &["--config", path.as_str()]);
         TwoRegistries {
             hub_log_mark: hub.log().len(),
             ghcr_log_mark: ghcr.log().len(),

@@ -286,7 +286,7 @@ async fn the_tls_listener_is_verified_by_curl_and_skopeo_and_speaks_h2() {
     let (cert, key) = ca.issue("first", "1001");
     let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let mirror = tokio::task::block_in_place(|| {
-        Mirror::start(&hub.url(), &["--tls-cert", cert_s, "--tls-key", key_s])
+        Mirror::legacy_start(&hub.url(), &["--tls-cert", cert_s, "--tls-key", key_s])
     });
     let port = mirror.addr.port();
     let base = format!("https://127.0.0.1:{port}");
@@ -384,7 +384,7 @@ async fn a_new_certificate_is_served_after_sighup_and_old_connections_keep_worki
     let mirror = live.serve(&hub);
     let cert = live.cert.clone();
     let port = mirror.addr.port();
-    let pid = mirror.pid().expect("running").to_string();
+    let pid = mirror.pid().to_string();
     let connector = tls_connector(&ca.ca_file());
 
     let mut old = tls_connect(&connector, port).await;
@@ -423,7 +423,7 @@ async fn a_new_certificate_is_served_after_sighup_and_old_connections_keep_worki
         "old connection after reload"
     );
     assert_eq!(get_on(&mut old, "/healthz").await.0, 200);
-    assert_eq!(mirror.pid().map(|p| p.to_string()), Some(pid.clone()));
+    assert_eq!(mirror.pid().to_string(), pid);
 
     // A broken certificate file plus SIGHUP: the mirror keeps serving the
     // last good certificate instead of failing handshakes or exiting.
@@ -501,8 +501,9 @@ fn mirror_with_client_auth(hub: &Hub) -> (Mirror, tempfile::TempDir) {
     let path = dir.path().join("pullthrough.toml");
     std::fs::write(&path, toml).expect("write config");
     let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror =
-        tokio::task::block_in_place(|| Mirror::start(&hub.url(), &["--config", path.as_str()]));
+    let mirror = tokio::task::block_in_place(|| {
+        Mirror::legacy_start(&hub.url(), &["--config", path.as_str()])
+    });
     (mirror, dir)
 }
 
@@ -717,7 +718,7 @@ impl LiveCert {
     fn serve(&self, hub: &Hub) -> Mirror {
         let (cert, key) = (self.cert.to_str().unwrap(), self.key.to_str().unwrap());
         tokio::task::block_in_place(|| {
-            Mirror::start(&hub.url(), &["--tls-cert", cert, "--tls-key", key])
+            Mirror::legacy_start(&hub.url(), &["--tls-cert", cert, "--tls-key", key])
         })
     }
 

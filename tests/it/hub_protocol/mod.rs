@@ -24,7 +24,7 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 
 /// A mirror of `hub` with default settings.
 fn mirror_of(hub: &Hub) -> Mirror {
-    tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]))
+    tokio::task::block_in_place(|| Mirror::legacy_start(&hub.url(), &[]))
 }
 
 /// A mirror of `hub` started with a config file holding `upstream_extra`
@@ -36,8 +36,9 @@ fn mirror_with_config(hub: &Hub, upstream_extra: &str) -> (Mirror, tempfile::Tem
     );
     let (dir, path) = config_file(&toml);
     let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror =
-        tokio::task::block_in_place(|| Mirror::start(&hub.url(), &["--config", path.as_str()]));
+    let mirror = tokio::task::block_in_place(|| {
+        Mirror::legacy_start(&hub.url(), &["--config", path.as_str()])
+    });
     (mirror, dir)
 }
 

@@ -35,7 +35,8 @@ const PAST_TTL: Duration = Duration::from_millis(1150);
 fn mirror_with(upstream: &str, extra: &str) -> (Mirror, tempfile::TempDir) {
     let (dir, path) = upstream_config(upstream, extra);
     let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror = tokio::task::block_in_place(|| Mirror::start(upstream, &["--config", &path]));
+    let mirror =
+        tokio::task::block_in_place(|| Mirror::legacy_start(upstream, &["--config", &path]));
     (mirror, dir)
 }
 
@@ -44,7 +45,7 @@ fn mirror_on(upstream: &str, cache: &Path, extra: &str) -> (Mirror, tempfile::Te
     let (dir, path) = upstream_config(upstream, extra);
     let path = path.to_str().expect("utf-8 path").to_string();
     let mirror = tokio::task::block_in_place(|| {
-        Mirror::start_with_cache(upstream, cache, &["--config", &path])
+        Mirror::legacy_start_with_cache(upstream, cache, &["--config", &path])
     });
     (mirror, dir)
 }

@@ -1,5 +1,6 @@
-//! Helpers shared by every suite: the pullthrough process, ports, hashing,
-//! and the rule that a missing real component fails under CI.
+//! Helpers shared by every suite: the mirror ([`mirror::Mirror`]), ports,
+//! hashing, polling, metrics, and the rule that a missing real component
+//! fails under CI.
 
 #![allow(dead_code)]
 
@@ -7,6 +8,7 @@ pub mod client;
 pub mod deploy;
 pub mod docker;
 pub mod hub;
+pub mod metrics;
 pub mod mirror;
 pub mod oci_layout;
 pub mod process;
@@ -14,6 +16,42 @@ pub mod registry;
 
 use sha2::{Digest as _, Sha256};
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// The manifest Accept list the suites send, as Docker and containerd do.
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json;q=0.9, \
+    application/vnd.docker.distribution.manifest.v2+json;q=0.8";
+
+/// How often [`wait_until`] looks.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Polls `check` until it returns `Some` (bounded by `timeout`, and so in
+/// count) and returns the value; panics naming `what` otherwise. Works from
+/// sync tests and multi-thread `#[tokio::test]`s alike (it steps off the
+/// runtime's worker while it sleeps).
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let mut poll = || {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
+    };
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(poll)
+        }
+        _ => poll(),
+    }
+}
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
