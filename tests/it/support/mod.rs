@@ -24,6 +24,13 @@ pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json;q=0.9, \
     application/vnd.docker.distribution.manifest.v2+json;q=0.8";
 
+/// Runs `future` to its end from inside a [`wait_until`] condition (which
+/// runs off the test runtime's workers) or any multi-thread tokio test.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| handle.block_on(future))
+}
+
 /// How often [`wait_until`] looks.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
