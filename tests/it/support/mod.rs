@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod deploy;
 pub mod docker;
@@ -29,6 +31,22 @@ pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let handle = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| handle.block_on(future))
+}
+
+/// Waits until the system clock's whole second changes: the cache keeps
+/// access times in whole seconds, so two uses on either side of this call
+/// are ordered for the LRU.
+pub fn next_second() {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    let start = now();
+    wait_until("the next second", Duration::from_secs(2), || {
+        (now() > start).then_some(())
+    });
 }
 
 /// How often [`wait_until`] looks.
