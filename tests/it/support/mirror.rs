@@ -316,13 +316,12 @@ impl Mirror {
     /// The exit status, waited for at most `within`.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let child = self.child();
-        let status = blocking(|| {
+        // The child stays (exited) so its stderr can still be read.
+        blocking(|| {
             wait_until("pullthrough to exit", within, || {
                 child.child.try_wait().expect("try_wait")
             })
-        });
-        self.running = Running::Stopped;
-        status
+        })
     }
 
     /// SIGTERM and the exit status (SIGKILL after 30 s).
