@@ -12,7 +12,6 @@ mod hostile;
 mod hub_protocol;
 mod hub_selftest;
 mod inflight;
-mod mirror_process;
 mod operations;
 mod resilience;
 mod routing;

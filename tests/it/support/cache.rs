@@ -43,3 +43,33 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
 pub fn blob_bytes(cache: &Path) -> u64 {
     files_under(&cache.join("blobs")).iter().map(|f| f.1).sum()
 }
+
+/// Every path under `dir` (files and directories), relative to it, except
+/// what lies under `skip` (a relative path).
+pub fn paths_under(dir: &Path, skip: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    // Bounded: a test directory never holds this many entries.
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let relative = path.strip_prefix(dir).expect("under dir").to_path_buf();
+            if relative.starts_with(skip) {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(path);
+            }
+            found.push(relative);
+            assert!(
+                found.len() < 100_000,
+                "runaway directory tree under {dir:?}"
+            );
+        }
+    }
+    found.sort();
+    found
+}

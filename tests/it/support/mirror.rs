@@ -265,8 +265,11 @@ impl Mirror {
     /// Stops gracefully: the shutdown future in-process, SIGTERM otherwise;
     /// bounded either way.
     pub fn stop(&mut self) {
-        let running = std::mem::replace(&mut self.running, Running::Stopped);
-        let result = blocking(|| running.stop());
+        let result = match &mut self.running {
+            // The child stays (exited) so its stderr can still be read.
+            Running::Process(child) => blocking(|| child.stop()),
+            running => blocking(|| std::mem::replace(running, Running::Stopped).stop()),
+        };
         if let Err(problem) = result {
             panic!("{problem}");
         }
@@ -494,17 +497,7 @@ impl Running {
     fn stop(self) -> Result<(), String> {
         match self {
             Running::InProcess(server) => server.stop(),
-            Running::Process(mut child) => {
-                let status = child.terminate(STOP_LIMIT);
-                if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "pullthrough exited with {status} on SIGTERM:\n{}",
-                        child.stderr()
-                    ))
-                }
-            }
+            Running::Process(mut child) => child.stop(),
             Running::Stopped => Ok(()),
         }
     }
@@ -741,6 +734,19 @@ impl ChildMirror {
 
     fn stderr(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.stderr_path).unwrap_or_default()).into_owned()
+    }
+
+    /// SIGTERM, bounded; an error unless it exits cleanly.
+    fn stop(&mut self) -> Result<(), String> {
+        let status = self.terminate(STOP_LIMIT);
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pullthrough exited with {status} on SIGTERM:\n{}",
+                self.stderr()
+            ))
+        }
     }
 
     /// SIGTERM, then the exit status; SIGKILL after `within`.
