@@ -779,24 +779,3 @@ impl Drop for ChildMirror {
         let _ = self.child.wait();
     }
 }
-
-impl Mirror {
-    /// The old launcher's shape, while suites move to the builder.
-    pub fn legacy_start(upstream: &str, args: &[&str]) -> Mirror {
-        legacy(Mirror::builder(upstream), args).start()
-    }
-
-    /// The old launcher's shape on an existing cache directory.
-    pub fn legacy_start_with_cache(upstream: &str, cache: &Path, args: &[&str]) -> Mirror {
-        legacy(Mirror::builder(upstream), args)
-            .cache_dir(cache)
-            .start()
-    }
-}
-
-fn legacy(mut builder: MirrorBuilder, args: &[&str]) -> MirrorBuilder {
-    for pair in args.chunks(2) {
-        builder = builder.arg(pair[0], pair[1]);
-    }
-    builder.process()
-}

@@ -56,15 +56,21 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 /// count) and returns the value; panics naming `what` otherwise. Works from
 /// sync tests and multi-thread `#[tokio::test]`s alike (it steps off the
 /// runtime's worker while it sleeps).
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let mut poll = || {
+pub fn wait_until<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, check).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// [`wait_until`] that returns `None` at the deadline instead of panicking,
+/// for callers that explain the failure themselves.
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let mut run = || {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(value) = check() {
-                return value;
+                return Some(value);
             }
             if Instant::now() >= deadline {
-                panic!("timed out after {timeout:?} waiting for {what}");
+                return None;
             }
             std::thread::sleep(POLL_EVERY);
         }
@@ -72,9 +78,9 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(poll)
+            tokio::task::block_in_place(run)
         }
-        _ => poll(),
+        _ => run(),
     }
 }
 
