@@ -3,190 +3,21 @@
 //! reader, blobs larger than the budget, and the offline inspection commands
 //! (`cache stats`, `cache ls`, `gc` refusing a cache in use).
 
-use crate::support::client::{config_file, files_named, hex_of};
+use crate::support::cache::{blob_bytes, blob_path, cached, files_under, SETTLE};
+use crate::support::cli::{pullthrough, pullthrough_json};
+use crate::support::client::{files_named, hex_of};
+use crate::support::metrics::sample_sum;
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout::{self, Image};
 use crate::support::process::run_bounded;
-use crate::support::registry::{self, Registry};
-use crate::support::{require_tool, sha256_digest};
+use crate::support::registry::{get_blob, pull, seed, tools_present, upstream_gets, Registry};
+use crate::support::{next_second, wait_until};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Longest wait for the evictor or the start-up reconciliation to act.
-pub const SETTLE: Duration = Duration::from_secs(15);
-
-/// Access times have one-second resolution: sleeping this long between two
-/// uses makes their order visible to the LRU.
-pub const NEXT_SECOND: Duration = Duration::from_millis(1100);
-
-pub fn tools_present() -> bool {
-    require_tool("docker-registry") && require_tool("skopeo")
-}
-
-/// Writes an image with one layer per size into its own layout under `root`
-/// and seeds it into the registry as `library/<name>:v1`.
-pub fn seed(registry: &Registry, root: &Path, name: &str, seed: u64, sizes: &[usize]) -> Image {
-    let layout = root.join(format!("layout-{name}"));
-    let image = oci_layout::write_image(&layout, "v1", seed, sizes);
-    registry.seed(&layout, "v1", &format!("library/{name}:v1"));
-    image
-}
-
-/// `skopeo copy docker://MIRROR/library/<name>:v1 dir:OUT` and checks every
-/// byte of the copy against the seeded image.
-pub fn pull(mirror: &Mirror, name: &str, image: &Image, out: &Path) {
-    let mut command = Command::new("skopeo");
-    command
-        .args(["copy", "--quiet", "--src-tls-verify=false"])
-        .arg(format!("docker://{}/library/{name}:v1", mirror.addr))
-        .arg(format!("dir:{}", out.display()));
-    let output = run_bounded(command, Duration::from_secs(60));
-    assert!(
-        output.status.success(),
-        "skopeo copy of {name} through the mirror failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let manifest = std::fs::read(out.join("manifest.json")).expect("copied manifest");
-    assert!(
-        manifest == image.manifest,
-        "{name}: manifest not byte-exact"
-    );
-    for digest in std::iter::once(&image.config_digest).chain(&image.layer_digests) {
-        let bytes = std::fs::read(out.join(hex_of(digest)))
-            .unwrap_or_else(|e| panic!("{name}: {digest} missing from the copy: {e}"));
-        assert_eq!(
-            sha256_digest(&bytes),
-            *digest,
-            "{name}: content of {digest}"
-        );
-    }
-}
-
-/// Where the cache keeps a complete blob.
-pub fn blob_path(cache: &Path, digest: &str) -> PathBuf {
-    let hex = hex_of(digest);
-    cache.join("blobs/sha256").join(&hex[..2]).join(hex)
-}
-
-pub fn cached(cache: &Path, digest: &str) -> bool {
-    blob_path(cache, digest).is_file()
-}
-
-/// Every regular file under `dir`, recursively, with its length.
-pub fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else if meta.is_file() {
-                found.push((entry.path(), meta.len()));
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-/// Bytes of all files under `<cache>/blobs`, as `du` would count content.
-pub fn blob_bytes(cache: &Path) -> u64 {
-    files_under(&cache.join("blobs")).iter().map(|f| f.1).sum()
-}
-
-/// Upstream GETs of one blob, from the registry's access log.
-pub fn upstream_gets(registry: &Registry, name: &str, digest: &str) -> usize {
-    let path = format!("/v2/library/{name}/blobs/{digest}");
-    registry
-        .requests()
-        .iter()
-        .filter(|r| r.method == "GET" && r.path == path)
-        .count()
-}
-
-/// GETs a blob through the mirror and checks status and content.
-pub fn get_blob(addr: SocketAddr, name: &str, digest: &str) {
-    let path = format!("/v2/library/{name}/blobs/{digest}");
-    let response = registry::http(addr, "GET", &path, &[]).expect("GET blob through the mirror");
-    assert_eq!(response.status, 200, "GET {path}");
-    assert_eq!(
-        response.header("content-length"),
-        Some(response.body.len().to_string().as_str()),
-        "GET {path}: Content-Length"
-    );
-    assert_eq!(sha256_digest(&response.body), digest, "GET {path}: content");
-}
-
-/// The mirror's Prometheus exposition.
-pub fn metrics(addr: SocketAddr) -> String {
-    let response = registry::http(addr, "GET", "/metrics", &[]).expect("GET /metrics");
-    assert_eq!(response.status, 200, "GET /metrics");
-    String::from_utf8_lossy(&response.body).into_owned()
-}
-
-/// Runs `pullthrough ARGS` to completion (bounded).
-pub fn pullthrough(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pullthrough"));
-    command.args(args).env("RUST_LOG", "warn");
-    run_bounded(command, Duration::from_secs(60))
-}
-
-/// Runs `pullthrough ARGS --json`, asserting success, and parses stdout.
-pub fn pullthrough_json(args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let output = pullthrough(&all);
-    assert!(
-        output.status.success(),
-        "pullthrough {all:?} failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "pullthrough {all:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
 const MIB: u64 = 1024 * 1024;
-
-/// Polls `check` every 100 ms until it returns Some, for at most `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The sum of every sample of the (unlabelled or labelled) metric `name`.
-pub fn sample_sum(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name)
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
 
 /// Four ~2.9 MiB images through an 8 MiB cache: after every pull the blobs
 /// fit the budget, the least recently *used* image goes first, a recently
@@ -206,7 +37,12 @@ fn pulls_past_max_size_evict_least_recently_used_images() {
         .collect();
     let layer = |i: usize| images[i].layer_digests[0].as_str();
     let max_size = 8 * MIB;
-    let mirror = Mirror::start(&registry.url(), &["--max-size", "8MiB"]);
+    // A process: gauges compared with the disk (one metrics registry per
+    // process until metrics are per-App).
+    let mirror = Mirror::builder(&registry.url())
+        .arg("--max-size", "8MiB")
+        .process()
+        .start();
     let cache = mirror.cache_dir.clone();
     let mut copies = 0;
     let mut pull_ = |i: usize| {
@@ -214,7 +50,7 @@ fn pulls_past_max_size_evict_least_recently_used_images() {
         let out = tmp.path().join(format!("out-{copies}"));
         pull(&mirror, names[i], &images[i], &out);
         let started = Instant::now();
-        let bytes = wait_for("blobs/ within max_size", SETTLE, || {
+        let bytes = wait_until("blobs/ within max_size", SETTLE, || {
             let bytes = blob_bytes(&cache);
             (bytes <= max_size).then_some(bytes)
         });
@@ -227,18 +63,18 @@ fn pulls_past_max_size_evict_least_recently_used_images() {
 
     // a and b fit; c pushes usage over the high-water mark and a goes.
     pull_(0);
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
     pull_(1);
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
     pull_(2);
-    wait_for("a's layer evicted after pulling c", SETTLE, || {
+    wait_until("a's layer evicted after pulling c", SETTLE, || {
         (!cached(&cache, layer(0))).then_some(())
     });
     assert!(cached(&cache, layer(1)), "b is more recent than a: kept");
     assert!(cached(&cache, layer(2)), "c was just pulled: kept");
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
     pull_(3);
-    wait_for("b's layer evicted after pulling d", SETTLE, || {
+    wait_until("b's layer evicted after pulling d", SETTLE, || {
         (!cached(&cache, layer(1))).then_some(())
     });
     assert!(cached(&cache, layer(2)) && cached(&cache, layer(3)));
@@ -246,9 +82,9 @@ fn pulls_past_max_size_evict_least_recently_used_images() {
     // Pull d, then c, again: both from cache. c is now the most recently
     // used although d was stored later.
     let blob_gets = registry.count_requests("GET", "/blobs/");
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
     pull_(3);
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
     pull_(2);
     assert_eq!(
         registry.count_requests("GET", "/blobs/"),
@@ -258,10 +94,10 @@ fn pulls_past_max_size_evict_least_recently_used_images() {
 
     // a again: refetched (and verified by pull), and d, least recently
     // used, makes room for it.
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
     pull_(0);
     assert_eq!(upstream_gets(&registry, names[0], layer(0)), 2, "a's layer");
-    wait_for("d's layer evicted after pulling a again", SETTLE, || {
+    wait_until("d's layer evicted after pulling a again", SETTLE, || {
         (!cached(&cache, layer(3))).then_some(())
     });
     assert!(
@@ -278,17 +114,17 @@ fn pulls_past_max_size_evict_least_recently_used_images() {
     );
 
     // The metrics agree with the disk.
-    let (disk, files) = wait_for("metrics to match the disk", SETTLE, || {
-        let text = metrics(mirror.addr);
+    let (disk, files) = wait_until("metrics to match the disk", SETTLE, || {
+        let text = mirror.metrics();
         let files = files_under(&cache.join("blobs"));
         let disk: u64 = files.iter().map(|f| f.1).sum();
-        let size = sample_sum(&text, "pullthrough_cache_size_bytes") as u64;
-        let entries = sample_sum(&text, "pullthrough_cache_entries") as usize;
+        let size = sample_sum(&text, "pullthrough_cache_size_bytes", &[]) as u64;
+        let entries = sample_sum(&text, "pullthrough_cache_entries", &[]) as usize;
         (size == disk && entries == files.len()).then_some((disk, files.len()))
     });
-    let text = metrics(mirror.addr);
-    let evictions = sample_sum(&text, "pullthrough_cache_evictions_total");
-    let evicted = sample_sum(&text, "pullthrough_cache_evicted_bytes_total");
+    let text = mirror.metrics();
+    let evictions = sample_sum(&text, "pullthrough_cache_evictions_total", &[]);
+    let evicted = sample_sum(&text, "pullthrough_cache_evicted_bytes_total", &[]);
     assert!(evictions >= 3.0, "evictions_total {evictions}");
     let three_layers: u64 = [0, 1, 3].iter().map(|&i| images[i].layer_sizes[0]).sum();
     assert!(
@@ -406,22 +242,25 @@ fn eviction_racing_a_slow_reader_keeps_its_blob() {
         .collect();
     let x = big.layer_digests[0].as_str();
     // The budget from a config file this time.
-    let (_config_dir, config) = config_file(&format!(
-        "max_size = \"8MiB\"\n[[upstream]]\nurl = \"{}\"\n",
-        registry.url()
-    ));
-    let config = config.to_string_lossy().into_owned();
-    let mirror = Mirror::start(&registry.url(), &["--config", &config]);
+    // A process: it waits for an eviction counted in the metrics (one
+    // registry per process until metrics are per-App).
+    let mirror = Mirror::builder(&registry.url())
+        .config(&format!(
+            "max_size = \"8MiB\"\n[[upstream]]\nurl = \"{}\"\n",
+            registry.url()
+        ))
+        .process()
+        .start();
     let cache = mirror.cache_dir.clone();
 
     get_blob(mirror.addr, "race-big", x);
     assert!(cached(&cache, x));
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
 
     let mut reader = SlowReader::start(mirror.addr, &format!("/v2/library/race-big/blobs/{x}"));
     assert_eq!(reader.content_length, big.layer_sizes[0]);
     reader.read(100_000);
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
 
     // 4.8 + 1.7 + 1.7 MiB > 7.6 MiB (95% of 8 MiB): the evictor must free
     // about 1 MiB, and x, least recently used, is leased.
@@ -432,9 +271,9 @@ fn eviction_racing_a_slow_reader_keeps_its_blob() {
             &image.layer_digests[0],
         );
     }
-    wait_for("an eviction", SETTLE, || {
-        let text = metrics(mirror.addr);
-        (sample_sum(&text, "pullthrough_cache_evictions_total") >= 1.0).then_some(())
+    wait_until("an eviction", SETTLE, || {
+        let text = mirror.metrics();
+        (sample_sum(&text, "pullthrough_cache_evictions_total", &[]) >= 1.0).then_some(())
     });
     assert!(
         cached(&cache, x),
@@ -455,7 +294,7 @@ fn eviction_racing_a_slow_reader_keeps_its_blob() {
 
     // Done reading: x is the least recently used and free to go.
     get_blob(mirror.addr, "race-small-2", &small[2].layer_digests[0]);
-    wait_for("x evicted once nobody reads it", SETTLE, || {
+    wait_until("x evicted once nobody reads it", SETTLE, || {
         (!cached(&cache, x)).then_some(())
     });
     assert_eq!(upstream_gets(&registry, "race-big", x), 1);
@@ -478,7 +317,9 @@ fn blob_larger_than_max_size_streams_through_uncached() {
     let registry = Registry::start(&tmp.path().join("registry"));
     let image = seed(&registry, tmp.path(), "huge", 300, &[1_500_000, 10_000]);
     let (huge, small) = (&image.layer_digests[0], &image.layer_digests[1]);
-    let mirror = Mirror::start(&registry.url(), &["--max-size", "1MiB"]);
+    let mirror = Mirror::builder(&registry.url())
+        .arg("--max-size", "1MiB")
+        .start();
 
     get_blob(mirror.addr, "huge", huge);
     assert!(
@@ -524,7 +365,7 @@ fn cache_stats_and_ls_describe_pulled_images_and_refuse_a_running_server() {
     let beta2 = oci_layout::write_image(&beta2_layout, "v2", 402, &[40_000]);
     registry.seed(&beta2_layout, "v2", "library/stats-beta:v2");
 
-    let mut mirror = Mirror::start(&registry.url(), &[]);
+    let mut mirror = Mirror::start(&registry.url());
     let cache = mirror.cache_dir.clone();
     let dir = cache.to_string_lossy().into_owned();
     pull(
@@ -567,8 +408,7 @@ fn cache_stats_and_ls_describe_pulled_images_and_refuse_a_running_server() {
         &tmp.path().join("out-alpha-2"),
     );
     assert_eq!(registry.count_requests("GET", "/blobs/"), blob_gets);
-    std::thread::sleep(Duration::from_secs(1));
-    mirror.terminate();
+    mirror.stop();
 
     let images = [&alpha, &beta, &beta2];
     let blobs: usize = images.iter().map(|i| 1 + i.layer_digests.len()).sum();
@@ -681,8 +521,9 @@ async fn concurrent_downloads_never_push_the_cache_past_max_size() {
     let image = hub.push_image("library/big", "v1", &[LAYER, LAYER, LAYER]);
     // Each layer takes about 2 s, so all three downloads overlap.
     hub.set_fault(Target::All, Fault::Throttle(2 * MIB));
-    let mirror =
-        tokio::task::block_in_place(|| Mirror::start(&hub.url(), &["--max-size", "10MiB"]));
+    let mirror = Mirror::builder(&hub.url())
+        .arg("--max-size", "10MiB")
+        .start();
 
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {

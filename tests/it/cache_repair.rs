@@ -4,16 +4,14 @@
 //! (with `--dry-run` changing nothing), and `gc --max-size` evicting in LRU
 //! order.
 
-use crate::cache_budget::{
-    blob_bytes, blob_path, cached, files_under, get_blob, pullthrough, pullthrough_json, seed,
-    tools_present, upstream_gets, wait_for, NEXT_SECOND, SETTLE,
-};
+use crate::support::cache::{blob_bytes, blob_path, cached, files_under, SETTLE};
+use crate::support::cli::{pullthrough, pullthrough_json};
 use crate::support::client::hex_of;
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout::Image;
-use crate::support::registry::Registry;
+use crate::support::registry::{get_blob, seed, tools_present, upstream_gets, Registry};
+use crate::support::{next_second, wait_until};
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// A registry with three images and a stopped mirror's cache holding p's
 /// config and both its layers.
@@ -33,13 +31,12 @@ fn populated() -> Populated {
     let q = seed(&registry, tmp.path(), "repair-q", 501, &[150_000]);
     let r = seed(&registry, tmp.path(), "repair-r", 502, &[100_000]);
     let cache = tmp.path().join("cache");
-    let mut mirror = Mirror::start_with_cache(&registry.url(), &cache, &[]);
+    let mut mirror = Mirror::builder(&registry.url()).cache_dir(&cache).start();
     for digest in std::iter::once(&p.config_digest).chain(&p.layer_digests) {
         get_blob(mirror.addr, "repair-p", digest);
     }
-    // sled writes its log every 500 ms; give it time before stopping.
-    std::thread::sleep(Duration::from_secs(1));
-    mirror.terminate();
+    // A clean stop flushes the index.
+    mirror.stop();
     Populated {
         tmp,
         registry,
@@ -133,10 +130,12 @@ fn startup_reconciliation_repairs_a_damaged_cache() {
     }
     let s = populated();
     let damage = break_cache(&s);
-    let mirror = Mirror::start_with_cache(&s.registry.url(), &s.cache, &[]);
+    let mirror = Mirror::builder(&s.registry.url())
+        .cache_dir(&s.cache)
+        .start();
 
     assert!(!damage.temp.exists(), "tmp/ is emptied at start-up");
-    wait_for("corrupt and stray files removed", SETTLE, || {
+    wait_until("corrupt and stray files removed", SETTLE, || {
         let gone = [&damage.corrupt_unindexed, &damage.corrupt_indexed]
             .into_iter()
             .chain(&damage.strays)
@@ -174,9 +173,8 @@ fn startup_reconciliation_repairs_a_damaged_cache() {
     );
 
     // The index now agrees with the files: offline, nothing left to repair.
-    std::thread::sleep(Duration::from_secs(1));
     let mut mirror = mirror;
-    mirror.terminate();
+    mirror.stop();
     let dir = s.cache.to_string_lossy().into_owned();
     let stats = pullthrough_json(&["cache", "stats", "--cache-dir", &dir]);
     assert_eq!(
@@ -278,7 +276,9 @@ fn gc_repairs_a_damaged_cache_offline_and_dry_run_changes_nothing() {
     assert_eq!(stats["bytes"], blob_bytes(&s.cache), "{stats}");
 
     // The repaired cache serves: the orphan from disk, the rest refetched.
-    let mirror = Mirror::start_with_cache(&s.registry.url(), &s.cache, &[]);
+    let mirror = Mirror::builder(&s.registry.url())
+        .cache_dir(&s.cache)
+        .start();
     get_blob(mirror.addr, "repair-q", &s.q.layer_digests[0]);
     assert_eq!(
         upstream_gets(&s.registry, "repair-q", &s.q.layer_digests[0]),
@@ -333,17 +333,16 @@ fn gc_max_size_evicts_least_recently_used_first() {
         &[1_000_000, 1_000_000, 1_000_000],
     );
     let cache = tmp.path().join("cache");
-    let mut mirror = Mirror::start_with_cache(&registry.url(), &cache, &[]);
+    let mut mirror = Mirror::builder(&registry.url()).cache_dir(&cache).start();
     // Used in the order 2, 0, 1 (a second apart): 2 is the least recent.
     let order = [2, 0, 1];
     for (n, &i) in order.iter().enumerate() {
         if n > 0 {
-            std::thread::sleep(NEXT_SECOND);
+            next_second();
         }
         get_blob(mirror.addr, "gc-lru", &image.layer_digests[i]);
     }
-    std::thread::sleep(Duration::from_secs(1));
-    mirror.terminate();
+    mirror.stop();
     let dir = cache.to_string_lossy().into_owned();
     let usage = blob_bytes(&cache);
     let max_size: u64 = 2 * 1024 * 1024;
@@ -400,15 +399,15 @@ fn access_times_survive_a_clean_shutdown() {
     let image = seed(&registry, tmp.path(), "touch", 700, &[1_000_000, 1_000_000]);
     let (first, second) = (&image.layer_digests[0], &image.layer_digests[1]);
     let cache = tmp.path().join("cache");
-    let mut mirror = Mirror::start_with_cache(&registry.url(), &cache, &[]);
+    let mut mirror = Mirror::builder(&registry.url()).cache_dir(&cache).start();
     get_blob(mirror.addr, "touch", first);
-    std::thread::sleep(NEXT_SECOND);
+    next_second();
     get_blob(mirror.addr, "touch", second);
-    std::thread::sleep(Duration::from_secs(2));
+    next_second();
     // Used again: first is now the most recently used...
     get_blob(mirror.addr, "touch", first);
     // ...and the server stops before its next 5 s flush.
-    mirror.terminate();
+    mirror.stop();
     assert_eq!(upstream_gets(&registry, "touch", first), 1);
 
     let dir = cache.to_string_lossy().into_owned();

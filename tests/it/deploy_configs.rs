@@ -203,7 +203,8 @@ fn grafana_dashboard_and_provisioning_are_well_formed() {
 /// that appear only once something is counted, registered in src/metrics.rs.
 #[test]
 fn dashboard_and_alerts_use_only_metrics_the_binary_exports() {
-    let mirror = Mirror::start(NO_UPSTREAM, &[]);
+    // A process: what the real binary exports.
+    let mirror = Mirror::builder(NO_UPSTREAM).process().start();
     let _ = deploy::get(mirror.addr, "/v2/");
     let (status, exposition) = deploy::get(mirror.addr, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200);
@@ -442,7 +443,11 @@ fn shipped_config_files_start_the_binary_and_the_health_probe_works() {
     for config in &configs {
         // Flags override the file's listen address, cache dir and first
         // upstream; every other key is the shipped one.
-        let mirror = Mirror::start(NO_UPSTREAM, &["--config", path_str(config)]);
+        // A process: the shipped file as the binary reads it.
+        let mirror = Mirror::builder(NO_UPSTREAM)
+            .config_file(config)
+            .process()
+            .start();
         let ready = deploy::get(mirror.addr, "/readyz").map(|(s, _)| s);
         assert_eq!(ready, Some(200), "/readyz with {}", config.display());
 

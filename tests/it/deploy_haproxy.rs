@@ -5,11 +5,13 @@
 //! replica (a re-pull fetches nothing upstream); after one replica is
 //! SIGKILLed, pulls through the balancer still succeed.
 
-use crate::support::deploy::{self, deploy_path, sample_sum, wait_for, Daemon};
+use crate::support::deploy::{self, deploy_path, Daemon};
 use crate::support::docker::DockerDaemon;
+use crate::support::metrics::sample_sum;
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout;
 use crate::support::registry::Registry;
+use crate::support::wait_until;
 use crate::support::{free_port, require_tool};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -48,7 +50,7 @@ impl Balancer {
         };
         let count = replicas.len();
         let mut last = Vec::new();
-        let ready = wait_for_or_none(Duration::from_secs(30), || {
+        let ready = crate::support::poll(Duration::from_secs(30), || {
             balancer.daemon.assert_running();
             last = balancer.server_states();
             let up = last.iter().filter(|(_, s)| s == "UP").count();
@@ -111,24 +113,14 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-/// Polls `check` every 100 ms for at most `timeout`.
-fn wait_for_or_none<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if std::time::Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Blob lookups a replica has answered (all results), from its /metrics.
 fn blob_lookups(replica: &Mirror) -> f64 {
     let (_, body) = deploy::get(replica.addr, "/metrics").expect("GET /metrics");
-    sample_sum(&body, "pullthrough_cache_lookups_total", &["kind=\"blob\""])
+    sample_sum(
+        &body,
+        "pullthrough_cache_lookups_total",
+        &[("kind", "blob")],
+    )
 }
 
 #[test]
@@ -156,7 +148,14 @@ fn docker_pulls_through_haproxy_and_survives_a_killed_replica() {
     let config = deploy_path("pullthrough.toml");
     let config = config.to_str().expect("UTF-8 path");
     let mut replicas: Vec<Mirror> = (0..3)
-        .map(|_| Mirror::start(&registry.url(), &["--config", config]))
+        // Processes: the replicas' metrics are compared one by one (one
+        // metrics registry per process), and the shipped config runs as is.
+        .map(|_| {
+            Mirror::builder(&registry.url())
+                .config_file(std::path::Path::new(config))
+                .process()
+                .start()
+        })
         .collect();
     let balancer = Balancer::start(&replicas.iter().collect::<Vec<_>>());
     let docker = DockerDaemon::start(&balancer.url());
@@ -212,7 +211,7 @@ fn docker_pulls_through_haproxy_and_survives_a_killed_replica() {
 
     // Health checks on /readyz took the dead replica out of the ring.
     let dead = format!("pt{}", busiest + 1);
-    wait_for(
+    wait_until(
         "HAProxy to mark the killed replica DOWN",
         Duration::from_secs(15),
         || {

@@ -4,13 +4,13 @@
 //! shipped deploy/prometheus/prometheus.yml (with the alert rules) against a
 //! live mirror, evaluating every alert and every dashboard query.
 
-use crate::support::deploy::{
-    self, deploy_path, read_deploy, sample_sum, url_encode, wait_for, Daemon,
-};
+use crate::support::deploy::{self, deploy_path, read_deploy, url_encode, Daemon};
+use crate::support::metrics::sample_sum;
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout;
 use crate::support::process::run_bounded;
 use crate::support::registry::Registry;
+use crate::support::wait_until;
 use crate::support::{free_port, require_tool};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -82,7 +82,8 @@ fn metrics_after_a_pull_pass_promtool_check_metrics() {
     let registry = Registry::start(&tmp.path().join("registry"));
     oci_layout::write_image(&tmp.path().join("image"), "v1", 61, &[300_000, 20_000]);
     registry.seed(&tmp.path().join("image"), "v1", "library/deploy-metrics:v1");
-    let mirror = Mirror::start(&registry.url(), &[]);
+    // A process: counters read from its own metrics registry.
+    let mirror = Mirror::builder(&registry.url()).process().start();
 
     skopeo_pull(&mirror, "deploy-metrics:v1", &tmp.path().join("pull1"));
     let cold = scrape(mirror.addr);
@@ -90,7 +91,7 @@ fn metrics_after_a_pull_pass_promtool_check_metrics() {
     let misses = sample_sum(
         &cold,
         "pullthrough_cache_lookups_total",
-        &["kind=\"blob\"", "result=\"miss\""],
+        &[("kind", "blob"), ("result", "miss")],
     );
     assert!(misses >= 1.0, "a cold pull counts blob misses:\n{cold}");
     assert!(
@@ -104,14 +105,14 @@ fn metrics_after_a_pull_pass_promtool_check_metrics() {
     let hits = sample_sum(
         &warm,
         "pullthrough_cache_lookups_total",
-        &["kind=\"blob\"", "result=\"hit\""],
+        &[("kind", "blob"), ("result", "hit")],
     );
     assert!(hits >= 1.0, "a warm pull counts blob hits:\n{warm}");
     assert!(
         sample_sum(
             &warm,
             "pullthrough_served_bytes_total",
-            &["source=\"cache\""]
+            &[("source", "cache")]
         ) >= 300_000.0,
         "a warm pull serves its bytes from the cache"
     );
@@ -168,7 +169,7 @@ impl Prometheus {
             addr,
             _dir: dir,
         };
-        wait_for("Prometheus /-/ready", Duration::from_secs(60), || {
+        wait_until("Prometheus /-/ready", Duration::from_secs(60), || {
             prometheus.daemon.assert_running();
             deploy::get(addr, "/-/ready").filter(|(s, _)| *s == 200)
         });
@@ -198,13 +199,13 @@ fn prometheus_scrapes_a_live_mirror_with_the_shipped_config_and_rules() {
     if !require_tool("prometheus") {
         return;
     }
-    let mirror = Mirror::start("http://127.0.0.1:9", &[]);
+    let mirror = Mirror::start("http://127.0.0.1:9");
     for _ in 0..3 {
         let _ = deploy::get(mirror.addr, "/v2/");
     }
     let prometheus = Prometheus::start(mirror.addr);
 
-    let result = wait_for(
+    let result = wait_until(
         "pullthrough_build_info in Prometheus",
         Duration::from_secs(60),
         || {
@@ -224,7 +225,7 @@ fn prometheus_scrapes_a_live_mirror_with_the_shipped_config_and_rules() {
     let rule_count = read_deploy("prometheus/alerts.yml")
         .matches("- alert: ")
         .count();
-    let rules = wait_for(
+    let rules = wait_until(
         "every alert rule evaluated",
         Duration::from_secs(30),
         || {

@@ -121,7 +121,7 @@ fn docker_pulls_through_the_mirror_and_again_from_cache() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let registry = Registry::start(&tmp.path().join("registry"));
     let expected = seed_images(&registry, tmp.path());
-    let mirror = Mirror::start(&registry.url(), &[]);
+    let mirror = Mirror::start(&registry.url());
     let docker = DockerDaemon::start(&mirror.url());
     for expected in &expected {
         let blob_gets = pull_rmi_pull(&docker, &registry, expected);

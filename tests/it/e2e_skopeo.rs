@@ -115,7 +115,7 @@ fn skopeo_copies_an_image_through_the_mirror_and_again_from_cache() {
     let image = oci_layout::write_image(&layout, "v1", 11, &[300_000, 2_000_000, 5_000]);
     let registry = Registry::start(&tmp.path().join("registry"));
     registry.seed(&layout, "v1", "library/e2e-skopeo:v1");
-    let mirror = Mirror::start(&registry.url(), &[]);
+    let mirror = Mirror::start(&registry.url());
     let host = mirror.addr.to_string();
 
     copy_to_dir(
@@ -163,7 +163,7 @@ fn skopeo_copies_a_multi_platform_index_through_the_mirror() {
     let multi = oci_layout::write_multi_platform(&layout, "v1", 21, &[400_000, 30_000]);
     let registry = Registry::start(&tmp.path().join("registry"));
     registry.seed(&layout, "v1", "library/e2e-skopeo-multi:v1");
-    let mirror = Mirror::start(&registry.url(), &[]);
+    let mirror = Mirror::start(&registry.url());
     let host = mirror.addr.to_string();
 
     copy_to_dir(

@@ -6,11 +6,13 @@
 //! healthy, the upstream saw none of it, and no file appeared outside the
 //! cache directory.
 
-use crate::mirror_process::{paths_under, MirrorProcess};
+use crate::support::cache::paths_under;
 use crate::support::client::{client, files_named, hex_of, oci_error_code, read_transfer};
 use crate::support::hub::Hub;
+use crate::support::mirror::Mirror;
 use crate::support::process::run_bounded;
 use crate::support::require_tool;
+use crate::support::wait_until;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -1063,9 +1065,9 @@ async fn a_corpus_of_bad_requests_gets_4xx_and_leaves_the_mirror_healthy_and_the
     let image = hub.push_image("library/app", "v1", &[10_000]);
     let (cached, blob) = image.layers[0].clone();
     let upstream = hub.url();
-    let mut mirror = tokio::task::block_in_place(|| {
-        MirrorProcess::start(&["--upstream", &upstream], &[("RUST_LOG", "warn")])
-    });
+    // A process: the test reads its stderr and every file it creates in
+    // its working directory.
+    let mut mirror = Mirror::builder(&upstream).process().log("warn").start();
     // Warm the cache with one blob, then forget what the hub saw.
     let response = client()
         .get(format!("{}/v2/library/app/blobs/{cached}", mirror.url()))
@@ -1074,14 +1076,14 @@ async fn a_corpus_of_bad_requests_gets_4xx_and_leaves_the_mirror_healthy_and_the
         .expect("warm-up");
     assert_eq!(response.status(), 200);
     assert_eq!(read_transfer(response).await.bytes(), blob);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while files_named(&mirror.cache_dir.join("blobs"), hex_of(&cached)).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the warm-up blob never landed in the cache"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the warm-up blob in the cache",
+        Duration::from_secs(10),
+        || {
+            (!files_named(&mirror.cache_dir.join("blobs"), hex_of(&cached)).is_empty())
+                .then_some(())
+        },
+    );
     hub.reset_counts();
     let blobs_before = paths_under(&mirror.cache_dir.join("blobs"), Path::new("-"));
 
@@ -1235,8 +1237,7 @@ async fn absolute_form_targets_and_ns_never_make_the_mirror_an_open_proxy() {
     let hub = Hub::start().await;
     let image = hub.push_image("library/app", "v1", &[100]);
     let upstream = hub.url();
-    let mirror =
-        tokio::task::block_in_place(|| MirrorProcess::start(&["--upstream", &upstream], &[]));
+    let mirror = Mirror::start(&upstream);
     let accept = "Accept: application/vnd.oci.image.manifest.v1+json\r\n";
     let targets = [
         // Absolute-form: the authority is ignored, the path is served as usual.

@@ -6,8 +6,12 @@
 use crate::support::client::{client, files_named, header, hex_of, read_digest, read_transfer};
 use crate::support::hub::{Fault, Hub, Kind, Target};
 use crate::support::mirror::Mirror;
+use crate::support::wait_until;
 use http::StatusCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// Longest wait for a download's progress.
+const WAIT: Duration = Duration::from_secs(20);
 use tokio::task::JoinSet;
 
 const MIB: usize = 1024 * 1024;
@@ -19,7 +23,7 @@ async fn setup(size: usize, rate: u64) -> (Hub, Mirror, String, bytes::Bytes) {
     let image = hub.push_image("library/app", "v1", &[size]);
     let (digest, bytes) = image.layers[0].clone();
     hub.set_fault(Target::Digest(digest.clone()), Fault::Throttle(rate));
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = Mirror::start(&hub.url());
     (hub, mirror, digest, bytes)
 }
 
@@ -46,22 +50,15 @@ async fn fan_out(n: usize, url: &str) -> Vec<Result<String, String>> {
     tasks.join_all().await
 }
 
-/// Waits (bounded) until `condition` holds.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn cached(mirror: &Mirror, digest: &str) -> bool {
     !files_named(&mirror.cache_dir.join("blobs"), hex_of(digest)).is_empty()
 }
 
 /// After a download that must have landed: a GET costs the hub nothing.
 async fn assert_served_from_cache(hub: &Hub, mirror: &Mirror, digest: &str) {
-    wait_until("the blob in the cache", || cached(mirror, digest)).await;
+    wait_until("the blob in the cache", WAIT, || {
+        (cached(mirror, digest)).then_some(())
+    });
     hub.reset_counts();
     let again = fetch_digest(client(), blob_url(mirror, digest)).await;
     assert_eq!(again.as_deref(), Ok(digest));
@@ -136,7 +133,9 @@ async fn a_download_completes_into_the_cache_after_its_only_client_left() {
     only.chunk().await.expect("body").expect("first bytes");
     drop(only);
 
-    wait_until("the blob in the cache", || cached(&mirror, &digest)).await;
+    wait_until("the blob in the cache", WAIT, || {
+        (cached(&mirror, &digest)).then_some(())
+    });
     assert_eq!(hub.count(Kind::CdnGet), 1);
     assert_served_from_cache(&hub, &mirror, &digest).await;
 }
@@ -183,10 +182,9 @@ async fn a_range_is_served_while_the_blob_downloads() {
     let (hub, mirror, digest, bytes) = setup(size, 4 * MIB as u64).await;
     let url = blob_url(&mirror, &digest);
     let full = tokio::spawn(fetch_digest(client(), url.clone()));
-    wait_until("1 MiB from the CDN", || {
-        hub.count(Kind::CdnBytesSent) >= MIB as u64
-    })
-    .await;
+    wait_until("1 MiB from the CDN", WAIT, || {
+        (hub.count(Kind::CdnBytesSent) >= MIB as u64).then_some(())
+    });
 
     // One range already on disk, one not yet downloaded; both asked for
     // while the hub is still sending the blob.
@@ -251,7 +249,7 @@ async fn concurrent_manifest_misses_share_one_upstream_get() {
     let image = hub.push_image("library/app", "v1", &[10]);
     let slow = Duration::from_millis(400);
     hub.set_fault(Target::All, Fault::Delay(slow));
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = Mirror::start(&hub.url());
     let url = format!(
         "{}/v2/library/app/manifests/{}",
         mirror.url(),
@@ -280,7 +278,7 @@ async fn concurrent_misses_in_one_repository_share_one_token() {
         .map(|i| hub.push_image("library/app", &format!("v{i}"), &[10]))
         .collect();
     hub.set_fault(Target::All, Fault::Delay(Duration::from_millis(300)));
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = Mirror::start(&hub.url());
     let client = client();
     let mut tasks = JoinSet::new();
     for image in &images {
@@ -314,7 +312,7 @@ async fn concurrent_misses_in_one_repository_share_one_token() {
 async fn a_404_for_one_repository_is_not_shared_with_another() {
     let hub = Hub::start().await;
     let image = hub.push_image("library/app", "v1", &[64 * 1024]);
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = Mirror::start(&hub.url());
     // Every registry answer takes a moment, so the two requests overlap.
     hub.set_fault(Target::All, Fault::Delay(Duration::from_millis(500)));
     let (layer, layer_bytes) = &image.layers[0];
@@ -330,7 +328,12 @@ async fn a_404_for_one_repository_is_not_shared_with_another() {
         let present = format!("{}/v2/library/app/{path}", mirror.url());
         let accept = "application/vnd.oci.image.manifest.v1+json";
         let first = tokio::spawn(client().get(absent).header("accept", accept).send());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_until("the first request at the hub", WAIT, || {
+            hub.requests()
+                .iter()
+                .any(|r| r.path.contains("/library/other/"))
+                .then_some(())
+        });
         let second = client()
             .get(present)
             .header("accept", accept)

@@ -14,7 +14,6 @@ mod hostile;
 mod hub_protocol;
 mod hub_selftest;
 mod inflight;
-mod mirror_process;
 mod operations;
 mod resilience;
 mod routing;

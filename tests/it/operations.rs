@@ -2,13 +2,11 @@
 //! metrics listener, request ids, the access log (text and JSON), trusted
 //! X-Forwarded-For, the connection limit and the request-head timeout.
 
-use crate::support::client::{client, config_file, files_named, header, hex_of, read_digest};
+use crate::support::client::{client, files_named, header, hex_of, read_digest};
 use crate::support::hub::{Fault, Hub, Kind, Target};
-use crate::support::{free_port, require_tool};
+use crate::support::mirror::{Mirror, MirrorBuilder};
+use crate::support::{require_tool, wait_until};
 use http::StatusCode;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,155 +15,19 @@ use tokio::net::TcpStream;
 
 const MIB: usize = 1024 * 1024;
 
-/// The mirror as an operator runs it, with `RUST_LOG=info` and stderr kept
-/// in a file so a test can read the access log. Killed by PID when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    /// Holds the log (and, for `start`, the cache).
-    _dir: tempfile::TempDir,
+/// The mirror as an operator runs it: the binary with `RUST_LOG=info`, its
+/// stderr kept so a test can read the access log.
+fn operated(upstream: &str) -> MirrorBuilder {
+    Mirror::builder(upstream).process().log("info")
 }
 
-impl Server {
-    /// A mirror of `upstream` on a fresh port and a fresh cache.
-    async fn start(upstream: &str, args: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = dir.path().join("cache");
-        Server::spawn(upstream, &cache, args, dir).await
-    }
-
-    /// A mirror on an existing cache directory (a restart).
-    async fn start_on(upstream: &str, cache: &Path, args: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Server::spawn(upstream, cache, args, dir).await
-    }
-
-    async fn spawn(upstream: &str, cache: &Path, args: &[&str], dir: tempfile::TempDir) -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let log = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&log).expect("create stderr log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .arg("serve")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("--upstream")
-            .arg(upstream)
-            .args(args)
-            .env("RUST_LOG", "info")
-            // Settings from the developer's shell must not leak in.
-            .env_remove("PULLTHROUGH_CONFIG")
-            .env_remove("PULLTHROUGH_LOG_FORMAT")
-            .env_remove("PULLTHROUGH_METRICS_LISTEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn pullthrough");
-        let mut server = Server {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        };
-        server.wait_listening(addr).await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits (bounded) until `addr` accepts TCP connections.
-    async fn wait_listening(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "pullthrough exited ({status}) before listening:\n{}",
-                    self.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!(
-            "pullthrough did not listen on {addr} within 20 s:\n{}",
-            self.stderr()
-        );
-    }
-
-    /// What a service manager sends to stop the mirror.
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {} failed", self.pid());
-    }
-
-    /// The exit status, waited for at most `within`.
-    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pullthrough still running {within:?} after SIGTERM:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    /// The whole log once `done` holds for it, waited for (bounded): a
-    /// line may land a moment after the client has its response.
-    async fn wait_log(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let log = self.stderr();
-            if done(&log) {
-                return log;
-            }
-            assert!(Instant::now() < deadline, "no log for {what}:\n{log}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The text-format access line of the request with this id.
-    async fn access_line(&self, request_id: &str) -> String {
-        let token = format!("request_id={request_id}");
-        let is_it = |l: &&str| l.contains(" access: ") && l.split_whitespace().any(|t| t == token);
-        let log = self
-            .wait_log(&token, |log| log.lines().any(|l| is_it(&l)))
-            .await;
-        let line = log.lines().find(is_it).expect("found above");
-        line.to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
+/// The text-format access line of the request with this id.
+fn access_line(server: &Mirror, request_id: &str) -> String {
+    let token = format!("request_id={request_id}");
+    let is_it = |l: &&str| l.contains(" access: ") && l.split_whitespace().any(|t| t == token);
+    let log = server.wait_log(&token, |log| log.lines().any(|l| is_it(&l)));
+    let line = log.lines().find(is_it).expect("found above");
+    line.to_string()
 }
 
 /// `name=value` of a text-format log line, quotes removed.
@@ -173,12 +35,6 @@ fn text_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|t| t.strip_prefix(name)?.strip_prefix('='))
         .map(|v| v.trim_matches('"'))
-}
-
-/// A config file holding `toml`; keep the directory alive with the mirror.
-fn config(toml: &str) -> (tempfile::TempDir, String) {
-    let (dir, path) = config_file(toml);
-    (dir, path.to_str().expect("utf-8 path").to_string())
 }
 
 async fn get(url: String) -> reqwest::Response {
@@ -234,10 +90,12 @@ async fn sigterm_finishes_the_transfer_refuses_new_connections_and_keeps_the_blo
         Fault::Throttle(3 * MIB as u64),
     );
     let grace = Duration::from_secs(20);
-    let (_config_dir, config_path) = config("shutdown_grace = \"20s\"\n");
     let cache_tmp = tempfile::tempdir().expect("tempdir");
     let cache = cache_tmp.path().join("cache");
-    let mut server = Server::start_on(&hub.url(), &cache, &["--config", &config_path]).await;
+    let mut server = operated(&hub.url())
+        .config("shutdown_grace = \"20s\"\n")
+        .cache_dir(&cache)
+        .start();
     let blob_url = format!("{}/v2/library/big/blobs/{digest}", server.url());
 
     // The client hashes the body and reports its progress as it reads.
@@ -259,11 +117,9 @@ async fn sigterm_finishes_the_transfer_refuses_new_connections_and_keeps_the_blo
             Ok::<_, String>((total, format!("sha256:{}", hex::encode(hasher.finalize()))))
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while received.load(Ordering::SeqCst) < MIB as u64 {
-        assert!(Instant::now() < deadline, "the first MiB never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the first MiB", Duration::from_secs(20), || {
+        (received.load(Ordering::SeqCst) >= MIB as u64).then_some(())
+    });
     let at_signal = received.load(Ordering::SeqCst);
     assert!(
         at_signal < size as u64,
@@ -274,20 +130,14 @@ async fn sigterm_finishes_the_transfer_refuses_new_connections_and_keeps_the_blo
     let signalled = Instant::now();
 
     // The listener closes at once, so a load balancer moves on.
-    let deadline = signalled + Duration::from_secs(5);
-    loop {
-        match TcpStream::connect(server.addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
-            other => {
-                drop(other);
-                assert!(
-                    Instant::now() < deadline,
-                    "new connections still accepted 5 s after SIGTERM"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    wait_until(
+        "new connections to be refused after SIGTERM",
+        Duration::from_secs(5),
+        || match std::net::TcpStream::connect(server.addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    );
 
     let (total, got) = tokio::time::timeout(Duration::from_secs(30), transfer)
         .await
@@ -297,7 +147,7 @@ async fn sigterm_finishes_the_transfer_refuses_new_connections_and_keeps_the_blo
     assert_eq!(total, size as u64, "bytes received");
     assert_eq!(got, digest, "the client got the wrong bytes");
 
-    let status = server.wait_exit(grace + Duration::from_secs(5)).await;
+    let status = server.wait_exit(grace + Duration::from_secs(5));
     assert!(
         signalled.elapsed() <= grace,
         "exit took {:?}, beyond the {grace:?} grace period",
@@ -308,7 +158,7 @@ async fn sigterm_finishes_the_transfer_refuses_new_connections_and_keeps_the_blo
     // The download was finished into the cache: a restarted mirror serves
     // the blob without asking the hub for it.
     let (blob_gets, cdn_gets) = (hub.count(Kind::BlobGet), hub.count(Kind::CdnGet));
-    let restarted = Server::start_on(&hub.url(), &cache, &[]).await;
+    let restarted = Mirror::builder(&hub.url()).cache_dir(&cache).start();
     let again = get(format!("{}/v2/library/big/blobs/{digest}", restarted.url())).await;
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(read_digest(again).await.as_deref(), Ok(digest.as_str()));
@@ -324,11 +174,8 @@ async fn sigterm_finishes_the_transfer_refuses_new_connections_and_keeps_the_blo
 async fn the_metrics_listener_serves_only_operational_endpoints() {
     let hub = Hub::start().await;
     hub.push_image("library/app", "v1", &[1000]);
-    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listen = metrics_addr.to_string();
-    let mut server = Server::start(&hub.url(), &["--metrics-listen", &listen]).await;
-    server.wait_listening(metrics_addr).await;
-    let ops = format!("http://{metrics_addr}");
+    let server = Mirror::builder(&hub.url()).metrics_listener().start();
+    let ops = server.metrics_url();
 
     let metrics = get(format!("{ops}/metrics")).await;
     assert_eq!(metrics.status(), StatusCode::OK, "/metrics");
@@ -361,7 +208,7 @@ async fn the_metrics_listener_serves_only_operational_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn request_ids_are_echoed_and_logged() {
     let hub = Hub::start().await;
-    let server = Server::start(&hub.url(), &[]).await;
+    let server = operated(&hub.url()).start();
     let url = format!("{}/v2/", server.url());
 
     let given = client()
@@ -374,7 +221,7 @@ async fn request_ids_are_echoed_and_logged() {
         header(&given, "x-request-id").as_deref(),
         Some("test-id-123")
     );
-    let line = server.access_line("test-id-123").await;
+    let line = access_line(&server, "test-id-123");
     assert_eq!(text_field(&line, "path"), Some("/v2/"), "{line}");
 
     // Without one, each request gets its own, logged too.
@@ -383,7 +230,7 @@ async fn request_ids_are_echoed_and_logged() {
         let response = get(url.clone()).await;
         let id = header(&response, "x-request-id").expect("generated x-request-id");
         assert!(!id.is_empty());
-        server.access_line(&id).await;
+        access_line(&server, &id);
         ids.push(id);
     }
     assert_ne!(ids[0], ids[1], "two requests, one id");
@@ -395,23 +242,17 @@ async fn json_access_lines_carry_the_request_fields() {
     let hub = Hub::start().await;
     let image = hub.push_image("library/app", "v1", &[size]);
     let digest = image.layers[0].0.clone();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let cache = tmp.path().join("cache");
-    let server = Server::start_on(&hub.url(), &cache, &["--log-format", "json"]).await;
+    let server = operated(&hub.url()).arg("--log-format", "json").start();
+    let cache = server.cache_dir.clone();
     let path = format!("/v2/library/app/blobs/{digest}");
     let url = format!("{}{path}", server.url());
 
     let first = get(url.clone()).await;
     assert_eq!(read_digest(first).await.as_deref(), Ok(digest.as_str()));
     // A hit needs the download renamed into the store first.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while files_named(&cache.join("blobs"), hex_of(&digest)).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the blob never reached the cache"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the blob in the cache", Duration::from_secs(10), || {
+        (!files_named(&cache.join("blobs"), hex_of(&digest)).is_empty()).then_some(())
+    });
     let second = get(url).await;
     assert_eq!(read_digest(second).await.as_deref(), Ok(digest.as_str()));
 
@@ -420,11 +261,9 @@ async fn json_access_lines_carry_the_request_fields() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
         v["target"] == "access" && v["fields"]["path"] == path.as_str()
     };
-    let log = server
-        .wait_log("two blob access lines", |log| {
-            log.lines().filter(|l| is_access(l)).count() >= 2
-        })
-        .await;
+    let log = server.wait_log("two blob access lines", |log| {
+        log.lines().filter(|l| is_access(l)).count() >= 2
+    });
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -461,9 +300,7 @@ async fn an_abandoned_transfer_is_logged_incomplete_with_the_bytes_sent() {
     let image = hub.push_image("library/app", "v1", &[size]);
     let digest = image.layers[0].0.clone();
     hub.set_fault(Target::All, Fault::Throttle(1024 * 1024));
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let cache = tmp.path().join("cache");
-    let server = Server::start_on(&hub.url(), &cache, &["--log-format", "json"]).await;
+    let server = operated(&hub.url()).arg("--log-format", "json").start();
     let path = format!("/v2/library/app/blobs/{digest}");
     let mut response = get(format!("{}{path}", server.url())).await;
     let first = response.chunk().await.expect("body").expect("first bytes");
@@ -474,11 +311,9 @@ async fn an_abandoned_transfer_is_logged_incomplete_with_the_bytes_sent() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
         v["target"] == "access" && v["fields"]["path"] == path.as_str()
     };
-    let log = server
-        .wait_log("the abandoned transfer's access line", |log| {
-            log.lines().any(&is_access)
-        })
-        .await;
+    let log = server.wait_log("the abandoned transfer's access line", |log| {
+        log.lines().any(&is_access)
+    });
     let line = log.lines().find(|l| is_access(l)).expect("access line");
     let entry: serde_json::Value = serde_json::from_str(line).expect("JSON");
     let fields = &entry["fields"];
@@ -491,18 +326,17 @@ async fn an_abandoned_transfer_is_logged_incomplete_with_the_bytes_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let hub = Hub::start().await;
-    let (_dir, trusting) = config("trusted_proxies = [\"127.0.0.1/32\"]\n");
     let cases = [
         (
-            vec!["--config", trusting.as_str()],
+            "trusted_proxies = [\"127.0.0.1/32\"]\n",
             "xff-trusted",
             "203.0.113.7",
         ),
         // Anyone may send the header; untrusted, it must not reach the log.
-        (vec![], "xff-untrusted", "127.0.0.1"),
+        ("", "xff-untrusted", "127.0.0.1"),
     ];
-    for (args, id, expected) in cases {
-        let server = Server::start(&hub.url(), &args).await;
+    for (toml, id, expected) in cases {
+        let server = operated(&hub.url()).config(toml).start();
         let response = client()
             .get(format!("{}/v2/", server.url()))
             .header("x-forwarded-for", "203.0.113.7")
@@ -511,7 +345,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
             .await
             .expect("mirror answers");
         assert_eq!(response.status(), StatusCode::OK);
-        let line = server.access_line(id).await;
+        let line = access_line(&server, id);
         assert_eq!(text_field(&line, "client"), Some(expected), "{line}");
     }
 }
@@ -519,8 +353,9 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_beyond_max_connections_waits_for_a_free_slot() {
     let hub = Hub::start().await;
-    let (_dir, path) = config("max_connections = 2\n");
-    let server = Server::start(&hub.url(), &["--config", &path]).await;
+    let server = Mirror::builder(&hub.url())
+        .config("max_connections = 2\n")
+        .start();
 
     // Two kept-alive connections, each answered once, so each holds a slot.
     let mut held = Vec::new();
@@ -555,8 +390,9 @@ async fn a_connection_beyond_max_connections_waits_for_a_free_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_request_head_is_cut_off_after_header_read_timeout() {
     let hub = Hub::start().await;
-    let (_dir, path) = config("header_read_timeout = \"1s\"\n");
-    let server = Server::start(&hub.url(), &["--config", &path]).await;
+    let server = Mirror::builder(&hub.url())
+        .config("header_read_timeout = \"1s\"\n")
+        .start();
 
     // A head that never ends (slowloris).
     let mut slow = TcpStream::connect(server.addr).await.expect("connect");

@@ -6,23 +6,16 @@
 //! containerd (`ctr content fetch --hosts-dir`) and skopeo (prefix form)
 //! pulling from two real registries through one mirror.
 
-use crate::mirror_process::MirrorProcess;
-use crate::support::client::{client, config_file, header, oci_error_code, read_transfer};
+use crate::support::client::{client, config_file, header, read_transfer};
 use crate::support::hub::{Hub, Kind, Site, TestImage};
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout::{self, Image};
 use crate::support::process::run_bounded;
 use crate::support::registry::Registry;
-use crate::support::{require_tool, sha256_digest};
+use crate::support::{require_tool, sha256_digest, wait_until, ACCEPT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// What containerd and Docker send when asking for a manifest.
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
 
 /// `GET base+path`, with the manifest Accept list.
 async fn get(base: &str, path: &str) -> reqwest::Response {
@@ -36,13 +29,8 @@ async fn get(base: &str, path: &str) -> reqwest::Response {
 
 /// Status, `errors[0].code` and the raw body of an error response.
 async fn error_of(response: reqwest::Response) -> (u16, Option<String>, String) {
-    let status = response.status().as_u16();
-    let body = response.bytes().await.expect("error body");
-    (
-        status,
-        oci_error_code(&body),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    let error = crate::support::client::error_of(response).await;
+    (error.status.as_u16(), error.code, error.body)
 }
 
 /// Config text for `[[upstream]]` entries of (name, url, extra lines).
@@ -57,12 +45,8 @@ fn upstreams_toml(entries: &[(&str, &str, &str)]) -> String {
 
 /// A mirror started with a config holding `toml`; the first upstream's url
 /// is also passed as `--upstream`, as the harness always does.
-fn mirror_with(first_url: &str, toml: &str) -> (Mirror, tempfile::TempDir) {
-    let (dir, path) = config_file(toml);
-    let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror =
-        tokio::task::block_in_place(|| Mirror::start(first_url, &["--config", path.as_str()]));
-    (mirror, dir)
+fn mirror_with(first_url: &str, toml: &str) -> Mirror {
+    Mirror::builder(first_url).config(toml).start()
 }
 
 /// Registry-side paths (with query) the hub was asked for.
@@ -103,7 +87,7 @@ async fn ns_and_path_prefix_pick_each_registry_and_never_mix_their_tags() {
     let on_ghcr = ghcr.push_image("app", "latest", &[2000]);
     assert_ne!(on_hub.manifest_digest, on_ghcr.manifest_digest);
     let toml = upstreams_toml(&[("docker.io", &hub.url(), ""), ("ghcr.io", &ghcr.url(), "")]);
-    let (mirror, _config) = mirror_with(&hub.url(), &toml);
+    let mirror = mirror_with(&hub.url(), &toml);
     let base = mirror.url();
 
     // (path, image it must serve, OCI-Namespace it must echo)
@@ -222,7 +206,7 @@ async fn unknown_registries_get_a_404_naming_them_and_no_upstream_request() {
     hub.push_image("library/app", "latest", &[100]);
     ghcr.push_image("app", "latest", &[100]);
     let toml = upstreams_toml(&[("docker.io", &hub.url(), ""), ("ghcr.io", &ghcr.url(), "")]);
-    let (mirror, _config) = mirror_with(&hub.url(), &toml);
+    let mirror = mirror_with(&hub.url(), &toml);
     let zero = format!("sha256:{}", "0".repeat(64));
     let cases: Vec<(String, &str)> = vec![
         ("/v2/app/manifests/latest?ns=quay.io".into(), "quay.io"),
@@ -261,7 +245,7 @@ async fn with_one_upstream_a_dotted_name_is_a_repository_unless_it_is_a_known_re
     let hub = Hub::start().await;
     let dotted = hub.push_image("my.team/app", "v1", &[100]);
     let official = hub.push_image("library/app", "v1", &[200]);
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]));
+    let mirror = Mirror::start(&hub.url());
 
     assert_manifest(
         get(&mirror.url(), "/v2/my.team/app/manifests/v1").await,
@@ -309,7 +293,7 @@ async fn allow_and_deny_lists_answer_403_denied_without_asking_upstream() {
         ),
         ("ghcr.io", &ghcr.url(), "deny = [\"secret/*\"]"),
     ]);
-    let (mirror, _config) = mirror_with(&hub.url(), &toml);
+    let mirror = mirror_with(&hub.url(), &toml);
     let base = mirror.url();
 
     // Allowed repositories are served, so the good layer is now cached.
@@ -434,12 +418,13 @@ async fn credentials_from_a_file_and_the_environment_open_private_repositories_a
     let (_config_dir, config_path) = config_file(&toml);
     let config_path = config_path.to_str().expect("utf-8").to_string();
     // Debug logging everywhere: the most a deployment could log.
-    let mut mirror = tokio::task::block_in_place(|| {
-        MirrorProcess::start(
-            &["--config", &config_path],
-            &[(ENV_VAR, ENV_PASSWORD), ("RUST_LOG", "debug")],
-        )
-    });
+    // A process: the test reads everything it logs.
+    let mut mirror = Mirror::from_config_only()
+        .config_file(Path::new(&config_path))
+        .env(ENV_VAR, ENV_PASSWORD)
+        .log("debug")
+        .process()
+        .start();
     let base = mirror.url();
 
     let pulls: [(&str, &TestImage); 3] = [
@@ -523,7 +508,7 @@ async fn credentials_from_a_file_and_the_environment_open_private_repositories_a
         .text()
         .await
         .expect("metrics text");
-    tokio::task::block_in_place(|| mirror.stop());
+    mirror.stop();
     let stderr = mirror.stderr();
     assert!(
         stderr.lines().count() > 10,
@@ -584,21 +569,12 @@ impl Containerd {
             child: Some(child),
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if containerd.ctr(&["version"]).status.success() {
-                break;
-            }
+        wait_until("containerd to answer", Duration::from_secs(20), || {
             if let Some(Ok(Some(status))) = containerd.child.as_mut().map(|c| c.try_wait()) {
                 panic!("containerd exited ({status}):\n{}", containerd.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not answer within 20 s:\n{}",
-                containerd.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            containerd.ctr(&["version"]).status.success().then_some(())
+        });
         containerd
     }
 
@@ -638,7 +614,6 @@ struct TwoRegistries {
     hub_log_mark: usize,
     ghcr_log_mark: usize,
     mirror: Mirror,
-    _config: tempfile::TempDir,
     _tmp: tempfile::TempDir,
 }
 
@@ -653,9 +628,7 @@ impl TwoRegistries {
         hub.seed(&t.join("layout-hub"), "v1", "library/demo:v1");
         ghcr.seed(&t.join("layout-ghcr"), "v1", "library/demo:v1");
         let toml = upstreams_toml(&[("docker.io", &hub.url(), ""), ("ghcr.io", &ghcr.url(), "")]);
-        let (config, path) = config_file(&toml);
-        let path = path.to_str().expect("utf-8").to_string();
-        let mirror = Mirror::start(&hub.url(), &["--config", path.as_str()]);
+        let mirror = Mirror::builder(&hub.url()).config(&toml).start();
         TwoRegistries {
             hub_log_mark: hub.log().len(),
             ghcr_log_mark: ghcr.log().len(),
@@ -664,7 +637,6 @@ impl TwoRegistries {
             hub_image,
             ghcr_image,
             mirror,
-            _config: config,
             _tmp: tmp,
         }
     }

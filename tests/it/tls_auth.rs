@@ -6,9 +6,9 @@
 
 use crate::support::client::{client, header, oci_error_code, read_transfer};
 use crate::support::hub::{Hub, TestImage};
-use crate::support::mirror::Mirror;
+use crate::support::mirror::{Mirror, MirrorBuilder};
 use crate::support::process::run_bounded;
-use crate::support::{require_tool, sha256_digest};
+use crate::support::{block_on, require_tool, sha256_digest, wait_until, ACCEPT};
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
+/// How often the in-process mirror checks its TLS files here.
+const TLS_POLL: Duration = Duration::from_millis(200);
 
 /// Runs `openssl ARGS` in `dir`, asserting success.
 fn openssl(dir: &Path, args: &[&str]) -> Output {
@@ -285,9 +284,10 @@ async fn the_tls_listener_is_verified_by_curl_and_skopeo_and_speaks_h2() {
     let ca = TestCa::new();
     let (cert, key) = ca.issue("first", "1001");
     let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let mirror = tokio::task::block_in_place(|| {
-        Mirror::start(&hub.url(), &["--tls-cert", cert_s, "--tls-key", key_s])
-    });
+    let mirror = Mirror::builder(&hub.url())
+        .arg("--tls-cert", cert_s)
+        .arg("--tls-key", key_s)
+        .start();
     let port = mirror.addr.port();
     let base = format!("https://127.0.0.1:{port}");
     let ca_file = ca.ca_file();
@@ -381,10 +381,11 @@ async fn a_new_certificate_is_served_after_sighup_and_old_connections_keep_worki
     let (first_cert, first_key) = ca.issue("first", "1001");
     let (second_cert, second_key) = ca.issue("second", "2002");
     let live = LiveCert::new(&first_cert, &first_key);
-    let mirror = live.serve(&hub);
+    // A process: it gets SIGHUP.
+    let mirror = live.mirror(&hub).process().start();
     let cert = live.cert.clone();
     let port = mirror.addr.port();
-    let pid = mirror.pid().expect("running").to_string();
+    let pid = mirror.pid().to_string();
     let connector = tls_connector(&ca.ca_file());
 
     let mut old = tls_connect(&connector, port).await;
@@ -402,19 +403,15 @@ async fn a_new_certificate_is_served_after_sighup_and_old_connections_keep_worki
         .status()
         .expect("kill");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut fresh = tls_connect(&connector, port).await;
-        if presented(&fresh) == cert_der(&second_cert) {
-            assert_eq!(get_on(&mut fresh, "/v2/").await.0, 200);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "new handshakes still get the first certificate 5 s after SIGHUP"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut fresh = wait_until(
+        "new handshakes to get the second certificate after SIGHUP",
+        Duration::from_secs(5),
+        || {
+            let fresh = block_on(tls_connect(&connector, port));
+            (presented(&fresh) == cert_der(&second_cert)).then_some(fresh)
+        },
+    );
+    assert_eq!(get_on(&mut fresh, "/v2/").await.0, 200);
     // The connection from before the reload still works, on its old cert,
     // in the same process.
     assert_eq!(
@@ -423,7 +420,7 @@ async fn a_new_certificate_is_served_after_sighup_and_old_connections_keep_worki
         "old connection after reload"
     );
     assert_eq!(get_on(&mut old, "/healthz").await.0, 200);
-    assert_eq!(mirror.pid().map(|p| p.to_string()), Some(pid.clone()));
+    assert_eq!(mirror.pid().to_string(), pid);
 
     // A broken certificate file plus SIGHUP: the mirror keeps serving the
     // last good certificate instead of failing handshakes or exiting.
@@ -450,7 +447,7 @@ async fn a_certificate_replaced_on_disk_is_picked_up_without_a_signal() {
     let (first_cert, first_key) = ca.issue("first", "3003");
     let (second_cert, second_key) = ca.issue("second", "4004");
     let live = LiveCert::new(&first_cert, &first_key);
-    let mirror = live.serve(&hub);
+    let mirror = live.mirror(&hub).timings(|t| t.tls_poll = TLS_POLL).start();
     let port = mirror.addr.port();
     let connector = tls_connector(&ca.ca_file());
     assert_eq!(
@@ -460,18 +457,16 @@ async fn a_certificate_replaced_on_disk_is_picked_up_without_a_signal() {
     // Let the modification times move past the ones the mirror recorded.
     tokio::time::sleep(Duration::from_millis(20)).await;
     live.replace_with(&second_cert, &second_key);
-    // The files are polled every 10 s.
+    // The files are polled every TLS_POLL (10 s in production).
     let started = Instant::now();
-    loop {
-        if presented(&tls_connect(&connector, port).await) == cert_der(&second_cert) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the replaced certificate was not served within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_until(
+        "the replaced certificate to be served",
+        Duration::from_secs(15),
+        || {
+            let presented_now = presented(&block_on(tls_connect(&connector, port)));
+            (presented_now == cert_der(&second_cert)).then_some(())
+        },
+    );
     eprintln!(
         "new certificate served {:?} after the swap",
         started.elapsed()
@@ -498,11 +493,7 @@ fn mirror_with_client_auth(hub: &Hub) -> (Mirror, tempfile::TempDir) {
         tokens.display(),
         hub.url()
     );
-    let path = dir.path().join("pullthrough.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror =
-        tokio::task::block_in_place(|| Mirror::start(&hub.url(), &["--config", path.as_str()]));
+    let mirror = Mirror::builder(&hub.url()).config(&toml).start();
     (mirror, dir)
 }
 
@@ -714,11 +705,11 @@ impl LiveCert {
         live
     }
 
-    fn serve(&self, hub: &Hub) -> Mirror {
+    fn mirror(&self, hub: &Hub) -> MirrorBuilder {
         let (cert, key) = (self.cert.to_str().unwrap(), self.key.to_str().unwrap());
-        tokio::task::block_in_place(|| {
-            Mirror::start(&hub.url(), &["--tls-cert", cert, "--tls-key", key])
-        })
+        Mirror::builder(&hub.url())
+            .arg("--tls-cert", cert)
+            .arg("--tls-key", key)
     }
 
     /// Replaces both files, key first, each by an atomic rename.

@@ -42,7 +42,7 @@ async fn a_private_repository_is_pulled_with_configured_credentials() {
     let hub = Hub::start().await;
     let image = hub.push_image("corp/secret", "v1", &[5000]);
     hub.make_private("corp/secret", "u", "p");
-    let (mirror, _config) = mirror_with_config(&hub, "username = \"u\"\npassword = \"p\"");
+    let mirror = mirror_with_config(&hub, "username = \"u\"\npassword = \"p\"");
     pull(&mirror, "corp/secret", "v1", &image).await;
     let private_requests: Vec<_> = hub
         .token_requests()
@@ -88,7 +88,7 @@ async fn private_content_is_served_only_under_repositories_that_hold_it() {
     let secret = hub.push_image("corp/secret", "v1", &[5000]);
     hub.make_private("corp/secret", "u", "p");
     hub.push_image("library/app", "v1", &[1000]);
-    let (mirror, _config) = mirror_with_config(&hub, "username = \"u\"\npassword = \"p\"");
+    let mirror = mirror_with_config(&hub, "username = \"u\"\npassword = \"p\"");
     pull(&mirror, "corp/secret", "v1", &secret).await;
     let (layer, layer_bytes) = &secret.layers[0];
 
@@ -142,7 +142,7 @@ async fn joining_a_private_download_costs_no_extra_upstream_request() {
         Target::Digest(layer.clone()),
         Fault::Throttle(4 * 1024 * 1024),
     );
-    let (mirror, _config) = mirror_with_config(&hub, "username = \"u\"\npassword = \"p\"");
+    let mirror = mirror_with_config(&hub, "username = \"u\"\npassword = \"p\"");
     let url = format!("{}/v2/corp/secret/blobs/{layer}", mirror.url());
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..8 {

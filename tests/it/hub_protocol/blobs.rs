@@ -155,5 +155,5 @@ async fn a_corrupt_upstream_blob_is_never_served_or_cached() {
     let retry = get(&mirror, &path).await;
     assert_eq!(retry.status(), StatusCode::OK);
     assert_eq!(&read_transfer(retry).await.bytes(), layer);
-    wait_cached(&mirror, digest).await;
+    wait_cached(&mirror, digest);
 }

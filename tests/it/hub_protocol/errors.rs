@@ -156,7 +156,7 @@ async fn an_unreachable_upstream_is_a_502_or_503() {
     let image = hub.push_image("library/app", "v1", &[10]);
     let upstream = hub.url();
     hub.stop().await;
-    let mirror = tokio::task::block_in_place(|| Mirror::start(&upstream, &[]));
+    let mirror = Mirror::start(&upstream);
     let paths = [
         "/v2/library/app/manifests/v1".to_string(),
         format!("/v2/library/app/manifests/{}", image.manifest_digest),

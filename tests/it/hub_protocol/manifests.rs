@@ -1,11 +1,10 @@
 //! Manifests by tag and digest: byte-exact bodies and headers, Accept
 //! passed through, tag freshness and revalidation with HEAD.
 
-use super::{
-    assert_not_cached, get, head, manifest_requests, mirror_of, mirror_with_config, pull, ACCEPT,
-};
+use super::{assert_not_cached, get, head, manifest_requests, mirror_of, mirror_with_config, pull};
 use crate::support::client::{client, header, read_transfer, Transfer};
 use crate::support::hub::{Fault, Hub, Kind, Target, OCI_INDEX, OCI_MANIFEST};
+use crate::support::ACCEPT;
 use http::StatusCode;
 use std::time::Duration;
 
@@ -118,7 +117,7 @@ async fn a_fresh_tag_is_answered_without_asking_upstream() {
 async fn a_stale_tag_is_revalidated_with_head_and_never_gotten_by_tag() {
     let hub = Hub::start().await;
     let old = hub.push_image("library/app", "v1", &[10]);
-    let (mirror, _config) = mirror_with_config(&hub, "tag_ttl = \"1s\"");
+    let mirror = mirror_with_config(&hub, "tag_ttl = \"1s\"");
     pull(&mirror, "library/app", "v1", &old).await;
     assert_eq!(
         hub.count(Kind::ManifestGetByTag),
@@ -165,7 +164,7 @@ async fn a_stale_tag_is_revalidated_with_head_and_never_gotten_by_tag() {
 async fn a_stale_tag_is_served_when_the_upstream_fails() {
     let hub = Hub::start().await;
     let image = hub.push_image("library/app", "v1", &[10]);
-    let (mirror, _config) = mirror_with_config(&hub, "tag_ttl = \"1s\"");
+    let mirror = mirror_with_config(&hub, "tag_ttl = \"1s\"");
     pull(&mirror, "library/app", "v1", &image).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     hub.set_fault(Target::All, Fault::Status(503));

@@ -8,37 +8,27 @@ mod blobs;
 mod errors;
 mod manifests;
 
-use crate::support::client::{
-    client, config_file, files_named, header, hex_of, oci_error_code, read_transfer,
-};
+use crate::support::client::{client, files_named, header, hex_of, read_transfer};
 use crate::support::hub::{Hub, Kind, TestImage};
 use crate::support::mirror::Mirror;
+use crate::support::{wait_until, ACCEPT};
 use http::StatusCode;
-use std::time::{Duration, Instant};
-
-/// What Docker and containerd send when asking for a manifest.
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json;q=0.9, \
-    application/vnd.docker.distribution.manifest.v2+json;q=0.8";
+use std::time::Duration;
 
 /// A mirror of `hub` with default settings.
 fn mirror_of(hub: &Hub) -> Mirror {
-    tokio::task::block_in_place(|| Mirror::start(&hub.url(), &[]))
+    Mirror::start(&hub.url())
 }
 
 /// A mirror of `hub` started with a config file holding `upstream_extra`
-/// under its `[[upstream]]` table. Keep the `TempDir` alive with the mirror.
-fn mirror_with_config(hub: &Hub, upstream_extra: &str) -> (Mirror, tempfile::TempDir) {
-    let toml = format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n{upstream_extra}\n",
-        hub.url()
-    );
-    let (dir, path) = config_file(&toml);
-    let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror =
-        tokio::task::block_in_place(|| Mirror::start(&hub.url(), &["--config", path.as_str()]));
-    (mirror, dir)
+/// under its `[[upstream]]` table.
+fn mirror_with_config(hub: &Hub, upstream_extra: &str) -> Mirror {
+    Mirror::builder(&hub.url())
+        .config(&format!(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n{upstream_extra}\n",
+            hub.url()
+        ))
+        .start()
 }
 
 async fn get(mirror: &Mirror, path: &str) -> reqwest::Response {
@@ -72,9 +62,8 @@ async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
 
 /// Status and `errors[0].code` of an error response.
 async fn error_of(response: reqwest::Response) -> (StatusCode, Option<String>) {
-    let status = response.status();
-    let body = response.bytes().await.expect("error body");
-    (status, oci_error_code(&body))
+    let error = crate::support::client::error_of(response).await;
+    (error.status, error.code)
 }
 
 /// Pulls `image` through the mirror as a client does (manifest by tag, then
@@ -109,16 +98,13 @@ fn manifest_requests(hub: &Hub) -> u64 {
 }
 
 /// Waits (bounded) until the cache holds a file named after `digest`.
-async fn wait_cached(mirror: &Mirror, digest: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while files_named(&mirror.cache_dir.join("blobs"), hex_of(digest)).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{digest} never appeared under {}/blobs",
-            mirror.cache_dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+fn wait_cached(mirror: &Mirror, digest: &str) {
+    let blobs = mirror.cache_dir.join("blobs");
+    wait_until(
+        &format!("{digest} under {}", blobs.display()),
+        Duration::from_secs(10),
+        || (!files_named(&blobs, hex_of(digest)).is_empty()).then_some(()),
+    );
 }
 
 fn assert_not_cached(mirror: &Mirror, digest: &str) {

@@ -23,7 +23,7 @@ async fn kill_9_mid_download_leaves_nothing_partial_and_restart_serves_right_byt
     hub.set_fault(Target::Digest(digest.clone()), Fault::Throttle(MIB as u64));
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
-    let (mut mirror, _c1) = mirror_on(&hub.url(), &cache, "");
+    let mut mirror = mirror_on(&hub.url(), &cache, "");
 
     let mut response = get(&mirror, &format!("/v2/{REPO}/blobs/{digest}")).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -48,7 +48,7 @@ async fn kill_9_mid_download_leaves_nothing_partial_and_restart_serves_right_byt
     assert_eq!(hub.count(Kind::CdnGet), 1);
 
     hub.clear_faults();
-    let (mirror, _c2) = mirror_on(&hub.url(), &cache, "");
+    let mirror = mirror_on(&hub.url(), &cache, "");
     assert!(
         temp_files(&cache).is_empty(),
         "tmp/ not emptied at start: {:?}",
@@ -61,9 +61,8 @@ async fn kill_9_mid_download_leaves_nothing_partial_and_restart_serves_right_byt
         "downloaded afresh after the crash"
     );
     wait_until("the blob in the cache", Duration::from_secs(10), || {
-        cached(&cache, &digest)
-    })
-    .await;
+        (cached(&cache, &digest)).then_some(())
+    });
     assert_blobs_verified(&cache);
 
     hub.reset_counts();
@@ -88,7 +87,7 @@ async fn kill_9_at_any_moment_of_a_pull_keeps_the_cache_consistent() {
                 Fault::Throttle(4 * MIB as u64),
             );
         }
-        let (mut mirror, _c) = mirror_on(&hub.url(), &cache, "");
+        let mut mirror = mirror_on(&hub.url(), &cache, "");
         let mut pulls = JoinSet::new();
         for (digest, _) in std::iter::once(&image.config).chain(&image.layers) {
             let url = format!("{}/v2/{REPO}/blobs/{digest}", mirror.url());
@@ -108,7 +107,7 @@ async fn kill_9_at_any_moment_of_a_pull_keeps_the_cache_consistent() {
         assert_blobs_verified(&cache);
 
         // Restart: tmp/ is empty and the whole image pulls right.
-        let (mirror, _c) = mirror_on(&hub.url(), &cache, "");
+        let mirror = mirror_on(&hub.url(), &cache, "");
         assert!(
             temp_files(&cache).is_empty(),
             "round {round}: tmp/ not emptied"
@@ -125,20 +124,19 @@ async fn kill_9_right_after_a_pull_keeps_what_was_cached() {
     let image = hub.push_image(REPO, "v1", &[MIB, 64 * 1024]);
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
-    let (mut mirror, _c1) = mirror_on(&hub.url(), &cache, "");
+    let mut mirror = mirror_on(&hub.url(), &cache, "");
     pull(&mirror, "v1", &image).await;
     for (digest, _) in std::iter::once(&image.config).chain(&image.layers) {
         wait_until("the blob in the cache", Duration::from_secs(10), || {
-            cached(&cache, digest)
-        })
-        .await;
+            (cached(&cache, digest)).then_some(())
+        });
     }
     // No pause: whatever the index had not flushed yet is lost.
     mirror.kill();
     assert_blobs_verified(&cache);
 
     hub.reset_counts();
-    let (mirror, _c2) = mirror_on(&hub.url(), &cache, "");
+    let mirror = mirror_on(&hub.url(), &cache, "");
     pull(&mirror, "v1", &image).await;
     // A lost tag mapping costs at most one revalidation (HEAD); content
     // is never fetched again.

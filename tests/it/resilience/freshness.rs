@@ -26,7 +26,7 @@ async fn a_sequence_of_pulls_never_gets_a_manifest_by_tag() {
     let latest = hub.push_image(REPO, "latest", &[8192]);
     let pinned = hub.push_image(REPO, "v1.0", &[8192]);
     let extra = "tag_ttl = \"1s\"\nimmutable_tags = [\"v*\"]";
-    let (mirror, _config) = mirror_with(&hub.url(), extra);
+    let mirror = mirror_with(&hub.url(), extra);
 
     // Fresh: Podman GETs by tag; the mirror HEADs and GETs by digest.
     pull(&mirror, "latest", &latest).await;
@@ -50,8 +50,11 @@ async fn a_sequence_of_pulls_never_gets_a_manifest_by_tag() {
     pull(&mirror, "latest", &latest).await;
     pull(&mirror, "v1.0", &pinned).await;
     assert_eq!(manifest_traffic(&hub), (3, 2));
-    let revalidated = "pullthrough_cache_lookups_total{kind=\"tag\",result=\"revalidated\"}";
-    assert!(metric(&mirror, revalidated).await >= 1.0);
+    let revalidated: super::Series = (
+        "pullthrough_cache_lookups_total",
+        &[("kind", "tag"), ("result", "revalidated")],
+    );
+    assert!(metric(&mirror, revalidated) >= 1.0);
 
     // Moved: one HEAD and one GET by digest for the new manifest.
     let moved = hub.push_image(REPO, "latest", &[8192]);

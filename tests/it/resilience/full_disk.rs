@@ -3,6 +3,7 @@
 //! upstream to the client, verified, without caching; nothing partial is
 //! left under blobs/ or tmp/; caching resumes once space returns.
 
+use super::Series;
 use super::{
     assert_blobs_verified, assert_no_manifest_get_by_tag, blob, cached, manifest, metric,
     mirror_on, pull, request_lines, temp_files, wait_until, REPO,
@@ -15,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
-const BYPASSES: &str = "pullthrough_cache_bypasses_total";
+const BYPASSES: Series = ("pullthrough_cache_bypasses_total", &[]);
 
 /// A size-limited tmpfs, unmounted when dropped. Declare it before the
 /// mirror that uses it, so the mirror is gone first.
@@ -101,7 +102,7 @@ async fn a_full_disk_streams_past_the_cache_and_caching_resumes() {
     let big = hub.push_image(REPO, "big", &[12 * MIB]);
     let (layer, layer_bytes) = image.layers[0].clone();
     let (big_layer, big_bytes) = big.layers[0].clone();
-    let (mirror, _config) = mirror_on(&hub.url(), &cache, "");
+    let mirror = mirror_on(&hub.url(), &cache, "");
 
     // Manifest and config fit; then the disk fills to within 1 MiB.
     let (status, bytes) = manifest(&mirror, "v1").await;
@@ -120,15 +121,14 @@ async fn a_full_disk_streams_past_the_cache_and_caching_resumes() {
 
     // A blob larger than the free space, and one larger than the disk:
     // right bytes, nothing cached, nothing partial, counted.
-    let before = metric(&mirror, BYPASSES).await;
+    let before = metric(&mirror, BYPASSES);
     assert_eq!(blob(&mirror, &layer).await.as_ref(), Ok(&layer_bytes));
     assert_eq!(blob(&mirror, &big_layer).await.as_ref(), Ok(&big_bytes));
-    assert_eq!(metric(&mirror, BYPASSES).await, before + 2.0);
+    assert_eq!(metric(&mirror, BYPASSES), before + 2.0);
     assert!(!cached(&cache, &layer) && !cached(&cache, &big_layer));
     wait_until("tmp/ to empty", Duration::from_secs(5), || {
-        temp_files(&cache).is_empty()
-    })
-    .await;
+        (temp_files(&cache).is_empty()).then_some(())
+    });
     assert_blobs_verified(&cache);
     // Each bypass costs the hub two downloads today: the cache's own,
     // dropped when the reservation fails, and the relay's.
@@ -138,13 +138,12 @@ async fn a_full_disk_streams_past_the_cache_and_caching_resumes() {
     std::fs::remove_file(&filler).expect("free the disk");
     assert_eq!(blob(&mirror, &layer).await.as_ref(), Ok(&layer_bytes));
     wait_until("the blob in the cache", Duration::from_secs(10), || {
-        cached(&cache, &layer)
-    })
-    .await;
+        (cached(&cache, &layer)).then_some(())
+    });
     hub.reset_counts();
     pull(&mirror, "v1", &image).await;
     assert!(hub.requests().is_empty(), "{:?}", request_lines(&hub));
-    assert_eq!(metric(&mirror, BYPASSES).await, before + 2.0);
+    assert_eq!(metric(&mirror, BYPASSES), before + 2.0);
     assert_blobs_verified(&cache);
     assert!(temp_files(&cache).is_empty());
     assert_no_manifest_get_by_tag(&hub);
@@ -158,7 +157,7 @@ async fn a_disk_with_no_room_left_still_serves_a_fresh_pull() {
     let cache = disk.path.join("cache");
     let hub = Hub::start().await;
     let image = hub.push_image(REPO, "v1", &[MIB, 4096]);
-    let (mirror, _config) = mirror_on(&hub.url(), &cache, "");
+    let mirror = mirror_on(&hub.url(), &cache, "");
 
     let filler = disk.path.join("filler");
     fill(&filler, u64::MAX);
@@ -172,7 +171,7 @@ async fn a_disk_with_no_room_left_still_serves_a_fresh_pull() {
         assert!(!cached(&cache, digest));
     }
     assert_blobs_verified(&cache);
-    let bypasses = metric(&mirror, BYPASSES).await;
+    let bypasses = metric(&mirror, BYPASSES);
     if bypasses < 2.0 {
         problems.push(format!("full disk: {bypasses} bypasses counted"));
     }

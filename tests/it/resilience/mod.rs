@@ -9,19 +9,13 @@ mod full_disk;
 mod outage;
 mod rate_limit;
 
-use crate::support::client::{client, config_file, files_named, hex_of, read_transfer};
+use crate::support::client::{client, files_named, hex_of, read_transfer};
 use crate::support::hub::{Hub, Kind, Site, TestImage};
-use crate::support::mirror::Mirror;
-use crate::support::sha256_digest;
+use crate::support::mirror::{Mirror, MirrorBuilder};
+use crate::support::{sha256_digest, wait_until, ACCEPT};
 use http::StatusCode;
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// What Docker and containerd send when asking for a manifest.
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json;q=0.9, \
-    application/vnd.docker.distribution.manifest.v2+json;q=0.8";
+use std::time::Duration;
 
 /// The repository every test here pulls from.
 const REPO: &str = "library/app";
@@ -31,26 +25,30 @@ const REPO: &str = "library/app";
 const PAST_TTL: Duration = Duration::from_millis(1150);
 
 /// A mirror of `upstream` whose `[[upstream]]` table holds `extra`, on a
-/// fresh cache. Keep the `TempDir` (the config file) alive with the mirror.
-fn mirror_with(upstream: &str, extra: &str) -> (Mirror, tempfile::TempDir) {
-    let (dir, path) = upstream_config(upstream, extra);
-    let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror = tokio::task::block_in_place(|| Mirror::start(upstream, &["--config", &path]));
-    (mirror, dir)
+/// fresh cache, in-process; retries pause briefly (the tests count tries,
+/// not pauses).
+fn mirror_builder(upstream: &str, extra: &str) -> MirrorBuilder {
+    Mirror::builder(upstream)
+        .config(&format!("[[upstream]]\nurl = \"{upstream}\"\n{extra}\n"))
+        .timings(|t| t.retry_backoff = Duration::from_millis(10))
 }
 
-/// Like [`mirror_with`] on an existing cache directory (restarts).
-fn mirror_on(upstream: &str, cache: &Path, extra: &str) -> (Mirror, tempfile::TempDir) {
-    let (dir, path) = upstream_config(upstream, extra);
-    let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror = tokio::task::block_in_place(|| {
-        Mirror::start_with_cache(upstream, cache, &["--config", &path])
-    });
-    (mirror, dir)
+fn mirror_with(upstream: &str, extra: &str) -> Mirror {
+    mirror_builder(upstream, extra).start()
 }
 
-fn upstream_config(upstream: &str, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    config_file(&format!("[[upstream]]\nurl = \"{upstream}\"\n{extra}\n"))
+/// Like [`mirror_with`], as a process: for tests that kill it, restart it
+/// on `cache`, or assert exact metric values (the library's metrics are
+/// one registry per process until they become per-App).
+fn mirror_process(upstream: &str, extra: &str) -> MirrorBuilder {
+    Mirror::builder(upstream)
+        .config(&format!("[[upstream]]\nurl = \"{upstream}\"\n{extra}\n"))
+        .process()
+}
+
+/// [`mirror_process`] on an existing cache directory (restarts, crashes).
+fn mirror_on(upstream: &str, cache: &Path, extra: &str) -> Mirror {
+    mirror_process(upstream, extra).cache_dir(cache).start()
 }
 
 async fn get(mirror: &Mirror, path: &str) -> reqwest::Response {
@@ -110,9 +108,8 @@ async fn pull_blobs(mirror: &Mirror, image: &TestImage) {
 
 /// The status of a request that must fail, and its OCI error code.
 async fn failure(response: reqwest::Response) -> (StatusCode, Option<String>) {
-    let status = response.status();
-    let body = response.bytes().await.unwrap_or_default();
-    (status, crate::support::client::oci_error_code(&body))
+    let error = crate::support::client::error_of(response).await;
+    (error.status, error.code)
 }
 
 /// Registry-side requests the hub received (tokens and CDN excluded),
@@ -137,31 +134,12 @@ fn assert_no_manifest_get_by_tag(hub: &Hub) {
     );
 }
 
-/// One series of the mirror's `/metrics`, e.g.
-/// `pullthrough_cache_bypasses_total` or
-/// `pullthrough_cache_lookups_total{kind="tag",result="stale"}`; 0 if absent.
-async fn metric(mirror: &Mirror, series: &str) -> f64 {
-    let text = get(mirror, "/metrics")
-        .await
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().expect("metric value"))
-        })
-        .unwrap_or(0.0)
-}
+/// A series of the mirror's metrics: name and labels.
+type Series = (&'static str, &'static [(&'static str, &'static str)]);
 
-/// Waits (bounded) until `condition` holds.
-async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The value of `series` in the mirror's `/metrics`; 0 if absent.
+fn metric(mirror: &Mirror, (name, labels): Series) -> f64 {
+    mirror.metric(name, labels)
 }
 
 fn cached(cache: &Path, digest: &str) -> bool {

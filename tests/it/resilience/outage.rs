@@ -3,18 +3,27 @@
 //! 5xx, retries stay bounded, and the circuit breaker stops the mirror from
 //! asking a dead upstream at all for a while.
 
+use super::Series;
 use super::{
-    assert_no_manifest_get_by_tag, blob, failure, get, manifest, metric, mirror_on, mirror_with,
-    pull, pull_blobs, recorded, registry_requests, request_lines, PAST_TTL, REPO,
+    assert_no_manifest_get_by_tag, blob, failure, get, manifest, metric, mirror_builder, mirror_on,
+    mirror_process, mirror_with, pull, pull_blobs, recorded, registry_requests, request_lines,
+    wait_until, PAST_TTL, REPO,
 };
+use crate::support::block_on;
 use crate::support::hub::{Fault, Hub, Kind, Site, Target, TestImage};
 use crate::support::mirror::Mirror;
 use http::StatusCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TTL: &str = "tag_ttl = \"1s\"";
-const STALE: &str = "pullthrough_cache_lookups_total{kind=\"tag\",result=\"stale\"}";
-const CIRCUIT_OPEN: &str = "pullthrough_upstream_circuit_open{upstream=\"docker.io\"}";
+const STALE: Series = (
+    "pullthrough_cache_lookups_total",
+    &[("kind", "tag"), ("result", "stale")],
+);
+const CIRCUIT_OPEN: Series = (
+    "pullthrough_upstream_circuit_open",
+    &[("upstream", "docker.io")],
+);
 
 /// An uncached request the mirror must refuse with a gateway-ish 5xx.
 fn assert_gateway_failure((status, code): (StatusCode, Option<String>), what: &str) {
@@ -30,7 +39,7 @@ async fn cached_content_keeps_serving_after_the_upstream_goes_away() {
     let hub = Hub::start().await;
     let cached = hub.push_image(REPO, "v1", &[64 * 1024, 4096]);
     let uncached = hub.push_image(REPO, "v2", &[4096]);
-    let (mirror, _config) = mirror_with(&hub.url(), TTL);
+    let mirror = mirror_with(&hub.url(), TTL);
     pull(&mirror, "v1", &cached).await;
     assert_no_manifest_get_by_tag(&hub);
     assert_eq!(hub.count(Kind::ManifestHeadByTag), 1);
@@ -46,10 +55,7 @@ async fn cached_content_keeps_serving_after_the_upstream_goes_away() {
         (status, bytes),
         (StatusCode::OK, cached.manifest_bytes.clone())
     );
-    assert!(
-        metric(&mirror, STALE).await >= 1.0,
-        "the stale answer is counted"
-    );
+    assert!(metric(&mirror, STALE) >= 1.0, "the stale answer is counted");
 
     assert_gateway_failure(
         failure(get(&mirror, &format!("/v2/{REPO}/manifests/v2")).await).await,
@@ -72,7 +78,10 @@ async fn a_503_outage_opens_the_breaker_while_the_cache_answers() {
     let hub = Hub::start().await;
     let cached = hub.push_image(REPO, "v1", &[32 * 1024]);
     let uncached = hub.push_image(REPO, "v2", &[4096]);
-    let (mirror, _config) = mirror_with(&hub.url(), TTL);
+    // The breaker must stay open through a PAST_TTL pause, not 5 s.
+    let mirror = mirror_builder(&hub.url(), TTL)
+        .timings(|t| t.breaker_open = Duration::from_secs(2))
+        .start();
     pull(&mirror, "v1", &cached).await;
     hub.reset_counts();
     hub.set_fault(Target::All, Fault::Status(503));
@@ -86,7 +95,7 @@ async fn a_503_outage_opens_the_breaker_while_the_cache_answers() {
         vec![format!("HEAD /v2/{REPO}/manifests/v1"); 3],
         "one HEAD and two retries; cached blobs cost nothing"
     );
-    assert!(metric(&mirror, STALE).await >= 1.0);
+    assert!(metric(&mirror, STALE) >= 1.0);
 
     // Outages 2 and 3: uncached content fails, each after three tries.
     let blob_path = format!("/v2/{REPO}/blobs/{}", uncached.layers[0].0);
@@ -102,7 +111,7 @@ async fn a_503_outage_opens_the_breaker_while_the_cache_answers() {
     );
     assert_eq!(recorded(&hub, "GET", &manifest_path), 3);
     assert_eq!(
-        metric(&mirror, CIRCUIT_OPEN).await,
+        metric(&mirror, CIRCUIT_OPEN),
         1.0,
         "three outages open the circuit"
     );
@@ -130,16 +139,11 @@ async fn a_503_outage_opens_the_breaker_while_the_cache_answers() {
     // The upstream recovers: within the breaker's open period plus a
     // margin, a probe goes through and everything works again.
     hub.clear_faults();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let response = get(&mirror, &manifest_path).await;
-        if response.status() == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the circuit never closed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(metric(&mirror, CIRCUIT_OPEN).await, 0.0);
+    wait_until("the circuit to close", Duration::from_secs(10), || {
+        let response = block_on(get(&mirror, &manifest_path));
+        (response.status() == StatusCode::OK).then_some(())
+    });
+    assert_eq!(metric(&mirror, CIRCUIT_OPEN), 0.0);
     pull(&mirror, "v2", &uncached).await;
     assert_no_manifest_get_by_tag(&hub);
 }
@@ -148,7 +152,8 @@ async fn a_503_outage_opens_the_breaker_while_the_cache_answers() {
 async fn server_errors_serve_stale_and_only_gateway_errors_are_retried() {
     let hub = Hub::start().await;
     let image = hub.push_image(REPO, "v1", &[4096]);
-    let (mirror, _config) = mirror_with(&hub.url(), TTL);
+    // A process: an exact gauge value (one metrics registry per process).
+    let mirror = mirror_process(&hub.url(), TTL).start();
     pull(&mirror, "v1", &image).await;
     hub.reset_counts();
 
@@ -181,7 +186,7 @@ async fn server_errors_serve_stale_and_only_gateway_errors_are_retried() {
         request_lines(&hub)
     );
     assert_eq!(hub.count(Kind::CdnGet), 0);
-    assert_eq!(metric(&mirror, CIRCUIT_OPEN).await, 0.0);
+    assert_eq!(metric(&mirror, CIRCUIT_OPEN), 0.0);
     assert_no_manifest_get_by_tag(&hub);
 }
 
@@ -191,7 +196,8 @@ async fn a_stalled_upstream_trips_the_breaker_and_the_cache_answers() {
     let cached = hub.push_image(REPO, "v1", &[32 * 1024]);
     let uncached = hub.push_image(REPO, "v2", &[4096, 4096]);
     let extra = "tag_ttl = \"1s\"\nconnect_timeout = \"1s\"\nread_timeout = \"1s\"";
-    let (mirror, _config) = mirror_with(&hub.url(), extra);
+    // A process: an exact gauge value (one metrics registry per process).
+    let mirror = mirror_process(&hub.url(), extra).start();
     pull(&mirror, "v1", &cached).await;
     hub.reset_counts();
     hub.set_fault(Target::All, Fault::Stall);
@@ -229,7 +235,7 @@ async fn a_stalled_upstream_trips_the_breaker_and_the_cache_answers() {
         "one try each: {:?}",
         request_lines(&hub)
     );
-    assert_eq!(metric(&mirror, CIRCUIT_OPEN).await, 1.0);
+    assert_eq!(metric(&mirror, CIRCUIT_OPEN), 1.0);
 
     // Open circuit: the dead upstream is not asked; failures and cache
     // answers come without waiting for a timeout.
@@ -255,7 +261,7 @@ async fn a_stalled_upstream_trips_the_breaker_and_the_cache_answers() {
         (StatusCode::OK, cached.manifest_bytes.clone())
     );
     assert_eq!(registry_requests(&hub), 0, "{:?}", request_lines(&hub));
-    assert!(metric(&mirror, STALE).await >= 2.0);
+    assert!(metric(&mirror, STALE) >= 2.0);
     assert_no_manifest_get_by_tag(&hub);
 }
 
@@ -267,14 +273,14 @@ async fn a_restart_while_the_upstream_is_down_serves_the_cache() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
 
-    let (mut first, _c1) = mirror_on(&hub.url(), &cache, TTL);
+    let mut first = mirror_on(&hub.url(), &cache, TTL);
     pull(&first, "v1", &image).await;
-    first.terminate().expect("the first mirror exits");
+    first.terminate();
 
     // Upstream answering 503: start-up asks it nothing, the cache serves.
     hub.set_fault(Target::All, Fault::Status(503));
     hub.reset_counts();
-    let (mut second, _c2) = mirror_on(&hub.url(), &cache, TTL);
+    let mut second = mirror_on(&hub.url(), &cache, TTL);
     tokio::time::sleep(PAST_TTL).await;
     assert!(
         hub.requests().is_empty(),
@@ -282,7 +288,7 @@ async fn a_restart_while_the_upstream_is_down_serves_the_cache() {
         hub.requests()
     );
     pull(&second, "v1", &image).await;
-    assert!(metric(&second, STALE).await >= 1.0);
+    assert!(metric(&second, STALE) >= 1.0);
     let lines = request_lines(&hub);
     assert!(!lines.is_empty(), "the stale tag was revalidated first");
     assert!(
@@ -298,7 +304,7 @@ async fn a_restart_while_the_upstream_is_down_serves_the_cache() {
     // Upstream gone altogether (connections refused): same.
     let hub_url = hub.url();
     hub.stop().await;
-    let (third, _c3) = mirror_on(&hub_url, &cache, TTL);
+    let third = mirror_on(&hub_url, &cache, TTL);
     pull(&third, "v1", &image).await;
     pull_blobs(&third, &image).await;
     let path = format!("/v2/{REPO}/manifests/{}", uncached.manifest_digest);
@@ -310,7 +316,7 @@ async fn a_restart_while_the_upstream_is_down_serves_the_cache() {
 async fn stale_answers_stop_after_max_stale() {
     let hub = Hub::start().await;
     let image = hub.push_image(REPO, "v1", &[4096]);
-    let (mirror, _config) = mirror_with(&hub.url(), "tag_ttl = \"1s\"\nmax_stale = \"2s\"");
+    let mirror = mirror_with(&hub.url(), "tag_ttl = \"1s\"\nmax_stale = \"2s\"");
     pull(&mirror, "v1", &image).await;
     hub.reset_counts();
     hub.set_fault(Target::All, Fault::Status(500));
@@ -341,7 +347,7 @@ async fn a_blob_body_that_stops_flowing_fails_the_transfer_and_caches_nothing() 
     // Headers at once, then the first 64 KiB frame after about a minute.
     hub.set_fault(Target::Digest(digest.clone()), Fault::Throttle(1024));
     let extra = "read_timeout = \"1s\"";
-    let (mirror, _config) = mirror_with(&hub.url(), extra);
+    let mirror = mirror_with(&hub.url(), extra);
 
     let response = get(&mirror, &format!("/v2/{REPO}/blobs/{digest}")).await;
     let transfer = tokio::time::timeout(
@@ -369,7 +375,9 @@ async fn a_blob_body_that_stops_flowing_fails_the_transfer_and_caches_nothing() 
 async fn a_failing_token_service_serves_the_cached_tag() {
     let hub = Hub::start().await;
     let image = hub.push_image(REPO, "v1", &[4096]);
-    let (mirror, _config) = mirror_with(&hub.url(), TTL);
+    let mirror = mirror_builder(&hub.url(), TTL)
+        .timings(|t| t.breaker_open = BREAKER_OPEN_TIMING)
+        .start();
     pull(&mirror, "v1", &image).await;
 
     for status in [503, 429] {
@@ -377,8 +385,9 @@ async fn a_failing_token_service_serves_the_cached_tag() {
         hub.clear_faults();
         hub.set_fault(Target::All, Fault::TokenStatus(status));
         hub.reset_counts();
-        // Past the tag's TTL and past any breaker the last round opened.
-        tokio::time::sleep(BREAKER_OPEN + PAST_TTL).await;
+        // Past the tag's TTL and past any breaker the last round opened
+        // (both started before this pause).
+        tokio::time::sleep(PAST_TTL.max(BREAKER_OPEN)).await;
         let (got, bytes) = manifest(&mirror, "v1").await;
         assert_eq!(
             (got, bytes),
@@ -396,12 +405,15 @@ async fn a_failing_token_service_serves_the_cached_tag() {
         );
     }
     hub.clear_faults();
-    tokio::time::sleep(BREAKER_OPEN + PAST_TTL).await;
+    tokio::time::sleep(PAST_TTL.max(BREAKER_OPEN)).await;
     pull(&mirror, "v1", &image).await;
 }
 
-/// How long the mirror's circuit breaker stays open, with a margin.
-const BREAKER_OPEN: Duration = Duration::from_secs(6);
+/// How long the circuit breaker stays open where a test shortens it.
+const BREAKER_OPEN_TIMING: Duration = Duration::from_millis(200);
+
+/// [`BREAKER_OPEN_TIMING`] with a margin.
+const BREAKER_OPEN: Duration = Duration::from_millis(400);
 
 /// Once the tag's TTL has run out, asks for it and checks that the cached
 /// manifest answers, byte for byte.

@@ -4,18 +4,28 @@
 //! its Retry-After; 429s never open the circuit; the rate-limit headers are
 //! exported.
 
+use super::Series;
 use super::{
-    assert_no_manifest_get_by_tag, failure, get, manifest, metric, mirror_with, pull, pull_blobs,
-    PAST_TTL, REPO,
+    assert_no_manifest_get_by_tag, failure, get, manifest, metric, mirror_process, mirror_with,
+    pull, pull_blobs, PAST_TTL, REPO,
 };
 use crate::support::client::header;
 use crate::support::hub::{Fault, Hub, Kind, Target, OCI_MANIFEST};
 use http::StatusCode;
 
 const TTL: &str = "tag_ttl = \"1s\"";
-const LIMIT: &str = "pullthrough_upstream_ratelimit_limit{upstream=\"docker.io\"}";
-const REMAINING: &str = "pullthrough_upstream_ratelimit_remaining{upstream=\"docker.io\"}";
-const CIRCUIT_OPEN: &str = "pullthrough_upstream_circuit_open{upstream=\"docker.io\"}";
+const LIMIT: Series = (
+    "pullthrough_upstream_ratelimit_limit",
+    &[("upstream", "docker.io")],
+);
+const REMAINING: Series = (
+    "pullthrough_upstream_ratelimit_remaining",
+    &[("upstream", "docker.io")],
+);
+const CIRCUIT_OPEN: Series = (
+    "pullthrough_upstream_circuit_open",
+    &[("upstream", "docker.io")],
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limited_manifest_gets_do_not_break_cached_or_moved_tags() {
@@ -23,16 +33,17 @@ async fn rate_limited_manifest_gets_do_not_break_cached_or_moved_tags() {
     let first = hub.push_image(REPO, "latest", &[16 * 1024]);
     let second = hub.push_image(REPO, "next", &[16 * 1024]);
     let third = hub.push_image(REPO, "third", &[4096]);
-    let (mirror, _config) = mirror_with(&hub.url(), TTL);
+    // A process: exact gauge values (one metrics registry per process).
+    let mirror = mirror_process(&hub.url(), TTL).start();
     pull(&mirror, "latest", &first).await;
     pull(&mirror, "next", &second).await;
     assert_eq!(hub.count(Kind::ManifestGetByDigest), 2);
     assert_eq!(
-        metric(&mirror, LIMIT).await,
+        metric(&mirror, LIMIT),
         100.0,
         "ratelimit-limit: 100;w=21600"
     );
-    assert_eq!(metric(&mirror, REMAINING).await, 98.0, "two GETs spent");
+    assert_eq!(metric(&mirror, REMAINING), 98.0, "two GETs spent");
 
     hub.set_fault(
         Target::All,
@@ -86,11 +97,7 @@ async fn rate_limited_manifest_gets_do_not_break_cached_or_moved_tags() {
         4,
         "one GET (no retry) per request"
     );
-    assert_eq!(
-        metric(&mirror, CIRCUIT_OPEN).await,
-        0.0,
-        "a 429 is not an outage"
-    );
+    assert_eq!(metric(&mirror, CIRCUIT_OPEN), 0.0, "a 429 is not an outage");
 
     // The limit lifts: `third` pulls at once.
     hub.clear_faults();
@@ -102,7 +109,7 @@ async fn rate_limited_manifest_gets_do_not_break_cached_or_moved_tags() {
 async fn a_tag_that_moved_while_rate_limited_serves_its_cached_mapping() {
     let hub = Hub::start().await;
     let old = hub.push_image(REPO, "latest", &[4096]);
-    let (mirror, _config) = mirror_with(&hub.url(), TTL);
+    let mirror = mirror_with(&hub.url(), TTL);
     pull(&mirror, "latest", &old).await;
 
     hub.set_fault(

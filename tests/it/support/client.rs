@@ -190,3 +190,23 @@ pub fn config_file(toml: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&path, toml).expect("write config");
     (dir, path)
 }
+
+/// An error response as the suites look at it.
+#[derive(Debug)]
+pub struct OciError {
+    pub status: http::StatusCode,
+    /// `errors[0].code`, if the body is an OCI error.
+    pub code: Option<String>,
+    pub body: String,
+}
+
+/// Reads an error response: status, `errors[0].code` and the raw body.
+pub async fn error_of(response: reqwest::Response) -> OciError {
+    let status = response.status();
+    let body = response.bytes().await.unwrap_or_default();
+    OciError {
+        status,
+        code: oci_error_code(&body),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}

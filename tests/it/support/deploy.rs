@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The system interpreter, which Debian's `python3-yaml` installs into (a
 /// `python3` earlier on PATH, e.g. pyenv's, may lack the module).
@@ -131,21 +131,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Polls `check` every 100 ms until it returns Some, for at most `timeout`;
-/// panics with `what` (and the last state `check` reported) otherwise.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// GET `path` with the support HTTP client; (status, body) or None when the
 /// connection fails.
 pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -175,26 +160,6 @@ pub fn metric_families(exposition: &str) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect()
-}
-
-/// The sum of every sample of `name` whose label set contains each of
-/// `labels` (`key="value"` strings), e.g. `("pullthrough_cache_lookups_total",
-/// &["kind=\"blob\""])`.
-pub fn sample_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            (metric == name && labels.iter().all(|want| label_text.contains(want)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// Every `pullthrough_…` metric name mentioned in `text` (a PromQL

@@ -3,6 +3,11 @@
 //! mode registry as the reference peer. Its access log tells tests which
 //! requests it served.
 
+use super::client::hex_of;
+use super::mirror::Mirror;
+use super::oci_layout::{self, Image};
+use super::process::run_bounded;
+use super::{require_tool, sha256_digest};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -288,4 +293,71 @@ pub fn http(
         headers,
         body,
     })
+}
+
+/// Whether docker-registry and skopeo are here (a failure under CI if not).
+pub fn tools_present() -> bool {
+    require_tool("docker-registry") && require_tool("skopeo")
+}
+
+/// Writes an image with one layer per size into its own layout under `root`
+/// and seeds it into the registry as `library/<name>:v1`.
+pub fn seed(registry: &Registry, root: &Path, name: &str, seed: u64, sizes: &[usize]) -> Image {
+    let layout = root.join(format!("layout-{name}"));
+    let image = oci_layout::write_image(&layout, "v1", seed, sizes);
+    registry.seed(&layout, "v1", &format!("library/{name}:v1"));
+    image
+}
+
+/// `skopeo copy docker://MIRROR/library/<name>:v1 dir:OUT` and checks every
+/// byte of the copy against the seeded image.
+pub fn pull(mirror: &Mirror, name: &str, image: &Image, out: &Path) {
+    let mut command = Command::new("skopeo");
+    command
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/library/{name}:v1", mirror.addr))
+        .arg(format!("dir:{}", out.display()));
+    let output = run_bounded(command, Duration::from_secs(60));
+    assert!(
+        output.status.success(),
+        "skopeo copy of {name} through the mirror failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest = std::fs::read(out.join("manifest.json")).expect("copied manifest");
+    assert!(
+        manifest == image.manifest,
+        "{name}: manifest not byte-exact"
+    );
+    for digest in std::iter::once(&image.config_digest).chain(&image.layer_digests) {
+        let bytes = std::fs::read(out.join(hex_of(digest)))
+            .unwrap_or_else(|e| panic!("{name}: {digest} missing from the copy: {e}"));
+        assert_eq!(
+            sha256_digest(&bytes),
+            *digest,
+            "{name}: content of {digest}"
+        );
+    }
+}
+
+/// Upstream GETs of one blob, from the registry's access log.
+pub fn upstream_gets(registry: &Registry, name: &str, digest: &str) -> usize {
+    let path = format!("/v2/library/{name}/blobs/{digest}");
+    registry
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == path)
+        .count()
+}
+
+/// GETs a blob through the mirror and checks status and content.
+pub fn get_blob(addr: SocketAddr, name: &str, digest: &str) {
+    let path = format!("/v2/library/{name}/blobs/{digest}");
+    let response = http(addr, "GET", &path, &[]).expect("GET blob through the mirror");
+    assert_eq!(response.status, 200, "GET {path}");
+    assert_eq!(
+        response.header("content-length"),
+        Some(response.body.len().to_string().as_str()),
+        "GET {path}: Content-Length"
+    );
+    assert_eq!(sha256_digest(&response.body), digest, "GET {path}: content");
 }
