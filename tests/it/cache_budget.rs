@@ -37,11 +37,8 @@ fn pulls_past_max_size_evict_least_recently_used_images() {
         .collect();
     let layer = |i: usize| images[i].layer_digests[0].as_str();
     let max_size = 8 * MIB;
-    // A process: gauges compared with the disk (one metrics registry per
-    // process until metrics are per-App).
     let mirror = Mirror::builder(&registry.url())
         .arg("--max-size", "8MiB")
-        .process()
         .start();
     let cache = mirror.cache_dir.clone();
     let mut copies = 0;
@@ -242,14 +239,11 @@ fn eviction_racing_a_slow_reader_keeps_its_blob() {
         .collect();
     let x = big.layer_digests[0].as_str();
     // The budget from a config file this time.
-    // A process: it waits for an eviction counted in the metrics (one
-    // registry per process until metrics are per-App).
     let mirror = Mirror::builder(&registry.url())
         .config(&format!(
             "max_size = \"8MiB\"\n[[upstream]]\nurl = \"{}\"\n",
             registry.url()
         ))
-        .process()
         .start();
     let cache = mirror.cache_dir.clone();
 

@@ -1,7 +1,6 @@
 //! What a hostile or broken client can do to the listener: connections
 //! that never speak, or that stop reading, must not hold their slots.
 
-use crate::support::client::config_file;
 use crate::support::hub::Hub;
 use crate::support::mirror::Mirror;
 use std::time::Duration;
@@ -37,8 +36,9 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn silent_connections_are_closed_and_free_their_slots() {
     let hub = Hub::start().await;
-    let (_dir, path) = config_file("max_connections = 2\nheader_read_timeout = \"1s\"\n");
-    let mirror = Mirror::start(&hub.url(), &["--config", path.to_str().expect("path")]);
+    let mirror = Mirror::builder(&hub.url())
+        .config("max_connections = 2\nheader_read_timeout = \"1s\"\n")
+        .start();
 
     // Two connections that never send a byte take both slots.
     let mut silent = Vec::new();
@@ -66,8 +66,9 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     // Larger than what socket buffers on loopback absorb.
     let blob = vec![7u8; 48 << 20];
     let digest = hub.put_blob("library/big", blob);
-    let (_dir, path) = config_file("max_connections = 2\nidle_timeout = \"1s\"\n");
-    let mirror = Mirror::start(&hub.url(), &["--config", path.to_str().expect("path")]);
+    let mirror = Mirror::builder(&hub.url())
+        .config("max_connections = 2\nidle_timeout = \"1s\"\n")
+        .start();
 
     let request = format!("GET /v2/library/big/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut stalled = Vec::new();

@@ -30,9 +30,7 @@ fn mirror_with(hub: &Hub, extra: &str) -> (Mirror, tempfile::TempDir) {
         hub.url()
     );
     let (dir, path) = config_file(&toml);
-    let path = path.to_str().expect("utf-8 path").to_string();
-    let mirror =
-        tokio::task::block_in_place(|| Mirror::start(&hub.url(), &["--config", path.as_str()]));
+    let mirror = Mirror::builder(&hub.url()).config_file(&path).start();
     (mirror, dir)
 }
 

@@ -37,9 +37,8 @@ fn mirror_with(upstream: &str, extra: &str) -> Mirror {
     mirror_builder(upstream, extra).start()
 }
 
-/// Like [`mirror_with`], as a process: for tests that kill it, restart it
-/// on `cache`, or assert exact metric values (the library's metrics are
-/// one registry per process until they become per-App).
+/// Like [`mirror_with`], as a process: for tests that kill it or restart
+/// it on `cache`.
 fn mirror_process(upstream: &str, extra: &str) -> MirrorBuilder {
     Mirror::builder(upstream)
         .config(&format!("[[upstream]]\nurl = \"{upstream}\"\n{extra}\n"))

@@ -6,8 +6,8 @@
 use super::Series;
 use super::{
     assert_no_manifest_get_by_tag, blob, failure, get, manifest, metric, mirror_builder, mirror_on,
-    mirror_process, mirror_with, pull, pull_blobs, recorded, registry_requests, request_lines,
-    wait_until, PAST_TTL, REPO,
+    mirror_with, pull, pull_blobs, recorded, registry_requests, request_lines, wait_until,
+    PAST_TTL, REPO,
 };
 use crate::support::block_on;
 use crate::support::hub::{Fault, Hub, Kind, Site, Target, TestImage};
@@ -152,8 +152,7 @@ async fn a_503_outage_opens_the_breaker_while_the_cache_answers() {
 async fn server_errors_serve_stale_and_only_gateway_errors_are_retried() {
     let hub = Hub::start().await;
     let image = hub.push_image(REPO, "v1", &[4096]);
-    // A process: an exact gauge value (one metrics registry per process).
-    let mirror = mirror_process(&hub.url(), TTL).start();
+    let mirror = mirror_with(&hub.url(), TTL);
     pull(&mirror, "v1", &image).await;
     hub.reset_counts();
 
@@ -196,8 +195,7 @@ async fn a_stalled_upstream_trips_the_breaker_and_the_cache_answers() {
     let cached = hub.push_image(REPO, "v1", &[32 * 1024]);
     let uncached = hub.push_image(REPO, "v2", &[4096, 4096]);
     let extra = "tag_ttl = \"1s\"\nconnect_timeout = \"1s\"\nread_timeout = \"1s\"";
-    // A process: an exact gauge value (one metrics registry per process).
-    let mirror = mirror_process(&hub.url(), extra).start();
+    let mirror = mirror_with(&hub.url(), extra);
     pull(&mirror, "v1", &cached).await;
     hub.reset_counts();
     hub.set_fault(Target::All, Fault::Stall);

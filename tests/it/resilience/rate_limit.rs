@@ -6,8 +6,8 @@
 
 use super::Series;
 use super::{
-    assert_no_manifest_get_by_tag, failure, get, manifest, metric, mirror_process, mirror_with,
-    pull, pull_blobs, PAST_TTL, REPO,
+    assert_no_manifest_get_by_tag, failure, get, manifest, metric, mirror_with, pull, pull_blobs,
+    PAST_TTL, REPO,
 };
 use crate::support::client::header;
 use crate::support::hub::{Fault, Hub, Kind, Target, OCI_MANIFEST};
@@ -33,8 +33,7 @@ async fn rate_limited_manifest_gets_do_not_break_cached_or_moved_tags() {
     let first = hub.push_image(REPO, "latest", &[16 * 1024]);
     let second = hub.push_image(REPO, "next", &[16 * 1024]);
     let third = hub.push_image(REPO, "third", &[4096]);
-    // A process: exact gauge values (one metrics registry per process).
-    let mirror = mirror_process(&hub.url(), TTL).start();
+    let mirror = mirror_with(&hub.url(), TTL);
     pull(&mirror, "latest", &first).await;
     pull(&mirror, "next", &second).await;
     assert_eq!(hub.count(Kind::ManifestGetByDigest), 2);
