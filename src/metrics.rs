@@ -22,6 +22,8 @@ pub struct Metrics {
     pub coalesced_waiters: IntCounter,
     pub token_fetches: IntCounterVec,
     pub digest_mismatches: IntCounter,
+    pub download_resumes: IntCounter,
+    pub download_restarts: IntCounter,
     pub cache_bypasses: IntCounter,
     pub cache_size_bytes: IntGauge,
     pub cache_entries: IntGauge,
@@ -145,6 +147,16 @@ impl Metrics {
                 &r,
                 "digest_mismatches_total",
                 "Upstream content that did not hash to its digest (discarded).",
+            ),
+            download_resumes: counter(
+                &r,
+                "download_resumes_total",
+                "Blob downloads continued with a Range request after the connection broke or stalled.",
+            ),
+            download_restarts: counter(
+                &r,
+                "download_restarts_total",
+                "Blob downloads restarted from zero (the upstream ignored the Range).",
             ),
             cache_bypasses: counter(
                 &r,

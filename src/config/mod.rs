@@ -67,6 +67,9 @@ pub struct Timings {
     /// How long a download waits for eviction to make room before it
     /// streams past the cache instead.
     pub make_room_wait: Duration,
+    /// A blob download that moves fewer than 16 KiB/s over this span is
+    /// resumed on a fresh connection.
+    pub stall_window: Duration,
 }
 
 impl Default for Timings {
@@ -76,6 +79,7 @@ impl Default for Timings {
             tls_poll: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(100),
             make_room_wait: Duration::from_secs(3),
+            stall_window: Duration::from_secs(10),
         }
     }
 }

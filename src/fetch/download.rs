@@ -8,15 +8,17 @@
 //! no client ever mistakes a broken transfer for a complete one.
 
 use super::coalesce::{Flights, Joined};
+use super::resume::ResumingSource;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
 use crate::cache::{self, unix_now, CacheError, ContentRecord, ContentStore, Index, Lease, Tier};
+use crate::config::Timings;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestWriter};
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -121,6 +123,9 @@ pub struct BlobDownloads {
     flights: Flights<Digest, Progress>,
     metrics: Arc<Metrics>,
     make_room_wait: Duration,
+    /// The span over which a source must keep a minimum rate, and the
+    /// first wait before a resume.
+    resume_timings: (Duration, Duration),
 }
 
 impl BlobDownloads {
@@ -130,7 +135,7 @@ impl BlobDownloads {
         tiers: Vec<Arc<dyn Tier>>,
         visibility: Visibility,
         metrics: Arc<Metrics>,
-        make_room_wait: Duration,
+        timings: &Timings,
     ) -> Arc<BlobDownloads> {
         Arc::new(BlobDownloads {
             store,
@@ -139,7 +144,8 @@ impl BlobDownloads {
             visibility,
             flights: Flights::default(),
             metrics,
-            make_room_wait,
+            make_room_wait: timings.make_room_wait,
+            resume_timings: (timings.stall_window, timings.retry_backoff),
         })
     }
 
@@ -353,26 +359,18 @@ impl BlobDownloads {
             written: 0,
         });
 
-        let mut body = source.stream;
+        let mut body = ResumingSource::new(at, digest, source, self.resume_timings, &self.metrics);
         let mut hasher = DigestWriter::default();
-        let mut ended = false;
         let upstream_bytes = self
             .metrics
             .upstream_bytes
             .with_label_values(&[at.upstream.name()]);
-        while !ended {
-            let mut batch = match body.next().await {
-                Some(chunk) => chunk?.to_vec(),
-                None => break,
-            };
+        while let Some(first) = body.next().await? {
+            let mut batch = first.to_vec();
             // Take whatever else is already buffered, without waiting.
             while batch.len() < WRITE_BATCH {
-                match body.next().now_or_never() {
-                    Some(Some(chunk)) => batch.extend_from_slice(&chunk?),
-                    Some(None) => {
-                        ended = true;
-                        break;
-                    }
+                match body.ready_chunk() {
+                    Some(chunk) => batch.extend_from_slice(&chunk),
                     None => break,
                 }
             }

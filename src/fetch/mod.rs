@@ -18,6 +18,7 @@ mod body;
 mod coalesce;
 mod download;
 mod manifest;
+mod resume;
 mod tags;
 mod visibility;
 
@@ -183,7 +184,7 @@ impl PullThrough {
                 tiers,
                 visibility.clone(),
                 Arc::clone(&metrics),
-                timings.make_room_wait,
+                timings,
             ),
             manifests: Manifests::new(
                 Arc::clone(&store),

@@ -48,6 +48,8 @@ struct Call<'a> {
     accept: Option<&'a str>,
     /// Whether the whole exchange is bounded by [`SMALL_REQUEST_TIMEOUT`].
     small: bool,
+    /// Ask for the bytes from this offset on (`Range: bytes=N-`).
+    range_from: Option<u64>,
 }
 
 /// What went wrong talking to an upstream. Clone, so that one coalesced
@@ -271,6 +273,7 @@ impl Upstream {
                     path: format!("manifests/{reference}"),
                     accept: Some(accept),
                     small: true,
+                    range_from: None,
                 },
             )
             .await?;
@@ -307,6 +310,7 @@ impl Upstream {
                     path: format!("manifests/{reference}"),
                     accept: Some(accept),
                     small: true,
+                    range_from: None,
                 },
             )
             .await?;
@@ -334,6 +338,19 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<reqwest::Response, UpstreamError> {
+        self.get_blob_from(repo, digest, None).await
+    }
+
+    /// Starts a blob download from byte `from` on (a resumed download): the
+    /// answer is a 206 from there, or a 200 with the whole blob from an
+    /// upstream that ignores ranges. Each call follows a fresh redirect, so
+    /// an expired CDN URL is replaced.
+    pub async fn get_blob_from(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<u64>,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let resp = self
             .send(
                 repo,
@@ -342,6 +359,7 @@ impl Upstream {
                     path: format!("blobs/{digest}"),
                     accept: None,
                     small: false,
+                    range_from: from.filter(|&n| n > 0),
                 },
             )
             .await?;
@@ -362,6 +380,7 @@ impl Upstream {
                     path: format!("blobs/{digest}"),
                     accept: None,
                     small: true,
+                    range_from: None,
                 },
             )
             .await?;
@@ -387,6 +406,7 @@ impl Upstream {
                     path,
                     accept: None,
                     small: true,
+                    range_from: None,
                 },
             )
             .await?;
@@ -502,6 +522,9 @@ impl Upstream {
             let mut req = self.http.request(call.method.clone(), url.clone());
             if let Some(accept) = call.accept {
                 req = req.header(http::header::ACCEPT, accept);
+            }
+            if let Some(from) = call.range_from {
+                req = req.header(http::header::RANGE, format!("bytes={from}-"));
             }
             if call.small {
                 req = req.timeout(SMALL_REQUEST_TIMEOUT);

@@ -23,7 +23,10 @@ async fn setup(size: usize, rate: u64) -> (Hub, Mirror, String, bytes::Bytes) {
     let image = hub.push_image("library/app", "v1", &[size]);
     let (digest, bytes) = image.layers[0].clone();
     hub.set_fault(Target::Digest(digest.clone()), Fault::Throttle(rate));
-    let mirror = Mirror::start(&hub.url());
+    // Resumes of broken downloads wait little.
+    let mirror = Mirror::builder(&hub.url())
+        .timings(|t| t.retry_backoff = Duration::from_millis(10))
+        .start();
     (hub, mirror, digest, bytes)
 }
 
@@ -140,12 +143,15 @@ async fn a_download_completes_into_the_cache_after_its_only_client_left() {
     assert_served_from_cache(&hub, &mirror, &digest).await;
 }
 
-/// Every waiter of a download that `fault` breaks sees a failed transfer,
-/// nothing is cached, and a retry once the hub behaves gets the blob.
+/// Every waiter of a download that `fault` breaks for good (resumes
+/// included) sees a failed transfer, nothing is cached, and a retry once
+/// the hub behaves gets the blob.
 async fn a_broken_download_fails_every_waiter(fault: Fault) {
     let size = 4 * MIB;
     let (hub, mirror, digest, _) = setup(size, 4 * MIB as u64).await;
     hub.set_fault(Target::Digest(digest.clone()), fault.clone());
+    // Every resume starts from zero and breaks again.
+    hub.set_fault(Target::Digest(digest.clone()), Fault::IgnoreRange);
     let url = blob_url(&mirror, &digest);
 
     let outcomes = fan_out(8, &url).await;
@@ -167,7 +173,7 @@ async fn a_broken_download_fails_every_waiter(fault: Fault) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upstream_dropping_halfway_fails_every_waiter() {
+async fn an_upstream_dropping_halfway_every_time_fails_every_waiter() {
     a_broken_download_fails_every_waiter(Fault::DropAfter(2 * MIB as u64)).await;
 }
 

@@ -32,6 +32,14 @@ pub enum Fault {
     DropAfter(u64),
     /// CDN blob bodies: at most this many bytes per second per connection.
     Throttle(u64),
+    /// CDN blob bodies of the first `connections` GETs break after `after`
+    /// body bytes (a flaky network that recovers).
+    DropAfterFirst { after: u64, connections: u64 },
+    /// CDN blob bodies of the first GET send `after` bytes, then nothing
+    /// more, never closing (a black-holed connection).
+    StallAfterFirst(u64),
+    /// The CDN answers every GET with the whole blob (200), ignoring Range.
+    IgnoreRange,
     /// Registry requests under `/v2/<name>/` (manifests, blobs, tag lists;
     /// GET and HEAD) and CDN GETs answer this status (e.g. 500, 503) with an
     /// error body.
@@ -115,20 +123,28 @@ pub struct BodyPlan {
     pub drop_after: Option<u64>,
     /// Bytes per second.
     pub rate: Option<u64>,
+    /// Send this many bytes, then hang without closing.
+    pub stall_after: Option<u64>,
 }
 
 impl BodyPlan {
-    /// The plan for `data` under `faults` (the byte-level ones only).
-    pub fn new(data: Bytes, faults: &[Fault]) -> BodyPlan {
+    /// The plan for `data` under `faults` (the byte-level ones only);
+    /// `nth` counts this blob GET among the CDN's GETs (0 for the first).
+    pub fn new(data: Bytes, faults: &[Fault], nth: u64) -> BodyPlan {
         let mut plan = BodyPlan {
             data,
             drop_after: None,
             rate: None,
+            stall_after: None,
         };
         for fault in faults {
             match fault {
                 Fault::CorruptBytes => plan.data = corrupt(&plan.data),
                 Fault::DropAfter(n) => plan.drop_after = Some(*n),
+                Fault::DropAfterFirst { after, connections } if nth < *connections => {
+                    plan.drop_after = Some(*after)
+                }
+                Fault::StallAfterFirst(n) if nth == 0 => plan.stall_after = Some(*n),
                 Fault::Throttle(rate) => plan.rate = Some((*rate).max(1)),
                 _ => {}
             }
@@ -143,10 +159,10 @@ impl BodyPlan {
         counters: Arc<Counters>,
     ) -> impl Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send {
         let len = self.data.len();
-        let end = self
-            .drop_after
-            .map_or(len, |n| usize::try_from(n).unwrap_or(len).min(len));
+        let cut = self.drop_after.or(self.stall_after);
+        let end = cut.map_or(len, |n| usize::try_from(n).unwrap_or(len).min(len));
         let breaks = self.drop_after.is_some();
+        let stalls = self.stall_after.is_some();
         stream::unfold((self, 0usize, false), move |(plan, pos, done)| {
             let counters = counters.clone();
             async move {
@@ -154,6 +170,9 @@ impl BodyPlan {
                     return None;
                 }
                 if pos >= end {
+                    if stalls {
+                        std::future::pending::<()>().await;
+                    }
                     if breaks {
                         // Pending for a moment lets hyper flush what it holds,
                         // so the peer really gets `n` bytes before the break.

@@ -37,6 +37,8 @@ pub enum Kind {
     BlobHead,
     /// CDN GETs that were served (no Authorization header).
     CdnGet,
+    /// CDN GETs answered 206 from a `Range: bytes=N-` (resumed downloads).
+    CdnRangeGet,
     /// CDN GETs refused because they carried an Authorization header.
     CdnRejected,
     /// Blob body bytes the CDN handed to its connections.
@@ -89,7 +91,7 @@ impl Counters {
         *lock(&self.0).entry(kind).or_default() += n;
     }
 
-    fn get(&self, kind: Kind) -> u64 {
+    pub(super) fn get(&self, kind: Kind) -> u64 {
         lock(&self.0).get(&kind).copied().unwrap_or(0)
     }
 

@@ -468,15 +468,38 @@ async fn cdn(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let Some(bytes) = lock(&state.store).blob(digest) else {
         return plain(StatusCode::NOT_FOUND, "not found");
     };
-    let builder = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, bytes.len());
+    // `Range: bytes=N-`, as CDNs answer it (what a resumed download sends).
+    let from = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n < bytes.len() && !faults.contains(&Fault::IgnoreRange));
+    let total = bytes.len();
+    let mut builder = Response::builder().header(header::CONTENT_TYPE, "application/octet-stream");
+    let bytes = match from {
+        Some(n) => {
+            builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {n}-{}/{total}", total - 1),
+            );
+            state.counters.add(Kind::CdnRangeGet, 1);
+            bytes.slice(n..)
+        }
+        None => {
+            builder = builder.status(StatusCode::OK);
+            bytes
+        }
+    };
+    let builder = builder.header(header::CONTENT_LENGTH, bytes.len());
     if req.method() != Method::GET {
         return builder.body(empty()).expect("response");
     }
+    let nth = state.counters.get(Kind::CdnGet);
     state.counters.add(Kind::CdnGet, 1);
-    let frames = BodyPlan::new(bytes, &faults).into_stream(state.counters.clone());
+    let frames = BodyPlan::new(bytes, &faults, nth).into_stream(state.counters.clone());
     builder
         .body(StreamBody::new(frames).boxed())
         .expect("response")
