@@ -22,6 +22,7 @@ pub(super) struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
+    pub client_auth_max_failures: Option<u32>,
     #[serde(default)]
     pub trusted_proxies: Vec<ProxyNet>,
     #[serde(default)]

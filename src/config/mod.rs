@@ -49,6 +49,9 @@ pub struct Config {
     /// Client credentials: htpasswd (bcrypt) users and bearer tokens.
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
+    /// Failed authentication attempts a client address may make within a
+    /// minute before it gets 429 without its credentials being checked.
+    pub client_auth_max_failures: u32,
     /// Internal timings, not in the file: tests shorten them instead of
     /// sleeping through the production values.
     pub timings: Timings,
@@ -217,6 +220,7 @@ impl Config {
         Ok(Config {
             htpasswd_file: parsed.htpasswd_file,
             bearer_tokens_file: parsed.bearer_tokens_file,
+            client_auth_max_failures: parsed.client_auth_max_failures.unwrap_or(10),
             tls,
             max_size: max_size.map(|b| b.0),
             listen,

@@ -87,6 +87,7 @@ impl App {
         let client_auth = client_auth::ClientAuth::load(
             config.htpasswd_file.as_deref(),
             config.bearer_tokens_file.as_deref(),
+            config.client_auth_max_failures,
         )?;
         spawn_maintenance(&store, &index, config);
         let private = config.upstreams.iter().any(|u| u.credentials.is_some());

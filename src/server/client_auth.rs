@@ -8,6 +8,7 @@ use http::HeaderMap;
 use moka::future::Cache;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +23,13 @@ pub struct ClientAuth {
     tokens: Vec<[u8; 32]>,
     /// sha256 of `user:password` pairs that verified recently
     verified: Cache<[u8; 32], ()>,
+    /// Verified against for unknown users.
+    dummy_hash: Secret,
+    /// Recent failed attempts per client address.
+    failures: Cache<IpAddr, u32>,
+    /// Attempts within [`FAILURE_WINDOW`] before a client is turned away
+    /// unheard.
+    max_failures: u32,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -42,7 +50,21 @@ pub enum ClientAuthError {
         line: usize,
         problem: &'static str,
     },
+    #[error("cannot prepare password verification")]
+    Dummy,
 }
+
+/// What [`ClientAuth::check`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Too many failed attempts from this client lately.
+    Throttled,
+}
+
+/// How long failed attempts are remembered (and a throttled client waits).
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 fn read(path: &Path) -> Result<String, ClientAuthError> {
     std::fs::read_to_string(path).map_err(|source| ClientAuthError::Read {
@@ -56,6 +78,7 @@ impl ClientAuth {
     pub fn load(
         htpasswd: Option<&Path>,
         tokens_file: Option<&Path>,
+        max_failures: u32,
     ) -> Result<Option<ClientAuth>, ClientAuthError> {
         if htpasswd.is_none() && tokens_file.is_none() {
             return Ok(None);
@@ -92,9 +115,28 @@ impl ClientAuth {
                 .map(|t| sha256(t.as_bytes()))
                 .collect();
         }
+        // A hash of something nobody knows, at the cost the real ones use.
+        let cost = users
+            .values()
+            .find_map(|h| h.expose().get(4..6).and_then(|c| c.parse().ok()))
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dummy = hex::encode(sha256(format!("{nanos}:{}", std::process::id()).as_bytes()));
+        let dummy_hash = bcrypt::hash(dummy, cost)
+            .map(Secret::new)
+            .map_err(|_| ClientAuthError::Dummy)?;
         Ok(Some(ClientAuth {
             users,
             tokens,
+            dummy_hash,
+            max_failures,
+            failures: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FAILURE_WINDOW)
+                .build(),
             verified: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(VERIFIED_FOR)
@@ -102,8 +144,26 @@ impl ClientAuth {
         }))
     }
 
-    /// Whether the request carries valid credentials.
-    pub async fn allows(&self, headers: &HeaderMap) -> bool {
+    /// Whether the request from `client` carries valid credentials; a
+    /// client that keeps failing is turned away for a while without any
+    /// password being checked.
+    pub async fn check(&self, headers: &HeaderMap, client: IpAddr) -> Verdict {
+        let failures = self.failures.get(&client).await.unwrap_or(0);
+        if failures >= self.max_failures {
+            return Verdict::Throttled;
+        }
+        if self.allows(headers).await {
+            return Verdict::Allowed;
+        }
+        // Only requests that tried count: a client's first, bare request
+        // is how it learns it must authenticate.
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            self.failures.insert(client, failures + 1).await;
+        }
+        Verdict::Denied
+    }
+
+    async fn allows(&self, headers: &HeaderMap) -> bool {
         let Some(value) = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -126,18 +186,19 @@ impl ClientAuth {
         if self.tokens.contains(&sha256(password.as_bytes())) {
             return true;
         }
-        let Some(hash) = self.users.get(&user) else {
-            return false;
-        };
         let key = sha256(format!("{user}:{password}").as_bytes());
-        if self.verified.get(&key).await.is_some() {
+        let known = self.users.get(&user);
+        if known.is_some() && self.verified.get(&key).await.is_some() {
             return true;
         }
-        let hash = hash.expose().to_owned();
-        let ok =
+        // An unknown user costs one bcrypt verification too, so the answer's
+        // timing does not tell which users exist.
+        let hash = known.unwrap_or(&self.dummy_hash).expose().to_owned();
+        let verified =
             tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
                 .await
                 .unwrap_or(false);
+        let ok = verified && known.is_some();
         if ok {
             self.verified.insert(key, ()).await;
         }
@@ -189,6 +250,48 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn unknown_users_cost_a_verification_at_the_real_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        let hash = bcrypt::hash("pw", 5).unwrap();
+        std::fs::write(&path, format!("ci:{hash}\n")).unwrap();
+        let auth = ClientAuth::load(Some(&path), None, 10).unwrap().unwrap();
+        // The dummy hash is verified for unknown users: same algorithm and
+        // cost, so both take as long.
+        assert_eq!(&auth.dummy_hash.expose()[..7], &hash[..7]);
+        let basic = |user: &str| {
+            let mut h = HeaderMap::new();
+            let b64 = base64_encode(format!("{user}:pw").as_bytes());
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Basic {b64}").parse().unwrap(),
+            );
+            h
+        };
+        let client: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(auth.check(&basic("ci"), client).await, Verdict::Allowed);
+        assert_eq!(auth.check(&basic("nobody"), client).await, Verdict::Denied);
+    }
+
+    fn base64_encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        while out.len() % 4 != 0 {
+            out.push('=');
+        }
+        out
+    }
+
     #[test]
     fn decodes_basic_credentials() {
         // "user:pa:ss" – passwords may contain colons.
@@ -209,6 +312,7 @@ mod tests {
         let auth = ClientAuth::load(
             Some(&dir.path().join("htpasswd")),
             Some(&dir.path().join("tokens")),
+            10,
         )
         .unwrap()
         .unwrap();
@@ -232,6 +336,6 @@ mod tests {
     fn refuses_non_bcrypt_entries() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("htpasswd"), "bob:{SHA}abc\n").unwrap();
-        assert!(ClientAuth::load(Some(&dir.path().join("htpasswd")), None).is_err());
+        assert!(ClientAuth::load(Some(&dir.path().join("htpasswd")), None, 10).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 use super::access::{self, AccessLine};
 use super::body::Body;
+use super::client_auth::Verdict;
 use super::error::ApiError;
 use super::handlers::{self, Handled};
 use super::ops;
@@ -39,7 +40,7 @@ pub async fn dispatch(
     let route_label = route_label(&path);
     let request_id = request_id(req.headers());
     let client = client_addr(&app, peer.ip(), req.headers());
-    let handled = match route(&app, &req, scope).await {
+    let handled = match route(&app, &req, scope, client).await {
         Ok(h) => h,
         Err(e) => e.into_response().into(),
     };
@@ -142,6 +143,7 @@ pub(super) async fn route(
     app: &App,
     req: &Request<Incoming>,
     scope: Scope,
+    client: IpAddr,
 ) -> Result<Handled, ApiError> {
     let method = req.method();
     let readable = method == Method::GET || method == Method::HEAD;
@@ -161,8 +163,12 @@ pub(super) async fn route(
     };
     if let Some(auth) = &app.client_auth {
         let protected = !matches!(route, Route::Healthz | Route::Readyz | Route::Metrics);
-        if protected && !auth.allows(req.headers()).await {
-            return Err(ApiError::Unauthorized);
+        if protected {
+            match auth.check(req.headers(), client).await {
+                Verdict::Allowed => {}
+                Verdict::Denied => return Err(ApiError::Unauthorized),
+                Verdict::Throttled => return Err(ApiError::TooManyAuthFailures),
+            }
         }
     }
     if !readable {

@@ -25,6 +25,8 @@ pub enum ApiError {
     ReadOnly,
     #[error("authentication required")]
     Unauthorized,
+    #[error("too many failed authentication attempts from this address; retry later")]
+    TooManyAuthFailures,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("registry {0:?} is not configured on this mirror")]
@@ -68,6 +70,9 @@ impl ApiError {
             }
             ApiError::UnknownRegistry(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::TooManyAuthFailures => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+            }
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             ApiError::Fetch { source, subject } => fetch_status(source, *subject),
         }
@@ -121,6 +126,12 @@ impl ApiError {
         }) = self.upstream_error()
         {
             if let Ok(v) = HeaderValue::from_str(retry) {
+                headers.insert(header::RETRY_AFTER, v);
+            }
+        }
+        if matches!(self, ApiError::TooManyAuthFailures) {
+            let wait = super::client_auth::FAILURE_WINDOW.as_secs().to_string();
+            if let Ok(v) = HeaderValue::from_str(&wait) {
                 headers.insert(header::RETRY_AFTER, v);
             }
         }

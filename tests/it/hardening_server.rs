@@ -90,3 +90,57 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     let status = tokio::time::timeout(Duration::from_secs(5), healthz_status(&mut fresh)).await;
     assert_eq!(status, Ok(Some(200)), "a real client is served afterwards");
 }
+
+/// Wrong passwords from one client address are turned away unheard after
+/// a few tries (429 with Retry-After), while other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_guessing_is_throttled_per_client() {
+    let hub = Hub::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hash = bcrypt::hash("right", 4).expect("bcrypt");
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("ci:{hash}\n")).expect("htpasswd");
+    let mirror = Mirror::builder(&hub.url())
+        .config(&format!(
+            "htpasswd_file = \"{}\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
+            htpasswd.display()
+        ))
+        .start();
+    let url = format!("{}/v2/", mirror.url());
+    let ask = |from: &'static str, password: &'static str| {
+        let url = url.clone();
+        async move {
+            crate::support::client::client()
+                .get(url)
+                .header("x-forwarded-for", from)
+                .basic_auth("ci", Some(password))
+                .send()
+                .await
+                .expect("mirror answers")
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(ask("10.0.0.1", "guess").await.status(), 401);
+    }
+    let throttled = ask("10.0.0.1", "right").await;
+    assert_eq!(
+        throttled.status(),
+        429,
+        "the guesser is turned away, even when right"
+    );
+    assert!(throttled.headers().contains_key("retry-after"));
+    assert_eq!(
+        ask("10.0.0.2", "right").await.status(),
+        200,
+        "others are served"
+    );
+    // An unknown user is refused like a wrong password.
+    let unknown = crate::support::client::client()
+        .get(&url)
+        .header("x-forwarded-for", "10.0.0.3")
+        .basic_auth("nobody", Some("right"))
+        .send()
+        .await
+        .expect("mirror answers");
+    assert_eq!(unknown.status(), 401);
+}
