@@ -23,6 +23,7 @@ pub struct Metrics {
     pub token_fetches: IntCounterVec,
     pub digest_mismatches: IntCounter,
     pub download_resumes: IntCounter,
+    pub requests_queued: IntCounter,
     pub download_restarts: IntCounter,
     pub cache_bypasses: IntCounter,
     pub cache_size_bytes: IntGauge,
@@ -147,6 +148,11 @@ impl Metrics {
                 &r,
                 "digest_mismatches_total",
                 "Upstream content that did not hash to its digest (discarded).",
+            ),
+            requests_queued: counter(
+                &r,
+                "requests_queued_total",
+                "Requests that waited for a slot because max_requests were in flight.",
             ),
             download_resumes: counter(
                 &r,

@@ -13,6 +13,7 @@ pub(super) struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub cache_dir: Option<PathBuf>,
     pub max_connections: Option<usize>,
+    pub max_requests: Option<usize>,
     pub shutdown_grace: Option<HumanDuration>,
     pub header_read_timeout: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,

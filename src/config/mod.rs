@@ -30,6 +30,9 @@ pub struct Config {
     /// The first entry is the default upstream.
     pub upstreams: Vec<UpstreamSettings>,
     pub max_connections: usize,
+    /// Requests in flight at once, across all connections and HTTP/2
+    /// streams: what bounds buffered body bytes and upstream work.
+    pub max_requests: usize,
     pub shutdown_grace: Duration,
     /// How long a client may take to send a request head (HTTP/1), and the
     /// TLS handshake.
@@ -201,6 +204,10 @@ impl Config {
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
+        let max_requests = parsed.max_requests.unwrap_or(2048);
+        if max_requests == 0 {
+            return Err(invalid("max_requests", "must be at least 1"));
+        }
         let metrics_listen = match &overrides.metrics_listen {
             Some(s) => Some(flag("metrics_listen", s, "an address like 0.0.0.0:9090")?),
             None => parsed.metrics_listen,
@@ -227,6 +234,7 @@ impl Config {
             cache_dir,
             upstreams,
             max_connections,
+            max_requests,
             shutdown_grace,
             header_read_timeout,
             idle_timeout,

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What the line says besides the transfer itself.
 pub struct AccessLine {
@@ -25,13 +26,15 @@ pub struct AccessLine {
     pub promised: Option<u64>,
 }
 
-/// Wraps a response body so the line is written when it ends.
-pub fn logged(body: Body, line: AccessLine) -> Body {
+/// Wraps a response body so the line is written when it ends; `held`
+/// (the request's slot) is released with the body.
+pub fn logged(body: Body, line: AccessLine, held: Option<OwnedSemaphorePermit>) -> Body {
     LoggedBody {
         inner: body,
         line: Some(line),
         sent: 0,
         failed: false,
+        _held: held,
     }
     .boxed_unsync()
 }
@@ -42,6 +45,7 @@ struct LoggedBody {
     line: Option<AccessLine>,
     sent: u64,
     failed: bool,
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 impl LoggedBody {

@@ -26,6 +26,8 @@ pub struct App {
     pub(super) idle_timeout: Duration,
     pub(super) shutdown_grace: Duration,
     pub(super) max_connections: usize,
+    /// Slots for requests in flight (see `Config::max_requests`).
+    pub(super) requests: Arc<tokio::sync::Semaphore>,
     pub(super) tls_poll: Duration,
 }
 
@@ -110,6 +112,7 @@ impl App {
             idle_timeout: config.idle_timeout,
             shutdown_grace: config.shutdown_grace,
             max_connections: config.max_connections,
+            requests: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
             tls_poll: config.timings.tls_poll,
         });
         Ok(app)

@@ -17,8 +17,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 
 const REQUEST_ID: &str = "x-request-id";
+
+/// How long a request waits for a free slot when `max_requests` are in
+/// flight.
+const REQUEST_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a listener serves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -40,9 +45,18 @@ pub async fn dispatch(
     let route_label = route_label(&path);
     let request_id = request_id(req.headers());
     let client = client_addr(&app, peer.ip(), req.headers());
-    let handled = match route(&app, &req, scope, client).await {
-        Ok(h) => h,
-        Err(e) => e.into_response().into(),
+    // Operations endpoints stay answerable however busy the registry is.
+    let slot = if matches!(route_label, "healthz" | "readyz" | "metrics") {
+        Ok(None)
+    } else {
+        request_slot(&app).await.map(Some)
+    };
+    let (handled, slot) = match slot {
+        Ok(slot) => match route(&app, &req, scope, client).await {
+            Ok(h) => (h, slot),
+            Err(e) => (e.into_response().into(), slot),
+        },
+        Err(e) => (e.into_response().into(), None),
     };
     let mut response = handled.response;
     let headers = response.headers_mut();
@@ -88,7 +102,22 @@ pub async fn dispatch(
         started,
         promised,
     };
-    response.map(|body| access::logged(body, line))
+    response.map(|body| access::logged(body, line, slot))
+}
+
+/// One of the bounded number of requests in flight (each may hold body
+/// buffers and an upstream fetch); waits a little for one to end, then
+/// answers 503 so the client retries.
+async fn request_slot(app: &App) -> Result<OwnedSemaphorePermit, ApiError> {
+    let requests = Arc::clone(&app.requests);
+    if let Ok(permit) = Arc::clone(&requests).try_acquire_owned() {
+        return Ok(permit);
+    }
+    app.metrics.requests_queued.inc();
+    match tokio::time::timeout(REQUEST_QUEUE_WAIT, requests.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError::Busy),
+    }
 }
 
 /// The client's own id if it sent a sane one (so logs join up across a

@@ -25,6 +25,8 @@ pub enum ApiError {
     ReadOnly,
     #[error("authentication required")]
     Unauthorized,
+    #[error("the mirror is serving as many requests as it may; retry shortly")]
+    Busy,
     #[error("too many failed authentication attempts from this address; retry later")]
     TooManyAuthFailures,
     #[error("method not allowed")]
@@ -70,6 +72,7 @@ impl ApiError {
             }
             ApiError::UnknownRegistry(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::TooManyAuthFailures => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
@@ -128,6 +131,9 @@ impl ApiError {
             if let Ok(v) = HeaderValue::from_str(retry) {
                 headers.insert(header::RETRY_AFTER, v);
             }
+        }
+        if matches!(self, ApiError::Busy) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::TooManyAuthFailures) {
             let wait = super::client_auth::FAILURE_WINDOW.as_secs().to_string();

@@ -20,6 +20,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 /// HTTP/2 pings on idle connections, so a peer that vanished (or holds a
 /// connection open without a word) frees its slot.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Concurrent streams per HTTP/2 connection (clients pull a few layers at
+/// a time; containerd uses 3 by default).
+const H2_MAX_STREAMS: u32 = 32;
+/// Bytes buffered per HTTP/2 stream for a peer that is slow to read.
+const H2_SEND_BUFFER: usize = 256 * 1024;
 
 /// What every listener of one server shares.
 #[derive(Clone)]
@@ -105,7 +110,12 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        // What one connection may make us hold: its streams, and per stream
+        // the bytes queued for a peer that does not read.
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .max_header_list_size(64 * 1024);
     builder
 }
 

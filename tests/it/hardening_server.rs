@@ -144,3 +144,66 @@ async fn password_guessing_is_throttled_per_client() {
         .expect("mirror answers");
     assert_eq!(unknown.status(), 401);
 }
+
+/// One HTTP/2 connection may not drive unbounded work: the mirror
+/// advertises a stream limit, so 100 concurrent pulls of distinct blobs
+/// over one connection never run more than that many downloads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_http2_connection_runs_a_bounded_number_of_downloads() {
+    use crate::support::hub::{Fault, Target};
+    let hub = Hub::start().await;
+    let digests: Vec<String> = (0..100u8)
+        .map(|i| hub.put_blob("library/many", vec![i; 256 * 1024]))
+        .collect();
+    // Slow enough that the streams overlap.
+    hub.set_fault(Target::All, Fault::Throttle(512 * 1024));
+    let mirror = Mirror::start(&hub.url());
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let url = format!("{}/metrics", mirror.url());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut most = 0.0f64;
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(r) = reqwest::get(&url).await {
+                    let text = r.text().await.unwrap_or_default();
+                    let now = crate::support::metrics::sample_sum(
+                        &text,
+                        "pullthrough_downloads_in_flight",
+                        &[],
+                    );
+                    most = most.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            most
+        })
+    };
+    let pulls = digests.iter().map(|digest| {
+        let url = format!("{}/v2/library/many/blobs/{digest}", mirror.url());
+        let h2 = h2.clone();
+        async move {
+            let response = h2.get(url).send().await.map_err(|e| e.to_string())?;
+            crate::support::client::read_digest(response).await
+        }
+    });
+    let results = futures_util::future::join_all(pulls).await;
+    for (result, digest) in results.iter().zip(&digests) {
+        assert_eq!(result.as_deref(), Ok(digest.as_str()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = sampler.await.expect("sampler");
+    assert!(most > 0.0, "the sampler saw the downloads");
+    assert!(
+        most <= 32.0,
+        "{most} downloads ran at once for one connection"
+    );
+}
