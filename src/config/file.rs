@@ -52,6 +52,7 @@ pub(super) struct FileUpstream {
     pub insecure: bool,
     pub connect_timeout: Option<HumanDuration>,
     pub read_timeout: Option<HumanDuration>,
+    pub max_downloads: Option<usize>,
 }
 
 pub(super) fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {

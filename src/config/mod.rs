@@ -76,6 +76,8 @@ pub struct Timings {
     /// A blob download that moves fewer than 16 KiB/s over this span is
     /// resumed on a fresh connection.
     pub stall_window: Duration,
+    /// A blob download nobody has read for this long is abandoned.
+    pub abandon_after: Duration,
 }
 
 impl Default for Timings {
@@ -86,6 +88,7 @@ impl Default for Timings {
             retry_backoff: Duration::from_millis(100),
             make_room_wait: Duration::from_secs(3),
             stall_window: Duration::from_secs(10),
+            abandon_after: Duration::from_secs(60),
         }
     }
 }

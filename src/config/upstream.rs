@@ -58,6 +58,8 @@ pub struct UpstreamSettings {
     pub ca_file: Option<PathBuf>,
     /// Skip TLS verification (lab registries only).
     pub insecure: bool,
+    /// Blob downloads from this upstream at once; more wait their turn.
+    pub max_downloads: usize,
 }
 
 pub(super) fn resolve(
@@ -115,6 +117,11 @@ pub(super) fn resolve(
         insecure: u.insecure,
         connect_timeout: or(u.connect_timeout, Duration::from_secs(10)),
         read_timeout: or(u.read_timeout, Duration::from_secs(30)),
+        max_downloads: match u.max_downloads {
+            Some(0) => return Err(invalid(&key("max_downloads"), "must be at least 1")),
+            Some(n) => n,
+            None => 64,
+        },
     })
 }
 

@@ -75,6 +75,11 @@ impl<K: Hash + Eq, S> Flight<K, S> {
         self.tx.subscribe()
     }
 
+    /// How many callers watch this flight besides the table.
+    pub fn readers(&self) -> usize {
+        self.tx.receiver_count().saturating_sub(1)
+    }
+
     pub fn publish(&self, state: S) {
         self.tx.send_replace(state);
     }

@@ -8,6 +8,7 @@
 //! no client ever mistakes a broken transfer for a complete one.
 
 use super::coalesce::{Flights, Joined};
+use super::misses::Misses;
 use super::resume::ResumingSource;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
@@ -19,11 +20,12 @@ use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// Downloads are written in batches of up to this many bytes, so a fast
 /// upstream costs few blocking-pool round trips and a slow one is still
@@ -120,7 +122,12 @@ pub struct BlobDownloads {
     index: Index,
     tiers: Vec<Arc<dyn Tier>>,
     visibility: Visibility,
+    misses: Arc<Misses>,
     flights: Flights<Digest, Progress>,
+    /// Download slots per upstream (by name).
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// How long a download goes on with nobody reading it.
+    abandon_after: Duration,
     metrics: Arc<Metrics>,
     make_room_wait: Duration,
     /// The span over which a source must keep a minimum rate, and the
@@ -134,10 +141,14 @@ impl BlobDownloads {
         index: Index,
         tiers: Vec<Arc<dyn Tier>>,
         visibility: Visibility,
+        misses: Arc<Misses>,
         metrics: Arc<Metrics>,
         timings: &Timings,
     ) -> Arc<BlobDownloads> {
         Arc::new(BlobDownloads {
+            misses,
+            slots: Mutex::default(),
+            abandon_after: timings.abandon_after,
             store,
             index,
             tiers,
@@ -173,6 +184,12 @@ impl BlobDownloads {
             }
             other => other,
         };
+        let reference = digest.to_string();
+        if let Err((e, _)) = &result {
+            self.misses
+                .note::<()>(at, &reference, &Err(e.clone()))
+                .await;
+        }
         match result {
             // The body a full cache hands over was fetched for the request
             // that started the download; others fetch their own.
@@ -211,6 +228,10 @@ impl BlobDownloads {
         if let Some(source) = self.open_cached(digest).await.map_err(miss)? {
             return Ok(source);
         }
+        self.misses
+            .check(at, &digest.to_string())
+            .await
+            .map_err(miss)?;
         let (mut rx, outcome) = match self.flights.join(digest, || Progress::Connecting) {
             Joined::Follow(rx) => {
                 self.metrics.coalesced_waiters.inc();
@@ -265,6 +286,13 @@ impl BlobDownloads {
         flight: super::coalesce::Flight<Digest, Progress>,
     ) {
         let name = at.upstream.name().to_owned();
+        // Wait for a slot: one upstream gets a bounded number of downloads
+        // however many clients ask for different blobs at once.
+        let slots = self.slots_of(&at);
+        let Ok(_slot) = slots.acquire_owned().await else {
+            flight.finish(Progress::Failed(FetchError::Abandoned));
+            return;
+        };
         self.metrics.downloads_in_flight.inc();
         let result = self.download(&at, &digest, &flight).await;
         self.metrics.downloads_in_flight.dec();
@@ -283,6 +311,19 @@ impl BlobDownloads {
                 flight.finish(Progress::Failed(e));
             }
         }
+    }
+
+    fn slots_of(&self, at: &Target) -> Arc<Semaphore> {
+        let mut slots = match self.slots.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let limit = at.upstream.max_downloads();
+        Arc::clone(
+            slots
+                .entry(at.upstream.name().to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit))),
+        )
     }
 
     /// The blob's bytes from the first tier that has them, else from the
@@ -359,6 +400,7 @@ impl BlobDownloads {
             written: 0,
         });
 
+        let mut unread_since: Option<tokio::time::Instant> = None;
         let mut body = ResumingSource::new(at, digest, source, self.resume_timings, &self.metrics);
         let mut hasher = DigestWriter::default();
         let upstream_bytes = self
@@ -388,6 +430,16 @@ impl BlobDownloads {
                     *w = written;
                 }
             });
+            // The table keeps one receiver; any other is a reader.
+            if flight.readers() == 0 {
+                let since = *unread_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= self.abandon_after {
+                    tracing::info!(%digest, bytes = written, "nobody reads this download any more; abandoning it");
+                    return Err(FetchError::Abandoned);
+                }
+            } else {
+                unread_since = None;
+            }
         }
 
         let got = hasher.len();

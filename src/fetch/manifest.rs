@@ -4,6 +4,7 @@
 
 use super::accept::sniff_media_type;
 use super::coalesce::{self, Flights, Role, Slot};
+use super::misses::Misses;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
 use crate::cache::{self, unix_now, ContentRecord, ContentStore, Index};
@@ -35,6 +36,7 @@ pub(super) struct Manifests {
     hot: Cache<Digest, Arc<Manifest>>,
     flights: Flights<Digest, Slot<Loaded, FetchError>>,
     visibility: Visibility,
+    misses: Arc<Misses>,
     metrics: Arc<Metrics>,
 }
 
@@ -43,9 +45,11 @@ impl Manifests {
         store: Arc<dyn ContentStore>,
         index: Index,
         visibility: Visibility,
+        misses: Arc<Misses>,
         metrics: Arc<Metrics>,
     ) -> Manifests {
         Manifests {
+            misses,
             store,
             index,
             visibility,
@@ -127,10 +131,15 @@ impl Manifests {
         if let Some(m) = self.load(digest).await? {
             return Ok((m, CacheOutcome::Hit));
         }
+        let reference = digest.to_string();
+        self.misses.check(at, &reference).await?;
         let fetched = at
             .upstream
             .get_manifest(&at.repo, &Reference::Digest(digest.clone()), accept)
-            .await?;
+            .await
+            .map_err(FetchError::from);
+        self.misses.note(at, &reference, &fetched).await;
+        let fetched = fetched?;
         let actual = Digest::of(&fetched.bytes);
         if actual != *digest {
             self.metrics.digest_mismatches.inc();

@@ -18,6 +18,7 @@ mod body;
 mod coalesce;
 mod download;
 mod manifest;
+mod misses;
 mod resume;
 mod tags;
 mod visibility;
@@ -33,6 +34,7 @@ use crate::upstream::{Upstream, UpstreamError};
 use download::{BlobDownloads, SourceBody, UnclaimedBody};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use manifest::Manifests;
+use misses::Misses;
 use std::sync::Arc;
 use tags::Tags;
 use visibility::Visibility;
@@ -160,6 +162,7 @@ pub struct PullThrough {
     manifests: Manifests,
     tags: Tags,
     visibility: Visibility,
+    misses: Arc<Misses>,
     metrics: Arc<Metrics>,
 }
 
@@ -177,12 +180,14 @@ impl PullThrough {
     ) -> PullThrough {
         let store: Arc<dyn ContentStore> = Arc::new(store);
         let visibility = Visibility::new(index.clone(), private);
+        let misses = Arc::new(Misses::new());
         PullThrough {
             blobs: BlobDownloads::new(
                 Arc::clone(&store),
                 index.clone(),
                 tiers,
                 visibility.clone(),
+                Arc::clone(&misses),
                 Arc::clone(&metrics),
                 timings,
             ),
@@ -190,9 +195,11 @@ impl PullThrough {
                 Arc::clone(&store),
                 index.clone(),
                 visibility.clone(),
+                Arc::clone(&misses),
                 Arc::clone(&metrics),
             ),
-            tags: Tags::new(index.clone(), visibility.clone()),
+            tags: Tags::new(index.clone(), visibility.clone(), Arc::clone(&misses)),
+            misses,
             index,
             store,
             visibility,
@@ -281,10 +288,17 @@ impl PullThrough {
                 self.admit_blob(at, digest, CacheOutcome::Hit).await?;
                 (source.total, CacheOutcome::Hit)
             }
-            None => (
-                at.upstream.head_blob(&at.repo, digest).await?,
-                CacheOutcome::Miss,
-            ),
+            None => {
+                let reference = digest.to_string();
+                self.misses.check(at, &reference).await?;
+                let head = at
+                    .upstream
+                    .head_blob(&at.repo, digest)
+                    .await
+                    .map_err(FetchError::from);
+                self.misses.note(at, &reference, &head).await;
+                (head?, CacheOutcome::Miss)
+            }
         };
         let mut s = Served::new(body::empty(), outcome);
         s.blob_headers(digest, len);

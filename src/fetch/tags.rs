@@ -6,6 +6,7 @@
 use super::accept::AcceptList;
 use super::coalesce::{self, Flights, Role, Slot};
 use super::manifest::{Manifest, Manifests, FOLLOW_WAIT};
+use super::misses::Misses;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
 use crate::cache::{self, unix_now, Index, TagKey, TagRecord};
@@ -45,11 +46,13 @@ pub(super) struct Tags {
     /// Tags currently served stale, so each outage is logged once per tag.
     stale_tags: Mutex<HashSet<TagKey>>,
     visibility: Visibility,
+    misses: Arc<Misses>,
 }
 
 impl Tags {
-    pub fn new(index: Index, visibility: Visibility) -> Tags {
+    pub fn new(index: Index, visibility: Visibility, misses: Arc<Misses>) -> Tags {
         Tags {
+            misses,
             index,
             visibility,
             fresh: Cache::builder()
@@ -143,10 +146,17 @@ impl Tags {
             }
         };
         let reference = Reference::Tag(tag.clone());
+        self.misses.check(at, tag.as_str()).await?;
         let head = match upstream.head_manifest(&at.repo, &reference, accept).await {
             Ok(head) => head,
             Err(e) if e.is_outage() => return stale(e).await,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                let e = FetchError::from(e);
+                self.misses
+                    .note::<()>(at, tag.as_str(), &Err(e.clone()))
+                    .await;
+                return Err(e);
+            }
         };
 
         let (manifest, outcome) = match head.digest {

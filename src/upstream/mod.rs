@@ -223,6 +223,11 @@ impl Upstream {
         self.settings.credentials.is_some()
     }
 
+    /// How many blob downloads from here may run at once.
+    pub fn max_downloads(&self) -> usize {
+        self.settings.max_downloads
+    }
+
     pub fn tag_ttl(&self) -> Duration {
         self.settings.tag_ttl
     }

@@ -119,3 +119,122 @@ async fn a_black_holed_connection_is_resumed_instead_of_waiting_for_the_read_tim
         1.0
     );
 }
+
+/// Asking again and again for what the upstream does not have costs the
+/// upstream one request, not one per ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_digests_and_tags_are_remembered_briefly() {
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "v1", &[1000]);
+    let mirror = Mirror::start(&hub.url());
+    let ghost = sha256_digest(b"nothing like this exists");
+    for _ in 0..20 {
+        let blob = client()
+            .get(format!("{}/v2/library/app/blobs/{ghost}", mirror.url()))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(blob.status(), 404);
+        let manifest = client()
+            .get(format!("{}/v2/library/app/manifests/nope", mirror.url()))
+            .header("accept", crate::support::ACCEPT)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(manifest.status(), 404);
+    }
+    assert_eq!(
+        hub.count(Kind::BlobGet),
+        1,
+        "one upstream blob GET for 20 asks"
+    );
+    assert_eq!(
+        hub.count(Kind::ManifestHeadByTag),
+        1,
+        "one upstream HEAD for 20 asks"
+    );
+}
+
+/// Clients that gave up leave no download behind that nobody reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_download_nobody_reads_any_more_is_abandoned() {
+    let hub = Hub::start().await;
+    let bytes = blob(4 * MIB, 4);
+    let digest = hub.put_blob("library/flaky", bytes.clone());
+    // About a minute for the whole blob.
+    hub.set_fault(Target::All, Fault::Throttle(64 * 1024));
+    let mirror = Mirror::builder(&hub.url())
+        .timings(|t| t.abandon_after = Duration::from_millis(300))
+        .start();
+    let mut response = client()
+        .get(format!("{}/v2/library/flaky/blobs/{digest}", mirror.url()))
+        .send()
+        .await
+        .expect("answer");
+    response.chunk().await.expect("body").expect("first bytes");
+    drop(response);
+    crate::support::wait_until("the download abandoned", Duration::from_secs(10), || {
+        (mirror.metric("pullthrough_downloads_in_flight", &[]) == 0.0).then_some(())
+    });
+    let tmp = std::fs::read_dir(mirror.cache_dir.join("tmp"))
+        .expect("tmp")
+        .count();
+    assert_eq!(tmp, 0, "the partial file is gone");
+    assert!(
+        hub.count(Kind::CdnBytesSent) < bytes.len() as u64,
+        "the upstream was not drained for nobody"
+    );
+}
+
+/// One upstream gets a bounded number of downloads at once, however many
+/// different blobs clients ask for; the rest wait their turn and complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn downloads_per_upstream_are_bounded() {
+    let hub = Hub::start().await;
+    let blobs: Vec<Vec<u8>> = (0..6).map(|i| blob(256 * 1024, 10 + i)).collect();
+    let digests: Vec<String> = blobs
+        .iter()
+        .map(|b| hub.put_blob("library/flaky", b.clone()))
+        .collect();
+    hub.set_fault(Target::All, Fault::Throttle(1024 * 1024));
+    let mirror = Mirror::builder(&hub.url())
+        .config(&format!(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\nmax_downloads = 2\n",
+            hub.url()
+        ))
+        .start();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (url, stop) = (format!("{}/metrics", mirror.url()), stop.clone());
+        tokio::spawn(async move {
+            let mut most = 0.0f64;
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(r) = reqwest::get(&url).await {
+                    let text = r.text().await.unwrap_or_default();
+                    let now = crate::support::metrics::sample_sum(
+                        &text,
+                        "pullthrough_downloads_in_flight",
+                        &[],
+                    );
+                    most = most.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            most
+        })
+    };
+    let pulls = digests.iter().map(|d| fetch(&mirror, d));
+    let results = futures_util::future::join_all(pulls).await;
+    for (result, digest) in results.iter().zip(&digests) {
+        assert_eq!(result.as_deref(), Ok(digest.as_str()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = sampler.await.expect("sampler");
+    assert!(
+        most > 0.0 && most <= 2.0,
+        "{most} downloads at once with max_downloads = 2"
+    );
+}
