@@ -29,7 +29,7 @@ pub struct TempBlob {
     file: Arc<File>,
     committed: bool,
     /// The disk promised to this download, released when it ends.
-    _reservation: Option<Reservation>,
+    reservations: Vec<Reservation>,
 }
 
 impl TempBlob {
@@ -47,6 +47,11 @@ impl Drop for TempBlob {
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The most a blob whose length was never announced may grow to, budget or
+/// not (the largest image layers seen are a few GiB): an endless body must
+/// end before the disk does.
+const MAX_UNANNOUNCED: u64 = 32 << 30;
 
 impl BlobStore {
     /// Creates the directories. `tmp/` is left alone: only the process
@@ -189,7 +194,7 @@ impl BlobStore {
             None => None,
         };
         let mut temp = self.create_temp()?;
-        temp._reservation = reservation;
+        temp.reservations.extend(reservation);
         if let Some(len) = len.filter(|&l| l > 0) {
             match rustix::fs::fallocate(&*temp.file, rustix::fs::FallocateFlags::empty(), 0, len) {
                 Ok(()) => {}
@@ -220,8 +225,27 @@ impl BlobStore {
             path,
             file: Arc::new(file),
             committed: false,
-            _reservation: None,
+            reservations: Vec::new(),
         })
+    }
+
+    /// Reserves `by` more bytes for a download whose length was not
+    /// announced, as its bytes arrive.
+    pub fn grow_reservation(&self, temp: &mut TempBlob, by: u64) -> Result<(), CacheError> {
+        let reserved: u64 = temp.reservations.iter().map(Reservation::bytes).sum();
+        let cap = self
+            .max_size
+            .unwrap_or(MAX_UNANNOUNCED)
+            .min(MAX_UNANNOUNCED);
+        if reserved + by > cap {
+            return Err(CacheError::LargerThanBudget);
+        }
+        let more = self
+            .usage
+            .reserve_within(by, self.max_size)
+            .ok_or(CacheError::OverBudget)?;
+        temp.reservations.push(more);
+        Ok(())
     }
 
     /// Makes a verified temp file durable and visible under its digest.

@@ -37,6 +37,8 @@ pub trait ContentStore: Send + Sync {
     /// A temp file for a new blob, with `len` bytes reserved within the
     /// budget when the length is known.
     fn begin(&self, len: Option<u64>) -> Result<TempBlob, CacheError>;
+    /// Reserves `by` more bytes for a temp file begun without a length.
+    fn grow(&self, temp: &mut TempBlob, by: u64) -> Result<(), CacheError>;
     /// Makes a verified temp file durable and visible under `digest`.
     fn commit(&self, temp: TempBlob, digest: &Digest) -> Result<(), CacheError>;
     /// Stores small content held in memory, verifying it first.
@@ -74,6 +76,10 @@ impl ContentStore for BlobStore {
 
     fn begin(&self, len: Option<u64>) -> Result<TempBlob, CacheError> {
         self.create_temp_reserved(len)
+    }
+
+    fn grow(&self, temp: &mut TempBlob, by: u64) -> Result<(), CacheError> {
+        self.grow_reservation(temp, by)
     }
 
     fn commit(&self, temp: TempBlob, digest: &Digest) -> Result<(), CacheError> {

@@ -39,6 +39,12 @@ pub struct Reservation {
     bytes: u64,
 }
 
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         let _ = self

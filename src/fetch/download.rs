@@ -12,7 +12,9 @@ use super::misses::Misses;
 use super::resume::ResumingSource;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
-use crate::cache::{self, unix_now, CacheError, ContentRecord, ContentStore, Index, Lease, Tier};
+use crate::cache::{
+    self, unix_now, CacheError, ContentRecord, ContentStore, Index, Lease, TempBlob, Tier,
+};
 use crate::config::Timings;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestWriter};
@@ -128,6 +130,8 @@ pub struct BlobDownloads {
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// How long a download goes on with nobody reading it.
     abandon_after: Duration,
+    /// Blobs of unannounced length that outgrew the cache: streamed past it.
+    too_big: moka::future::Cache<Digest, ()>,
     metrics: Arc<Metrics>,
     make_room_wait: Duration,
     /// The span over which a source must keep a minimum rate, and the
@@ -149,6 +153,10 @@ impl BlobDownloads {
             misses,
             slots: Mutex::default(),
             abandon_after: timings.abandon_after,
+            too_big: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
             store,
             index,
             tiers,
@@ -232,6 +240,9 @@ impl BlobDownloads {
             .check(at, &digest.to_string())
             .await
             .map_err(miss)?;
+        if self.too_big.contains_key(digest) {
+            return Err(miss(FetchError::NoSpace(UnclaimedBody::default())));
+        }
         let (mut rx, outcome) = match self.flights.join(digest, || Progress::Connecting) {
             Joined::Follow(rx) => {
                 self.metrics.coalesced_waiters.inc();
@@ -313,6 +324,23 @@ impl BlobDownloads {
         }
     }
 
+    /// Grows the disk promised to a download of unknown length; one that
+    /// cannot grow fails its readers, and the blob is streamed past the
+    /// cache from then on.
+    async fn grow(&self, temp: &mut TempBlob, digest: &Digest, by: u64) -> Result<(), FetchError> {
+        let mut grown = self.store.grow(temp, by);
+        if matches!(grown, Err(CacheError::OverBudget)) {
+            self.store.usage().make_room(self.make_room_wait).await;
+            grown = self.store.grow(temp, by);
+        }
+        if let Err(e) = grown {
+            tracing::warn!(%digest, reason = %e, "a blob of unannounced length outgrew the cache; it is streamed past the cache from now on");
+            self.too_big.insert(digest.clone(), ()).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     fn slots_of(&self, at: &Target) -> Arc<Semaphore> {
         let mut slots = match self.slots.lock() {
             Ok(s) => s,
@@ -385,7 +413,7 @@ impl BlobDownloads {
             self.store.usage().make_room(self.make_room_wait).await;
             reserved = self.store.begin(total);
         }
-        let temp = match reserved {
+        let mut temp = match reserved {
             Ok(temp) => temp,
             Err(e) if e.is_no_space() => {
                 tracing::warn!(%digest, bytes = total, reason = %e, "cannot cache this blob; streaming it without caching");
@@ -423,7 +451,18 @@ impl BlobDownloads {
             if from_upstream {
                 upstream_bytes.inc_by(batch.len() as u64);
             }
-            hasher = write_batch(Arc::clone(&file), hasher, batch).await?;
+            if total.is_none() {
+                self.grow(&mut temp, digest, batch.len() as u64).await?;
+            }
+            hasher = match write_batch(Arc::clone(&file), hasher, batch).await {
+                Ok(hasher) => hasher,
+                Err(e) => {
+                    if matches!(&e, FetchError::Cache(c) if c.is_no_space()) {
+                        self.too_big.insert(digest.clone(), ()).await;
+                    }
+                    return Err(e);
+                }
+            };
             let written = hasher.len();
             flight.update(|p| {
                 if let Progress::Streaming { written: w, .. } = p {

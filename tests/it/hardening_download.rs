@@ -238,3 +238,32 @@ async fn downloads_per_upstream_are_bounded() {
         "{most} downloads at once with max_downloads = 2"
     );
 }
+
+/// A blob sent without a Content-Length cannot sneak past the budget: its
+/// reservation grows with its bytes, and once it cannot grow the blob is
+/// streamed past the cache (the first transfer fails, the next is relayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_without_length_never_outgrows_the_budget() {
+    let hub = Hub::start().await;
+    let bytes = blob(3 * MIB, 5);
+    let expected = sha256_digest(&bytes);
+    let digest = hub.put_blob("library/flaky", bytes);
+    hub.set_fault(Target::All, Fault::NoLength);
+    let mirror = Mirror::builder(&hub.url())
+        .arg("--max-size", "1MiB")
+        .timings(|t| t.make_room_wait = Duration::from_millis(50))
+        .start();
+
+    let first = fetch(&mirror, &digest).await;
+    assert!(
+        first.is_err(),
+        "the first transfer cannot complete: {first:?}"
+    );
+    assert_eq!(
+        fetch(&mirror, &digest).await.as_deref(),
+        Ok(expected.as_str())
+    );
+    assert_eq!(mirror.metric("pullthrough_cache_bypasses_total", &[]), 1.0);
+    let cached = crate::support::client::files_named(&mirror.cache_dir.join("blobs"), &digest[7..]);
+    assert!(cached.is_empty(), "nothing over the budget was kept");
+}

@@ -40,6 +40,8 @@ pub enum Fault {
     StallAfterFirst(u64),
     /// The CDN answers every GET with the whole blob (200), ignoring Range.
     IgnoreRange,
+    /// CDN blob bodies go chunked, without a Content-Length.
+    NoLength,
     /// Registry requests under `/v2/<name>/` (manifests, blobs, tag lists;
     /// GET and HEAD) and CDN GETs answer this status (e.g. 500, 503) with an
     /// error body.

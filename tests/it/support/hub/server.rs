@@ -493,7 +493,11 @@ async fn cdn(state: &State, req: &Request<Incoming>) -> Response<Body> {
             bytes
         }
     };
-    let builder = builder.header(header::CONTENT_LENGTH, bytes.len());
+    let builder = if faults.contains(&Fault::NoLength) {
+        builder
+    } else {
+        builder.header(header::CONTENT_LENGTH, bytes.len())
+    };
     if req.method() != Method::GET {
         return builder.body(empty()).expect("response");
     }
