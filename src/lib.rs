@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! The layers, each depending only on those below it:
-//! `oci` → `config` → `cache`, `upstream` → `fetch` → `server` → `main`.
+//! `oci` → `config` → `coalesce`, `cache`, `upstream` → `fetch` → `server`
+//! → `main`.
 //!
 //! - [`oci`]: names, references, digests, media types, ranges, error bodies.
 //! - [`config`]: the validated configuration (file schema, typed values,
@@ -11,6 +12,8 @@
 //! - `cache`: the local content store behind the `ContentStore` seam, the
 //!   `Tier` seam for further tiers (an object store), the sled index,
 //!   usage and eviction. Its opening comment says how a tier plugs in.
+//! - `coalesce`: the one leader/followers primitive that blob downloads,
+//!   manifest and tag fetches and token fetches share.
 //! - `upstream`: the registry client: auth challenges, scoped tokens,
 //!   retries, the circuit breaker, redirects to CDNs, policy.
 //! - `fetch`: the pull-through core behind one facade (`PullThrough`):
@@ -26,6 +29,7 @@
 
 pub mod admin;
 pub(crate) mod cache;
+pub(crate) mod coalesce;
 pub mod config;
 pub(crate) mod fetch;
 pub mod metrics;

@@ -7,7 +7,6 @@
 //! open) or failed, in which case every reader's body ends in an error so
 //! no client ever mistakes a broken transfer for a complete one.
 
-use super::coalesce::{Flights, Joined};
 use super::misses::Misses;
 use super::resume::ResumingSource;
 use super::visibility::Visibility;
@@ -15,6 +14,7 @@ use super::{CacheOutcome, FetchError, Target};
 use crate::cache::{
     self, unix_now, CacheError, ContentRecord, ContentStore, Index, Lease, TempBlob, Tier,
 };
+use crate::coalesce::{Flights, Joined};
 use crate::config::Timings;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestWriter};
@@ -294,7 +294,7 @@ impl BlobDownloads {
         self: Arc<Self>,
         at: Target,
         digest: Digest,
-        flight: super::coalesce::Flight<Digest, Progress>,
+        flight: crate::coalesce::Flight<Digest, Progress>,
     ) {
         let name = at.upstream.name().to_owned();
         // Wait for a slot: one upstream gets a bounded number of downloads
@@ -402,7 +402,7 @@ impl BlobDownloads {
         &self,
         at: &Target,
         digest: &Digest,
-        flight: &super::coalesce::Flight<Digest, Progress>,
+        flight: &crate::coalesce::Flight<Digest, Progress>,
     ) -> Result<(Arc<File>, u64, bool), FetchError> {
         let (source, from_upstream) = self.open_source(at, digest).await?;
         let total = source.len;

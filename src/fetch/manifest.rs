@@ -3,11 +3,11 @@
 //! served, and kept byte-exact with the upstream's media type.
 
 use super::accept::sniff_media_type;
-use super::coalesce::{self, Flights, Role, Slot};
 use super::misses::Misses;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
 use crate::cache::{self, unix_now, ContentRecord, ContentStore, Index};
+use crate::coalesce::{self, Flights, Role, Slot};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, MAX_MANIFEST_BYTES};
 use bytes::Bytes;

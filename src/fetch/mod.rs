@@ -5,7 +5,6 @@
 //! download, verification, storage, tailing, admission of private content —
 //! happens in here.
 //!
-//! - `coalesce`: the one leader/followers primitive (blobs, manifests, tags).
 //! - `download`: one spawned download per blob digest, tailed by readers.
 //! - `body`: the bodies sent: in memory, tailing a file, verified relay.
 //! - `manifest`, `tags`: manifests by digest; tags and their freshness.
@@ -15,7 +14,6 @@
 
 mod accept;
 mod body;
-mod coalesce;
 mod download;
 mod manifest;
 mod misses;

@@ -4,12 +4,12 @@
 //! mapping is served for up to `max_stale`.
 
 use super::accept::AcceptList;
-use super::coalesce::{self, Flights, Role, Slot};
 use super::manifest::{Manifest, Manifests, FOLLOW_WAIT};
 use super::misses::Misses;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
 use crate::cache::{self, unix_now, Index, TagKey, TagRecord};
+use crate::coalesce::{self, Flights, Role, Slot};
 use crate::oci::{Digest, Reference, Tag};
 use crate::upstream::UpstreamError;
 use moka::future::Cache;

@@ -10,6 +10,7 @@
 //! upstream until restart.
 
 use super::UpstreamError;
+use crate::coalesce::{self, Flights, Slot};
 use moka::future::Cache;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -160,6 +161,8 @@ pub struct Authenticator {
     challenges: RwLock<HashMap<Origin, Accepted>>,
     /// Keyed by `<origin> <scope>`.
     tokens: Cache<String, Arc<Token>>,
+    /// Token fetches in the air, by the same key.
+    fetching: Flights<String, Slot<Arc<Token>, UpstreamError>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -185,6 +188,7 @@ impl Authenticator {
             registry,
             credentials,
             challenges: RwLock::new(HashMap::new()),
+            fetching: Flights::default(),
             tokens: Cache::builder()
                 .max_capacity(10_000)
                 .expire_after(TokenExpiry)
@@ -302,18 +306,43 @@ impl Authenticator {
                 )),
             },
             Accepted::Bearer { realm, service } => self
-                .tokens
-                .try_get_with(
+                .token(
                     Self::token_key(origin, scope),
-                    self.fetch_token(realm, service.as_deref(), scope),
+                    realm,
+                    service.as_deref(),
+                    scope,
                 )
                 .await
-                .map(|token| Authorization::Bearer(token.value.clone()))
-                .map_err(|e: Arc<UpstreamError>| (*e).clone()),
+                .map(|token| Authorization::Bearer(token.value.clone())),
         };
         if result.is_err() {
             self.forget(origin, challenge);
         }
+        result
+    }
+
+    /// The cached token for `key`, or one fetch shared by every request
+    /// that needs it now.
+    async fn token(
+        &self,
+        key: String,
+        realm: &Url,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<Arc<Token>, UpstreamError> {
+        if let Some(token) = self.tokens.get(&key).await {
+            return Ok(token);
+        }
+        let fetch = || async {
+            let token = self.fetch_token(realm, service, scope).await?;
+            // Cached before the flight ends, so nobody arriving in between
+            // fetches again.
+            self.tokens.insert(key.clone(), Arc::clone(&token)).await;
+            Ok(token)
+        };
+        // Every waiter asks for the same scope, so a failure holds for all.
+        let (result, _) =
+            coalesce::once(&self.fetching, &key, TOKEN_TIMEOUT * 2, |_| false, fetch).await;
         result
     }
 
