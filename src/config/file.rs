@@ -1,6 +1,7 @@
 //! The TOML file's schema: every key, with its typed value; unknown keys
 //! and values of the wrong type are errors that name the key.
 
+use super::storage::FileStorage;
 use super::values::{ByteSize, HumanDuration, PatternSet, ProxyNet};
 use super::ConfigError;
 use serde::Deserialize;
@@ -22,6 +23,7 @@ pub(super) struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
+    pub storage: Option<FileStorage>,
     #[serde(default)]
     pub trusted_proxies: Vec<ProxyNet>,
     #[serde(default)]
