@@ -377,6 +377,24 @@ impl Rgw {
         }
     }
 
+    /// An object's ETag as the store reports it (`"<hex>-<parts>"` for a
+    /// multipart upload).
+    pub fn etag(&self, bucket: &str, key: &str) -> Option<String> {
+        let file = self.dir.join(format!("head-{}", unique()));
+        let path = file.display().to_string();
+        let status = self.curl(&["-I", "-o", &path], &format!("{bucket}/{key}"));
+        let head = std::fs::read_to_string(&file).unwrap_or_default();
+        let _ = std::fs::remove_file(&file);
+        (status == 200).then(|| {
+            head.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("etag").then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        })
+    }
+
     /// The keys in a bucket (first 1000), from a ListObjectsV2.
     pub fn keys(&self, bucket: &str) -> Vec<String> {
         let file = self.dir.join(format!("list-{}", unique()));
