@@ -237,3 +237,40 @@ fn rgw_stores_and_returns_objects() {
     assert_eq!(rgw.get_object(&bucket, "a/missing"), None);
     assert_eq!(rgw.keys(&bucket), vec!["a/b".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_store_is_logged_once_and_its_secret_never() {
+    let port = crate::support::free_port();
+    let secret_value = "s3-secret-that-must-not-be-logged";
+    let secret = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret.path(), format!("{secret_value}\n")).expect("write secret");
+    let toml = storage_toml(
+        &format!("http://127.0.0.1:{port}"),
+        "nowhere",
+        "p",
+        secret.path(),
+    );
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[50_000, 60_000, 70_000]);
+    let mirror = Mirror::builder(&hub.url())
+        .config(&toml)
+        .process()
+        .log("debug")
+        .start();
+    for (digest, bytes) in &image.layers {
+        let (status, transfer) = get_blob(&mirror, "library/app", digest).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&transfer.bytes(), bytes);
+    }
+    let log = sync(|| {
+        mirror.wait_log("the store failing", |log| {
+            log.contains("object store failing")
+        })
+    });
+    assert_eq!(
+        log.matches("object store failing").count(),
+        1,
+        "one warning for one outage:\n{log}"
+    );
+    assert!(!log.contains(secret_value), "the secret reached the log");
+}
