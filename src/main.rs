@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pullthrough::admin;
-use pullthrough::config::{Config, Overrides};
+use pullthrough::config::{AwsEnv, Config, Overrides};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +104,11 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// A shared tier on S3-compatible object storage under the local
+    /// disk, e.g. s3://BUCKET/PREFIX (settings in the config's
+    /// [storage.s3] table or the AWS_* variables) [default: local disk only].
+    #[arg(long, env = "PULLTHROUGH_STORAGE", value_name = "URL")]
+    storage: Option<String>,
     /// Also serve /metrics on this address (e.g. 127.0.0.1:9090).
     #[arg(long, env = "PULLTHROUGH_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
@@ -171,6 +176,8 @@ fn main() -> ExitCode {
             let overrides = Overrides {
                 cache_dir: args.cache.cache_dir,
                 max_size: args.max_size,
+                // The offline commands look at the local tier only.
+                ignore_storage: true,
                 ..Overrides::default()
             };
             let config = match load_config(args.cache.config.as_deref(), &overrides) {
@@ -194,6 +201,7 @@ fn main() -> ExitCode {
             };
             let overrides = Overrides {
                 cache_dir: args.cache_dir,
+                ignore_storage: true,
                 ..Overrides::default()
             };
             let config = match load_config(args.config.as_deref(), &overrides) {
@@ -226,6 +234,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_size: args.max_size,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        storage: args.storage,
+        aws: AwsEnv::from_process(),
+        ignore_storage: false,
     };
     let config = match load_config(args.config.as_deref(), &overrides) {
         Ok(c) => c,

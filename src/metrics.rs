@@ -33,6 +33,12 @@ pub struct Metrics {
     pub ratelimit_limit: IntGaugeVec,
     pub ratelimit_remaining: IntGaugeVec,
     pub upstream_circuit_open: IntGaugeVec,
+    pub tier_lookups: IntCounterVec,
+    pub tier_uploads: IntCounterVec,
+    pub tier_errors: IntCounterVec,
+    pub tier_corrupt: IntCounterVec,
+    pub tier_bytes: IntCounterVec,
+    pub tier_failing: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -190,6 +196,42 @@ impl Metrics {
                 "upstream_circuit_open",
                 "1 while calls to the upstream fail fast after repeated outages.",
                 &["upstream"],
+            ),
+            tier_lookups: counter_vec(
+                &r,
+                "tier_lookups_total",
+                "Blob lookups in a further tier (the object store) after a local miss, by result (hit, miss, error, skipped while failing).",
+                &["tier", "result"],
+            ),
+            tier_uploads: counter_vec(
+                &r,
+                "tier_uploads_total",
+                "Verified upstream downloads put into a further tier, by result (stored, present, error, skipped while failing).",
+                &["tier", "result"],
+            ),
+            tier_errors: counter_vec(
+                &r,
+                "tier_errors_total",
+                "Failed or timed-out calls to a further tier, by operation; pulls fall back to the upstream.",
+                &["tier", "op"],
+            ),
+            tier_corrupt: counter_vec(
+                &r,
+                "tier_corrupt_total",
+                "Tier copies that failed their digest when read (deleted from the tier).",
+                &["tier"],
+            ),
+            tier_bytes: counter_vec(
+                &r,
+                "tier_bytes_total",
+                "Blob bytes moved to and from a further tier, by direction (read, written).",
+                &["tier", "direction"],
+            ),
+            tier_failing: gauge_vec(
+                &r,
+                "tier_failing",
+                "1 while a further tier is failing (lookups skip it for a few seconds at a time).",
+                &["tier"],
             ),
             registry: r,
         }

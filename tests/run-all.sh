@@ -16,6 +16,11 @@ declare -A needs=(
   [systemd-analyze]=systemd
   [openssl]=openssl
   [curl]=curl
+  # Ceph's RADOS Gateway, the object store the S3 tier is tested against.
+  [ceph-mon]=ceph-mon
+  [ceph-osd]=ceph-osd
+  [radosgw]=radosgw
+  [ceph]=ceph-common
 )
 missing=()
 for prog in "${!needs[@]}"; do

@@ -20,11 +20,17 @@
 //! what it answers through the same verified download as upstream bytes,
 //! and uploads a verified upstream download to it in the background. A
 //! tier never serves bytes the local tier has not verified.
+//!
+//! The one further tier today is [`S3Tier`] (`storage = "s3://…"`): a
+//! bucket on an S3-compatible store, shared by replicas, signed with our
+//! own SigV4 over the same reqwest client stack as the upstreams.
 
 mod blobs;
 mod eviction;
 mod index;
 mod reconcile;
+mod s3;
+mod sigv4;
 mod store;
 mod usage;
 
@@ -32,6 +38,7 @@ pub use blobs::{BlobStore, TempBlob};
 pub use eviction::{evict, spawn_evictor, Budget, EvictionReport};
 pub use index::{ContentRecord, Index, TagKey, TagRecord};
 pub use reconcile::{reconcile, ReconcileReport};
+pub use s3::S3Tier;
 pub use store::{ContentStore, StoredFile, Tier};
 pub use usage::{CacheUsage, Lease};
 

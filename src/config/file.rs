@@ -1,6 +1,7 @@
 //! The TOML file's schema: every key, with its typed value; unknown keys
 //! and values of the wrong type are errors that name the key.
 
+use super::storage::FileStorage;
 use super::values::{ByteSize, HumanDuration, PatternSet, ProxyNet};
 use super::ConfigError;
 use serde::Deserialize;
@@ -24,6 +25,7 @@ pub(super) struct FileConfig {
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
     pub client_auth_max_failures: Option<u32>,
+    pub storage: Option<FileStorage>,
     #[serde(default)]
     pub trusted_proxies: Vec<ProxyNet>,
     #[serde(default)]

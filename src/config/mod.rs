@@ -6,9 +6,11 @@
 //! - `upstream`: one `[[upstream]]` entry resolved, credentials included.
 
 mod file;
+mod storage;
 mod upstream;
 mod values;
 
+pub use storage::{AwsEnv, S3Settings};
 pub use upstream::{Credentials, Secret, UpstreamSettings};
 pub use values::{ByteSize, HumanDuration, PatternSet, ProxyNet, TlsFiles};
 
@@ -55,6 +57,9 @@ pub struct Config {
     /// Failed authentication attempts a client address may make within a
     /// minute before it gets 429 without its credentials being checked.
     pub client_auth_max_failures: u32,
+    /// The object-storage tier under the local disk (`storage = "s3://…"`);
+    /// `None`: local disk only.
+    pub storage: Option<S3Settings>,
     /// Internal timings, not in the file: tests shorten them instead of
     /// sleeping through the production values.
     pub timings: Timings,
@@ -104,6 +109,12 @@ pub struct Overrides {
     pub max_size: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `--storage s3://BUCKET/PREFIX`.
+    pub storage: Option<String>,
+    /// The standard AWS variables (fallbacks for `[storage.s3]`).
+    pub aws: AwsEnv,
+    /// Leave the object store out (offline commands on the local tier).
+    pub ignore_storage: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +238,13 @@ impl Config {
             (None, None) => None,
             _ => return Err(invalid("tls_cert", "tls_cert and tls_key go together")),
         };
+        let storage = if overrides.ignore_storage {
+            None
+        } else {
+            storage::resolve(parsed.storage, overrides.storage.as_deref(), &overrides.aws)?
+        };
         Ok(Config {
+            storage,
             htpasswd_file: parsed.htpasswd_file,
             bearer_tokens_file: parsed.bearer_tokens_file,
             client_auth_max_failures: parsed.client_auth_max_failures.unwrap_or(10),

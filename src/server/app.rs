@@ -43,6 +43,8 @@ pub enum StartError {
         name: String,
         source: crate::upstream::ClientError,
     },
+    #[error("cannot build the object store client: {0}")]
+    Storage(reqwest::Error),
     #[error("no upstream configured")]
     NoUpstream,
     #[error("cannot load client credentials: {0}")]
@@ -93,10 +95,22 @@ impl App {
         )?;
         spawn_maintenance(&store, &index, config);
         let private = config.upstreams.iter().any(|u| u.credentials.is_some());
+        let mut tiers: Vec<Arc<dyn cache::Tier>> = Vec::new();
+        if let Some(s3) = &config.storage {
+            tracing::info!(
+                bucket = %s3.bucket,
+                prefix = %s3.prefix,
+                endpoint = %s3.endpoint,
+                "object-storage tier under the local disk"
+            );
+            let tier = cache::S3Tier::new(s3.clone(), Arc::clone(&metrics))
+                .map_err(StartError::Storage)?;
+            tiers.push(Arc::new(tier));
+        }
         let core = PullThrough::new(
             store,
             index,
-            Vec::new(),
+            tiers,
             private,
             &config.timings,
             Arc::clone(&metrics),

@@ -18,5 +18,6 @@ mod inflight;
 mod operations;
 mod resilience;
 mod routing;
+mod s3_tier;
 mod support;
 mod tls_auth;

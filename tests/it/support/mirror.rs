@@ -177,6 +177,7 @@ impl MirrorBuilder {
                 "--tls-cert" => overrides.tls_cert = value.map(PathBuf::from),
                 "--tls-key" => overrides.tls_key = value.map(PathBuf::from),
                 "--upstream" => overrides.upstream = value,
+                "--storage" => overrides.storage = value,
                 other => panic!(
                     "{other} is not a setting of the in-process mirror; use .process() for it"
                 ),

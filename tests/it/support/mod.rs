@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod oci_layout;
 pub mod process;
 pub mod registry;
+pub mod rgw;
 
 use sha2::{Digest as _, Sha256};
 use std::net::TcpListener;

@@ -1,0 +1,276 @@
+//! The object-storage tier (issue 11) against a real Ceph RGW (see
+//! `support::rgw`): replicas share what any of them fetched, a corrupt
+//! object is never served as complete and is replaced from the upstream,
+//! and a store that cannot be reached never fails a pull.
+
+use crate::support::client::{client, files_named, hex_of, read_transfer, Transfer};
+use crate::support::hub::{Hub, Kind};
+use crate::support::mirror::Mirror;
+use crate::support::rgw::{rgw, Rgw, ACCESS_KEY};
+use crate::support::{sha256_digest, wait_until};
+use http::StatusCode;
+use std::path::Path;
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+/// Longest wait for a background upload to land in the bucket.
+const UPLOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// Blocking work (curl, process start-up) off the async workers.
+fn sync<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}
+
+/// The mirror's config for `bucket/prefix` on `endpoint`.
+fn storage_toml(endpoint: &str, bucket: &str, prefix: &str, secret_file: &Path) -> String {
+    format!(
+        "[storage]\nurl = \"s3://{bucket}/{prefix}\"\n[storage.s3]\nendpoint = \"{endpoint}\"\n\
+         path_style = true\nallow_http = true\naccess_key_id = \"{ACCESS_KEY}\"\n\
+         secret_access_key_file = \"{}\"\n",
+        secret_file.display()
+    )
+}
+
+fn rgw_toml(rgw: &Rgw, bucket: &str) -> String {
+    storage_toml(&rgw.endpoint, bucket, "mirror", &rgw.secret_file)
+}
+
+fn object_key(digest: &str) -> String {
+    format!("mirror/blobs/sha256/{}", hex_of(digest))
+}
+
+async fn get_blob(mirror: &Mirror, repo: &str, digest: &str) -> (StatusCode, Transfer) {
+    let url = format!("{}/v2/{repo}/blobs/{digest}", mirror.url());
+    let response = client().get(url).send().await.expect("blob GET");
+    let status = response.status();
+    (status, read_transfer(response).await)
+}
+
+/// Pulls `digest` and checks every byte against it.
+async fn pull_verified(mirror: &Mirror, repo: &str, digest: &str) {
+    let (status, transfer) = get_blob(mirror, repo, digest).await;
+    assert_eq!(status, StatusCode::OK, "GET {digest}");
+    assert_eq!(
+        sha256_digest(&transfer.bytes()),
+        digest,
+        "bytes of {digest}"
+    );
+}
+
+fn wait_uploaded(rgw: &Rgw, bucket: &str, digest: &str) {
+    let key = object_key(digest);
+    sync(|| {
+        wait_until(&format!("{key} in the bucket"), UPLOAD_WAIT, || {
+            rgw.get_object(bucket, &key)
+                .filter(|bytes| sha256_digest(bytes) == digest)
+                .map(drop)
+        })
+    })
+}
+
+fn cached(mirror: &Mirror, digest: &str) -> bool {
+    !files_named(&mirror.cache_dir.join("blobs"), hex_of(digest)).is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_replica_with_an_empty_disk_pulls_from_the_bucket_not_the_upstream() {
+    let Some(rgw) = sync(rgw) else { return };
+    let bucket = sync(|| rgw.bucket("shared"));
+    let hub = Hub::start().await;
+    // One layer above the multipart threshold (64 MiB), one small.
+    let image = hub.push_image("library/app", "v1", &[300_000, 70 * MIB]);
+    let digests: Vec<String> = std::iter::once(image.config.0.clone())
+        .chain(image.layers.iter().map(|(d, _)| d.clone()))
+        .collect();
+
+    let first = Mirror::builder(&hub.url())
+        .config(&rgw_toml(rgw, &bucket))
+        .start();
+    for digest in &digests {
+        pull_verified(&first, "library/app", digest).await;
+    }
+    for digest in &digests {
+        wait_uploaded(rgw, &bucket, digest);
+    }
+    // 70 MiB went up in 16 MiB parts; 300 kB in one PUT.
+    let etag = |d: &str| sync(|| rgw.etag(&bucket, &object_key(d))).expect("etag");
+    assert!(etag(&digests[2]).ends_with("-5\""), "{}", etag(&digests[2]));
+    assert!(!etag(&digests[1]).contains('-'), "{}", etag(&digests[1]));
+    assert_eq!(
+        first.metric("pullthrough_tier_uploads_total", &[("result", "stored")]),
+        digests.len() as f64
+    );
+    assert_eq!(
+        first.metric("pullthrough_tier_lookups_total", &[("result", "miss")]),
+        digests.len() as f64
+    );
+
+    hub.reset_counts();
+    let second = Mirror::builder(&hub.url())
+        .config(&rgw_toml(rgw, &bucket))
+        .start();
+    for digest in &digests {
+        assert!(!cached(&second, digest), "the second disk starts empty");
+        pull_verified(&second, "library/app", digest).await;
+        assert!(
+            cached(&second, digest),
+            "{digest} in the second's local tier"
+        );
+    }
+    assert_eq!(hub.count(Kind::BlobGet), 0, "no upstream blob GET");
+    assert_eq!(hub.count(Kind::CdnGet), 0, "no upstream blob bytes");
+    assert_eq!(
+        second.metric("pullthrough_tier_lookups_total", &[("result", "hit")]),
+        digests.len() as f64
+    );
+    // What came from the bucket is not uploaded again.
+    assert_eq!(second.metric("pullthrough_tier_uploads_total", &[]), 0.0);
+    // Now local: a third GET asks neither the bucket nor the upstream.
+    pull_verified(&second, "library/app", &digests[1]).await;
+    assert_eq!(
+        second.metric("pullthrough_tier_lookups_total", &[]),
+        digests.len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_object_is_never_served_as_complete_and_is_replaced_from_the_upstream() {
+    let Some(rgw) = sync(rgw) else { return };
+    let bucket = sync(|| rgw.bucket("corrupt"));
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[2 * MIB]);
+    let (digest, bytes) = image.layers[0].clone();
+
+    let first = Mirror::builder(&hub.url())
+        .config(&rgw_toml(rgw, &bucket))
+        .start();
+    pull_verified(&first, "library/app", &digest).await;
+    wait_uploaded(rgw, &bucket, &digest);
+
+    // Same length, one byte different: only the digest can tell.
+    let mut corrupt = bytes.to_vec();
+    corrupt[MIB] ^= 0x01;
+    sync(|| rgw.put_object(&bucket, &object_key(&digest), &corrupt));
+    hub.reset_counts();
+
+    let second = Mirror::builder(&hub.url())
+        .config(&rgw_toml(rgw, &bucket))
+        .start();
+    let (status, transfer) = get_blob(&second, "library/app", &digest).await;
+    if status == StatusCode::OK {
+        assert!(
+            transfer.is_failed(),
+            "the corrupt copy was served as a complete body"
+        );
+    }
+    assert_eq!(
+        hub.count(Kind::BlobGet),
+        0,
+        "the first answer came from the bucket"
+    );
+    assert_eq!(
+        sync(|| rgw.get_object(&bucket, &object_key(&digest))),
+        None,
+        "the corrupt object is deleted"
+    );
+    assert_eq!(second.metric("pullthrough_tier_corrupt_total", &[]), 1.0);
+    assert_eq!(
+        second.metric("pullthrough_digest_mismatches_total", &[]),
+        1.0
+    );
+    assert!(!cached(&second, &digest), "nothing corrupt is kept locally");
+
+    // The next pull goes to the upstream, and the bucket is healed.
+    pull_verified(&second, "library/app", &digest).await;
+    assert_eq!(hub.count(Kind::BlobGet), 1);
+    wait_uploaded(rgw, &bucket, &digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_store_never_fails_a_pull() {
+    // Nothing listens there: no Ceph needed for this one.
+    let port = crate::support::free_port();
+    let secret = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret.path(), "not-used\n").expect("write secret");
+    let toml = storage_toml(
+        &format!("http://127.0.0.1:{port}"),
+        "nowhere",
+        "p",
+        secret.path(),
+    );
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[400_000, 100_000]);
+    let mirror = Mirror::builder(&hub.url()).config(&toml).start();
+
+    let manifest = client()
+        .get(format!("{}/v2/library/app/manifests/v1", mirror.url()))
+        .header("accept", crate::support::ACCEPT)
+        .send()
+        .await
+        .expect("manifest GET");
+    assert_eq!(manifest.status(), StatusCode::OK);
+    assert_eq!(
+        sha256_digest(&manifest.bytes().await.expect("manifest body")),
+        image.manifest_digest
+    );
+    for (digest, bytes) in &image.layers {
+        let (status, transfer) = get_blob(&mirror, "library/app", digest).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&transfer.bytes(), bytes);
+    }
+    assert_eq!(hub.count(Kind::BlobGet), image.layers.len() as u64);
+    assert!(mirror.metric("pullthrough_tier_errors_total", &[]) >= 1.0);
+    assert_eq!(
+        mirror.metric("pullthrough_tier_lookups_total", &[("result", "hit")]),
+        0.0
+    );
+    assert_eq!(mirror.metric("pullthrough_tier_failing", &[]), 1.0);
+}
+
+#[test]
+fn rgw_stores_and_returns_objects() {
+    let Some(rgw) = rgw() else { return };
+    let bucket = rgw.bucket("selftest");
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    rgw.put_object(&bucket, "a/b", &bytes);
+    assert_eq!(rgw.get_object(&bucket, "a/b").as_deref(), Some(&bytes[..]));
+    assert_eq!(rgw.get_object(&bucket, "a/missing"), None);
+    assert_eq!(rgw.keys(&bucket), vec!["a/b".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_store_is_logged_once_and_its_secret_never() {
+    let port = crate::support::free_port();
+    let secret_value = "s3-secret-that-must-not-be-logged";
+    let secret = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret.path(), format!("{secret_value}\n")).expect("write secret");
+    let toml = storage_toml(
+        &format!("http://127.0.0.1:{port}"),
+        "nowhere",
+        "p",
+        secret.path(),
+    );
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[50_000, 60_000, 70_000]);
+    let mirror = Mirror::builder(&hub.url())
+        .config(&toml)
+        .process()
+        .log("debug")
+        .start();
+    for (digest, bytes) in &image.layers {
+        let (status, transfer) = get_blob(&mirror, "library/app", digest).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&transfer.bytes(), bytes);
+    }
+    let log = sync(|| {
+        mirror.wait_log("the store failing", |log| {
+            log.contains("object store failing")
+        })
+    });
+    assert_eq!(
+        log.matches("object store failing").count(),
+        1,
+        "one warning for one outage:\n{log}"
+    );
+    assert!(!log.contains(secret_value), "the secret reached the log");
+}
