@@ -83,6 +83,9 @@ pub struct Timings {
     pub stall_window: Duration,
     /// A blob download nobody has read for this long is abandoned.
     pub abandon_after: Duration,
+    /// A token exchange (connect, headers and body) ends within this;
+    /// Docker Hub answers in well under a second.
+    pub token_timeout: Duration,
 }
 
 impl Default for Timings {
@@ -94,6 +97,7 @@ impl Default for Timings {
             make_room_wait: Duration::from_secs(3),
             stall_window: Duration::from_secs(10),
             abandon_after: Duration::from_secs(60),
+            token_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -17,11 +17,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use url::{Origin, Url};
 
-/// The whole token exchange (connect, headers and body) must end within
-/// this. A realm that trickles its answer would otherwise hold every
-/// request waiting on the token, and the stale cache only answers once the
-/// fetch has failed. Docker Hub answers in well under a second.
-const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Token responses are a few KiB of JSON; anything larger is a broken or
 /// hostile token service, and reading it whole would cost that much memory
 /// per concurrent fetch.
@@ -164,6 +159,11 @@ pub struct Authenticator {
     /// Token fetches in the air, by the same key.
     fetching: Flights<String, Slot<Arc<Token>, UpstreamError>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The whole token exchange (connect, headers and body) must end within
+    /// this (`Timings::token_timeout`): a realm that trickles its answer
+    /// would otherwise hold every request waiting on the token, and the
+    /// stale cache only answers once the fetch has failed.
+    token_timeout: Duration,
 }
 
 #[derive(serde::Deserialize)]
@@ -180,8 +180,10 @@ impl Authenticator {
         registry: Url,
         credentials: Option<Credentials>,
         metrics: Arc<crate::metrics::Metrics>,
+        token_timeout: Duration,
     ) -> Self {
         Authenticator {
+            token_timeout,
             metrics,
             http,
             upstream,
@@ -341,8 +343,14 @@ impl Authenticator {
             Ok(token)
         };
         // Every waiter asks for the same scope, so a failure holds for all.
-        let (result, _) =
-            coalesce::once(&self.fetching, &key, TOKEN_TIMEOUT * 2, |_| false, fetch).await;
+        let (result, _) = coalesce::once(
+            &self.fetching,
+            &key,
+            self.token_timeout * 2,
+            |_| false,
+            fetch,
+        )
+        .await;
         result
     }
 
@@ -352,9 +360,10 @@ impl Authenticator {
         service: Option<&str>,
         scope: &str,
     ) -> Result<Arc<Token>, UpstreamError> {
-        let outcome = tokio::time::timeout(TOKEN_TIMEOUT, self.exchange(realm, service, scope))
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout));
+        let outcome =
+            tokio::time::timeout(self.token_timeout, self.exchange(realm, service, scope))
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout));
         let result = match &outcome {
             Ok(_) => "ok",
             Err(UpstreamError::Auth(_)) => "refused",
@@ -508,6 +517,7 @@ mod tests {
             registry,
             None,
             Arc::default(),
+            Duration::from_secs(10),
         )
     }
 

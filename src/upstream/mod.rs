@@ -202,6 +202,7 @@ impl Upstream {
             settings.url.clone(),
             settings.credentials.clone(),
             Arc::clone(&metrics),
+            timings.token_timeout,
         );
         Ok(Upstream {
             settings,

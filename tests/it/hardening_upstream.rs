@@ -30,7 +30,10 @@ fn mirror_with(hub: &Hub, extra: &str) -> (Mirror, tempfile::TempDir) {
         hub.url()
     );
     let (dir, path) = config_file(&toml);
-    let mirror = Mirror::builder(&hub.url()).config_file(&path).start();
+    let mirror = Mirror::builder(&hub.url())
+        .config_file(&path)
+        .timings(|t| t.token_timeout = Duration::from_secs(1))
+        .start();
     (mirror, dir)
 }
 

@@ -344,7 +344,7 @@ async fn a_blob_body_that_stops_flowing_fails_the_transfer_and_caches_nothing() 
     let (digest, bytes) = image.layers[0].clone();
     // Headers at once, then the first 64 KiB frame after about a minute.
     hub.set_fault(Target::Digest(digest.clone()), Fault::Throttle(1024));
-    let extra = "read_timeout = \"1s\"";
+    let extra = "read_timeout = \"300ms\"";
     let mirror = mirror_with(&hub.url(), extra);
 
     let response = get(&mirror, &format!("/v2/{REPO}/blobs/{digest}")).await;
