@@ -55,6 +55,7 @@ pub(super) struct FileUpstream {
     pub connect_timeout: Option<HumanDuration>,
     pub read_timeout: Option<HumanDuration>,
     pub max_downloads: Option<usize>,
+    pub referrers_ttl: Option<HumanDuration>,
 }
 
 pub(super) fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -60,6 +60,9 @@ pub struct UpstreamSettings {
     pub insecure: bool,
     /// Blob downloads from this upstream at once; more wait their turn.
     pub max_downloads: usize,
+    /// A referrers answer is served from cache this long before it is
+    /// asked for again.
+    pub referrers_ttl: Duration,
 }
 
 pub(super) fn resolve(
@@ -117,6 +120,7 @@ pub(super) fn resolve(
         insecure: u.insecure,
         connect_timeout: or(u.connect_timeout, Duration::from_secs(10)),
         read_timeout: or(u.read_timeout, Duration::from_secs(30)),
+        referrers_ttl: or(u.referrers_ttl, Duration::from_secs(60)),
         max_downloads: match u.max_downloads {
             Some(0) => return Err(invalid(&key("max_downloads"), "must be at least 1")),
             Some(n) => n,

@@ -17,6 +17,7 @@ mod body;
 mod download;
 mod manifest;
 mod misses;
+mod referrers;
 mod resume;
 mod tags;
 mod visibility;
@@ -33,6 +34,7 @@ use download::{BlobDownloads, SourceBody, UnclaimedBody};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use manifest::Manifests;
 use misses::Misses;
+use referrers::Referrers;
 use std::sync::Arc;
 use tags::Tags;
 use visibility::Visibility;
@@ -159,6 +161,7 @@ pub struct PullThrough {
     blobs: Arc<BlobDownloads>,
     manifests: Manifests,
     tags: Tags,
+    referrers: Referrers,
     visibility: Visibility,
     misses: Arc<Misses>,
     metrics: Arc<Metrics>,
@@ -197,6 +200,7 @@ impl PullThrough {
                 Arc::clone(&metrics),
             ),
             tags: Tags::new(index.clone(), visibility.clone(), Arc::clone(&misses)),
+            referrers: Referrers::new(index.clone()),
             misses,
             index,
             store,
@@ -354,6 +358,31 @@ impl PullThrough {
         s.set(header::CONTENT_TYPE, &manifest.media_type);
         s.set(header::CONTENT_LENGTH, &manifest.bytes.len().to_string());
         s.set_digest(&manifest.digest);
+        Ok(s)
+    }
+
+    /// The referrers of `subject`: an image index of the manifests that name
+    /// it as their subject, filtered by `artifact_type` when asked.
+    pub async fn referrers(
+        &self,
+        at: &Target,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Served, FetchError> {
+        let answer = self
+            .referrers
+            .list(&self.manifests, at, subject, artifact_type)
+            .await?;
+        self.count("referrers", answer.outcome);
+        let mut s = Served::new(body::full(answer.bytes.clone()), answer.outcome);
+        s.set(header::CONTENT_TYPE, referrers::INDEX);
+        s.set(header::CONTENT_LENGTH, &answer.bytes.len().to_string());
+        if answer.filtered {
+            s.set(
+                header::HeaderName::from_static("oci-filters-applied"),
+                "artifactType",
+            );
+        }
         Ok(s)
     }
 

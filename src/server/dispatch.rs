@@ -207,9 +207,10 @@ pub(super) async fn route(
         });
     }
     let name = match &route {
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => {
-            Some(name)
-        }
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::TagsList { name }
+        | Route::Referrers { name, .. } => Some(name),
         Route::Base | Route::Healthz | Route::Readyz | Route::Metrics => None,
     };
     let selected = select(app, req.uri().query(), name)?;
@@ -220,6 +221,9 @@ pub(super) async fn route(
         }
         (Route::Blob { digest, .. }, Some(at)) => {
             handlers::blob(app, at, method, req.headers(), &digest).await
+        }
+        (Route::Referrers { digest, .. }, Some(at)) => {
+            handlers::referrers(app, at, &digest, req.uri().query()).await
         }
         (Route::TagsList { .. }, Some(at)) => {
             let query = strip_ns(req.uri().query());
@@ -270,6 +274,7 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifest",
         p if p.starts_with("/v2/") && p.contains("/blobs/") => "blob",
         p if p.starts_with("/v2/") && p.ends_with("/tags/list") => "tags",
+        p if p.starts_with("/v2/") && p.contains("/referrers/") => "referrers",
         _ => "other",
     }
 }

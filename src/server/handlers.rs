@@ -81,6 +81,24 @@ pub async fn tags_list(app: &App, at: &Target, query: Option<&str>) -> Result<Ha
         .map_err(|e| fetch_error(e, Subject::Repository))
 }
 
+pub async fn referrers(
+    app: &App,
+    at: &Target,
+    subject: &Digest,
+    query: Option<&str>,
+) -> Result<Handled, ApiError> {
+    let artifact_type = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "artifactType")
+            .map(|(_, v)| v.into_owned())
+    });
+    app.core
+        .referrers(at, subject, artifact_type.as_deref())
+        .await
+        .map(Handled::from)
+        .map_err(|e| fetch_error(e, Subject::Manifest))
+}
+
 fn fetch_error(source: FetchError, subject: Subject) -> ApiError {
     ApiError::Fetch { source, subject }
 }

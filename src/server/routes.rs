@@ -18,6 +18,11 @@ pub enum Route {
     TagsList {
         name: RepoName,
     },
+    /// `/v2/<name>/referrers/<digest>` (distribution-spec 1.1).
+    Referrers {
+        name: RepoName,
+        digest: Digest,
+    },
     Healthz,
     Readyz,
     Metrics,
@@ -67,6 +72,13 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
                 .parse()
                 .map_err(|e| RouteError::Digest(NameError::Digest(e)))?;
             Ok(Route::Blob { name, digest })
+        }
+        ("referrers", digest) => {
+            let name = parse_name()?;
+            let digest = digest
+                .parse()
+                .map_err(|e| RouteError::Digest(NameError::Digest(e)))?;
+            Ok(Route::Referrers { name, digest })
         }
         ("tags", "list") => Ok(Route::TagsList {
             name: parse_name()?,

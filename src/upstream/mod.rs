@@ -34,6 +34,8 @@ impl Call<'_> {
             "manifest"
         } else if self.path.starts_with("blobs/") {
             "blob"
+        } else if self.path.starts_with("referrers/") {
+            "referrers"
         } else {
             "tags"
         }
@@ -129,6 +131,14 @@ pub enum ClientError {
     Build(reqwest::Error),
 }
 
+/// One page of a referrers answer.
+#[derive(Clone, Debug)]
+pub struct ReferrersPage {
+    pub bytes: Bytes,
+    /// The query of the next page, from `Link: <…?…>; rel="next"`.
+    pub next: Option<String>,
+}
+
 /// A manifest as the upstream sent it, byte-exact.
 #[derive(Clone, Debug)]
 pub struct FetchedManifest {
@@ -222,6 +232,10 @@ impl Upstream {
     /// Whether content fetched from here may be private.
     pub fn has_credentials(&self) -> bool {
         self.settings.credentials.is_some()
+    }
+
+    pub fn referrers_ttl(&self) -> Duration {
+        self.settings.referrers_ttl
     }
 
     /// How many blob downloads from here may run at once.
@@ -392,6 +406,55 @@ impl Upstream {
             .await?;
         let resp = expect_success(resp)?;
         Ok(content_length(resp.headers()))
+    }
+
+    /// One page of the distribution-spec 1.1 referrers API for `digest`:
+    /// `None` when the upstream has no such API (404, 405, 400, or an
+    /// answer that is not an image index), else the index bytes and the
+    /// next page's query (from a `Link: <…>; rel="next"`). Asked unfiltered:
+    /// the mirror keeps the whole answer and filters it itself.
+    pub async fn referrers_page(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        query: Option<&str>,
+    ) -> Result<Option<ReferrersPage>, UpstreamError> {
+        let path = match query {
+            Some(q) => format!("referrers/{digest}?{q}"),
+            None => format!("referrers/{digest}"),
+        };
+        let resp = self
+            .send(
+                repo,
+                Call {
+                    method: Method::GET,
+                    path,
+                    accept: Some("application/vnd.oci.image.index.v1+json"),
+                    small: true,
+                    range_from: None,
+                },
+            )
+            .await?;
+        if matches!(resp.status().as_u16(), 400 | 404 | 405) {
+            return Ok(None);
+        }
+        let resp = expect_success(resp)?;
+        let is_index = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/vnd.oci.image.index.v1+json"));
+        let next = resp
+            .headers()
+            .get(http::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
+        let bytes = read_limited(resp, MAX_MANIFEST_BYTES).await?;
+        if !is_index {
+            // An HTML error page or some other answer: no referrers API.
+            return Ok(None);
+        }
+        Ok(Some(ReferrersPage { bytes, next }))
     }
 
     /// `tags/list`, passed through with its pagination query and headers.
@@ -679,6 +742,20 @@ fn manifest_media_type(declared: Option<&str>, bytes: &[u8]) -> Result<String, U
 /// A `Link` header with every absolute target reduced to its path and
 /// query (`<https://host/v2/x/tags/list?n=1>; rel="next"` becomes
 /// `</v2/x/tags/list?n=1>; rel="next"`); relative targets stay as they are.
+/// The query of a `Link` header's `rel="next"` target (pages of the same
+/// endpoint differ only in their query).
+fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
+            return None;
+        }
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let (_, query) = target.split_once('?')?;
+        Some(query.to_owned())
+    })
+}
+
 fn relative_link(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;

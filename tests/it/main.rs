@@ -16,6 +16,7 @@ mod hub_protocol;
 mod hub_selftest;
 mod inflight;
 mod operations;
+mod referrers;
 mod resilience;
 mod routing;
 mod s3_tier;

@@ -102,6 +102,32 @@ impl Store {
         self.tags.get(repo)?.get(reference).cloned()
     }
 
+    /// Descriptors of the manifests in `repo` whose `subject` is `subject`,
+    /// as a registry's referrers API lists them.
+    pub fn referrers(&self, repo: &str, subject: &str) -> Vec<serde_json::Value> {
+        let mut out: Vec<serde_json::Value> = self
+            .manifests
+            .iter()
+            .filter(|((r, _), _)| r == repo)
+            .filter_map(|((_, digest), stored)| {
+                let doc: serde_json::Value = serde_json::from_slice(&stored.bytes).ok()?;
+                (doc["subject"]["digest"].as_str()? == subject).then(|| {
+                    let mut d = serde_json::json!({
+                        "mediaType": stored.media_type,
+                        "digest": digest,
+                        "size": stored.bytes.len(),
+                    });
+                    if let Some(t) = doc.get("artifactType") {
+                        d["artifactType"] = t.clone();
+                    }
+                    d
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
+        out
+    }
+
     pub fn manifest(&self, repo: &str, digest: &str) -> Option<StoredManifest> {
         self.manifests
             .get(&(repo.to_string(), digest.to_string()))

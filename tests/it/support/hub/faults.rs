@@ -42,6 +42,8 @@ pub enum Fault {
     IgnoreRange,
     /// CDN blob bodies go chunked, without a Content-Length.
     NoLength,
+    /// The registry has no referrers API (404), like distribution 2.8.
+    NoReferrersApi,
     /// Registry requests under `/v2/<name>/` (manifests, blobs, tag lists;
     /// GET and HEAD) and CDN GETs answer this status (e.g. 500, 503) with an
     /// error body.

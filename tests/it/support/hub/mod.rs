@@ -52,6 +52,8 @@ pub enum Kind {
     /// Registry requests answered 401 for want of a valid token.
     Unauthorized,
     TagsList,
+    /// Referrers API requests.
+    Referrers,
 }
 
 /// Which part of the hub a request reached.

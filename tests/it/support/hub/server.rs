@@ -191,11 +191,15 @@ enum Route<'a> {
     Manifest { name: &'a str, reference: &'a str },
     Blob { name: &'a str, digest: &'a str },
     Tags { name: &'a str },
+    Referrers { name: &'a str, subject: &'a str },
 }
 
 fn parse_route(rest: &str) -> Option<Route<'_>> {
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Some(Route::Tags { name });
+    }
+    if let Some((name, subject)) = rest.rsplit_once("/referrers/") {
+        return Some(Route::Referrers { name, subject });
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         return Some(Route::Manifest { name, reference });
@@ -224,7 +228,10 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
         return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
     };
     let name = match &route {
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => *name,
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::Tags { name }
+        | Route::Referrers { name, .. } => *name,
     };
     if !auth::authorized(state, req, Some(name)) {
         return auth::challenge(state, Some(name));
@@ -232,7 +239,7 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let digest = match &route {
         Route::Manifest { reference, .. } => lock(&state.store).resolve(name, reference),
         Route::Blob { digest, .. } => Some(digest.to_string()),
-        Route::Tags { .. } => None,
+        Route::Tags { .. } | Route::Referrers { .. } => None,
     };
     let faults = state.faults_for(digest.as_deref());
     if let Some(response) = apply_faults(&faults).await {
@@ -271,6 +278,24 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
             manifest(state, name, reference, digest, head, &faults)
         }
         Route::Blob { digest, .. } => blob(state, name, digest, head),
+        Route::Referrers { subject, .. } => {
+            state.counters.add(Kind::Referrers, 1);
+            if faults.contains(&Fault::NoReferrersApi) {
+                return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
+            }
+            let listed = lock(&state.store).referrers(name, subject);
+            let body = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": listed,
+            });
+            let mut response = json(StatusCode::OK, serde_json::to_vec(&body).expect("json"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+            );
+            response
+        }
         Route::Tags { .. } => {
             let mut response = tags(state, name);
             let link = faults.iter().find_map(|fault| match fault {

@@ -1,0 +1,242 @@
+//! Referrers (distribution-spec 1.1): the image index of the manifests
+//! whose `subject` is a digest — signatures, SBOMs, attestations. Asked of
+//! the upstream's referrers API (every page), or read through the
+//! referrers tag schema (`sha256-<hex>`) where the upstream has no such
+//! API; kept like a tag (fresh for `referrers_ttl`, served stale through
+//! an outage within `max_stale`), filtered by `artifactType` here.
+
+use super::manifest::{Manifest, Manifests, FOLLOW_WAIT};
+use super::{CacheOutcome, FetchError, Target};
+use crate::cache::{self, unix_now, Index, TagKey, TagRecord};
+use crate::coalesce::{self, Flights, Role, Slot};
+use crate::oci::{Digest, Reference, Tag, MAX_MANIFEST_BYTES};
+use crate::upstream::UpstreamError;
+use bytes::Bytes;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Pages of a referrers answer followed at most.
+const MAX_PAGES: usize = 16;
+
+/// The class under which referrers answers are kept beside tag mappings.
+const CLASS: &str = "referrers";
+
+/// A referrers answer: the index to send and whether it was filtered.
+pub struct ReferrersAnswer {
+    pub bytes: Bytes,
+    pub filtered: bool,
+    pub outcome: CacheOutcome,
+}
+
+pub(super) struct Referrers {
+    index: Index,
+    flights: Flights<TagKey, Slot<(Arc<Manifest>, CacheOutcome), FetchError>>,
+}
+
+impl Referrers {
+    pub fn new(index: Index) -> Referrers {
+        Referrers {
+            index,
+            flights: Flights::default(),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        manifests: &Manifests,
+        at: &Target,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<ReferrersAnswer, FetchError> {
+        let key = TagKey {
+            upstream: at.upstream.name().to_owned(),
+            repo: at.upstream.upstream_name(&at.repo),
+            tag: schema_tag(subject)?,
+            accept: CLASS.to_owned(),
+        };
+        let load = || Box::pin(self.load(manifests, at, subject, &key));
+        let (result, role) =
+            coalesce::once(&self.flights, &key, FOLLOW_WAIT, |_| false, load).await;
+        let (all, outcome) = result?;
+        let outcome = match role {
+            Role::Leader => outcome,
+            Role::Follower => CacheOutcome::Coalesced,
+        };
+        let (bytes, filtered) = match artifact_type {
+            Some(wanted) => (filter(&all.bytes, wanted)?, true),
+            None => (all.bytes.clone(), false),
+        };
+        Ok(ReferrersAnswer {
+            bytes,
+            filtered,
+            outcome,
+        })
+    }
+
+    /// The whole (unfiltered) answer: fresh from the index, else from the
+    /// upstream, else stale through an outage.
+    async fn load(
+        &self,
+        manifests: &Manifests,
+        at: &Target,
+        subject: &Digest,
+        key: &TagKey,
+    ) -> Result<(Arc<Manifest>, CacheOutcome), FetchError> {
+        let now = unix_now();
+        let (index, k) = (self.index.clone(), key.clone());
+        let recorded = cache::blocking(move || index.tag(&k)).await?;
+        let age = |r: &TagRecord| Duration::from_secs(now.saturating_sub(r.checked_at));
+        if let Some(record) = recorded
+            .as_ref()
+            .filter(|r| age(r) < at.upstream.referrers_ttl())
+        {
+            if let Some(m) = manifests.cached(&record.digest).await? {
+                return Ok((m, CacheOutcome::Hit));
+            }
+        }
+        let fetched = match self.fetch(at, subject).await {
+            Ok(entries) => entries,
+            Err(FetchError::Upstream(e)) if e.is_outage() => {
+                let stale = recorded.filter(|r| age(r) <= at.upstream.max_stale());
+                if let Some(record) = stale {
+                    if let Some(m) = manifests.cached(&record.digest).await? {
+                        tracing::warn!(%subject, error = %e, "upstream failing; serving cached referrers");
+                        return Ok((m, CacheOutcome::Stale));
+                    }
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
+        let bytes = Bytes::from(index_of(fetched)?);
+        let manifest = Arc::new(Manifest {
+            digest: Digest::of(&bytes),
+            media_type: INDEX.to_owned(),
+            bytes,
+        });
+        let revalidated = recorded.is_some_and(|r| r.digest == manifest.digest);
+        manifests.remember(&manifest, at).await;
+        let record = TagRecord {
+            digest: manifest.digest.clone(),
+            media_type: INDEX.to_owned(),
+            checked_at: now,
+        };
+        let (index, k) = (self.index.clone(), key.clone());
+        if let Err(e) = cache::blocking(move || index.put_tag(&k, &record)).await {
+            tracing::warn!(%subject, error = %e, "cannot record referrers");
+        }
+        let outcome = if revalidated {
+            CacheOutcome::Revalidated
+        } else {
+            CacheOutcome::Miss
+        };
+        Ok((manifest, outcome))
+    }
+
+    /// Every descriptor the upstream lists for `subject`: all pages of its
+    /// referrers API, or the index under the referrers tag schema.
+    async fn fetch(&self, at: &Target, subject: &Digest) -> Result<Vec<Value>, FetchError> {
+        let mut entries = Vec::new();
+        let mut query: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = at
+                .upstream
+                .referrers_page(&at.repo, subject, query.as_deref())
+                .await?;
+            let Some(page) = page else {
+                return self.through_tag_schema(at, subject).await;
+            };
+            entries.extend(descriptors(&page.bytes)?);
+            match page.next {
+                Some(next) => query = Some(next),
+                None => return Ok(entries),
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn through_tag_schema(
+        &self,
+        at: &Target,
+        subject: &Digest,
+    ) -> Result<Vec<Value>, FetchError> {
+        let reference = Reference::Tag(schema_tag(subject)?);
+        match at.upstream.get_manifest(&at.repo, &reference, INDEX).await {
+            Ok(fetched) => descriptors(&fetched.bytes),
+            Err(UpstreamError::Status { status: 404, .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// `sha256:<hex>` → the tag `sha256-<hex>`.
+fn schema_tag(subject: &Digest) -> Result<Tag, FetchError> {
+    format!("{}-{}", subject.algorithm(), subject.hex())
+        .parse()
+        .map_err(|_| FetchError::Upstream(UpstreamError::Protocol("bad subject".into())))
+}
+
+/// The `manifests` of an image index.
+fn descriptors(bytes: &[u8]) -> Result<Vec<Value>, FetchError> {
+    let index: Value = serde_json::from_slice(bytes).map_err(|_| not_an_index())?;
+    match index.get("manifests") {
+        Some(Value::Array(entries)) => Ok(entries.clone()),
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(_) => Err(not_an_index()),
+    }
+}
+
+fn not_an_index() -> FetchError {
+    FetchError::Upstream(UpstreamError::Protocol(
+        "referrers answer is not an image index".into(),
+    ))
+}
+
+/// The index the spec asks for, with `entries` as its manifests.
+fn index_of(entries: Vec<Value>) -> Result<Vec<u8>, FetchError> {
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": entries,
+    });
+    let bytes = serde_json::to_vec(&index).map_err(|_| not_an_index())?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(FetchError::Upstream(UpstreamError::Protocol(
+            "referrers answer is larger than 4 MiB".into(),
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Only the entries whose `artifactType` is `wanted`.
+fn filter(all: &[u8], wanted: &str) -> Result<Bytes, FetchError> {
+    let kept = descriptors(all)?
+        .into_iter()
+        .filter(|d| d.get("artifactType").and_then(Value::as_str) == Some(wanted))
+        .collect();
+    index_of(kept).map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_artifact_type() {
+        let all = index_of(vec![
+            serde_json::json!({"digest": "a", "artifactType": "application/vnd.dev.sigstore.bundle+json"}),
+            serde_json::json!({"digest": "b", "artifactType": "application/spdx+json"}),
+            serde_json::json!({"digest": "c"}),
+        ])
+        .unwrap();
+        let sboms = filter(&all, "application/spdx+json").unwrap();
+        let kept = descriptors(&sboms).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0]["digest"], "b");
+        assert!(descriptors(b"<html>").is_err());
+        assert_eq!(descriptors(br#"{"schemaVersion":2}"#).unwrap().len(), 0);
+    }
+}
