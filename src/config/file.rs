@@ -1,7 +1,7 @@
 //! The TOML file's schema: every key, with its typed value; unknown keys
 //! and values of the wrong type are errors that name the key.
 
-use super::values::{ByteSize, HumanDuration, PatternSet, ProxyNet};
+use super::values::{ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet};
 use super::ConfigError;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -33,6 +33,9 @@ pub(super) struct FileConfig {
 pub(super) struct FileUpstream {
     pub name: Option<String>,
     pub url: Option<String>,
+    /// Host names that select this upstream (`ghcr.example.com`, `ghcr.*`).
+    #[serde(default)]
+    pub hosts: HostPatterns,
     pub username: Option<String>,
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,

@@ -10,7 +10,9 @@ mod upstream;
 mod values;
 
 pub use upstream::{Credentials, Secret, UpstreamSettings};
-pub use values::{ByteSize, HumanDuration, PatternSet, ProxyNet, TlsFiles};
+pub use values::{
+    normalise_host, ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet, TlsFiles,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -174,6 +176,15 @@ impl Config {
                     format!("{:?} is configured twice", u.name),
                 ));
             }
+            if let Some(host) = upstreams[..i]
+                .iter()
+                .find_map(|o| o.hosts.overlap(&u.hosts))
+            {
+                return Err(invalid(
+                    &format!("upstream[{i}].hosts"),
+                    format!("{host:?} already selects another upstream"),
+                ));
+            }
         }
         let shutdown_grace = parsed
             .shutdown_grace
@@ -309,6 +320,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("url"), "{e}");
+    }
+
+    #[test]
+    fn hosts_select_one_upstream_each() {
+        let f = write("[[upstream]]\nhosts = [\"docker.*\"]\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nhosts = [\"ghcr.*\", \"ghcr.example.com\"]\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).unwrap();
+        assert!(c.upstreams[1].hosts.matches_exactly("ghcr.example.com"));
+        assert!(c.upstreams[0]
+            .hosts
+            .matches_leading_label("docker.example.com"));
+        let f = write("[[upstream]]\nhosts = [\"ghcr.*\"]\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nhosts = [\"GHCR.*\"]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstream[1].hosts") && e.contains("ghcr.*"),
+            "{e}"
+        );
+        let f = write("[[upstream]]\nhosts = [\"*.example.com\"]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream[0].hosts"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the file, environment or config, defaults applied.
 
 use super::file::FileUpstream;
-use super::values::PatternSet;
+use super::values::{HostPatterns, PatternSet};
 use super::{invalid, ConfigError, DEFAULT_MAX_STALE, DEFAULT_TAG_TTL, DEFAULT_UPSTREAM};
 use std::fmt;
 use std::path::PathBuf;
@@ -41,6 +41,9 @@ pub struct UpstreamSettings {
     /// Registry name clients use for it, e.g. `docker.io`.
     pub name: String,
     pub url: Url,
+    /// Request host names (`Host`, or the HTTP/2 authority) that select
+    /// this upstream before `?ns=` and path prefixes are looked at.
+    pub hosts: HostPatterns,
     pub credentials: Option<Credentials>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -105,6 +108,7 @@ pub(super) fn resolve(
     Ok(UpstreamSettings {
         name,
         url,
+        hosts: u.hosts,
         credentials,
         tag_ttl: or(u.tag_ttl, DEFAULT_TAG_TTL),
         max_stale: or(u.max_stale, DEFAULT_MAX_STALE),

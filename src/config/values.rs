@@ -140,6 +140,101 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
+/// Host names that select an upstream, compiled at load: exact names
+/// (`ghcr.mirror.example.com`) and a leading label followed by any domain
+/// (`ghcr.*`). A port in the pattern or the request is ignored; case and a
+/// trailing dot do not matter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct HostPatterns {
+    exact: Vec<String>,
+    /// `ghcr.*` kept as `ghcr`.
+    leading_label: Vec<String>,
+}
+
+impl TryFrom<Vec<String>> for HostPatterns {
+    type Error = String;
+    fn try_from(patterns: Vec<String>) -> Result<Self, String> {
+        let mut set = HostPatterns::default();
+        for p in patterns {
+            let bad = |why: &str| format!("{p:?} {why}");
+            let host = normalise_host(&p).ok_or_else(|| bad("is not a host name"))?;
+            match host.strip_suffix(".*") {
+                Some(label) if valid_label(label) => set.leading_label.push(label.to_owned()),
+                Some(_) => return Err(bad("must be one label then .* (like ghcr.*)")),
+                None if host.contains('*') => {
+                    return Err(bad("may use * only as the rest of the name (like ghcr.*)"))
+                }
+                None if host.split('.').all(valid_label) => set.exact.push(host),
+                None => return Err(bad("is not a host name")),
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl HostPatterns {
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.leading_label.is_empty()
+    }
+
+    /// Whether `host` (already [`normalise_host`]d) is one of the exact names.
+    pub fn matches_exactly(&self, host: &str) -> bool {
+        self.exact.iter().any(|e| e == host)
+    }
+
+    /// Whether `host` (normalised) starts with one of the leading labels
+    /// and goes on with at least one more label.
+    pub fn matches_leading_label(&self, host: &str) -> bool {
+        host.split_once('.').is_some_and(|(first, rest)| {
+            !rest.is_empty() && self.leading_label.iter().any(|l| l == first)
+        })
+    }
+
+    /// Patterns both sets have, written as configured.
+    pub fn overlap(&self, other: &HostPatterns) -> Option<String> {
+        self.exact
+            .iter()
+            .find(|e| other.exact.contains(e))
+            .cloned()
+            .or_else(|| {
+                self.leading_label
+                    .iter()
+                    .find(|l| other.leading_label.contains(l))
+                    .map(|l| format!("{l}.*"))
+            })
+    }
+}
+
+fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A `Host` header or authority as a bare lowercase name: port, brackets
+/// of an IPv6 literal and a trailing dot removed. `None` for an empty or
+/// malformed value.
+pub fn normalise_host(value: &str) -> Option<String> {
+    let value = value.trim();
+    let host = if let Some(rest) = value.strip_prefix('[') {
+        // [v6]:port
+        rest.split_once(']')?.0
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => value,
+        }
+    };
+    let host = host.trim_end_matches('.');
+    if host.is_empty() || host.len() > 253 || host.contains(['/', '@', ' ']) {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
+}
+
 /// An address or CIDR block, e.g. `10.0.0.0/8` or `::1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -274,6 +369,33 @@ mod tests {
         assert!(glob_match(b"library/*", b"library/a/b"));
         assert!(glob_match(b"**a", b"xxa"));
         assert!(!glob_match(b"a*a*a*a*a*a*a*a*b", &[b'a'; 200]));
+    }
+
+    #[test]
+    fn host_patterns() {
+        let set = HostPatterns::try_from(vec![
+            "ghcr.mirror.example.com:443".to_owned(),
+            "Quay.*".to_owned(),
+        ])
+        .unwrap();
+        let m = |h: &str| {
+            let h = normalise_host(h).unwrap();
+            (set.matches_exactly(&h), set.matches_leading_label(&h))
+        };
+        assert_eq!(m("GHCR.mirror.example.com:5000"), (true, false));
+        assert_eq!(m("ghcr.mirror.example.com."), (true, false));
+        assert_eq!(m("quay.localhost:5000"), (false, true));
+        assert_eq!(m("quay.a.b"), (false, true));
+        assert_eq!(m("quay"), (false, false));
+        assert_eq!(m("quayx.localhost"), (false, false));
+        assert_eq!(m("docker.mirror.example.com"), (false, false));
+        assert_eq!(normalise_host("[::1]:5000").as_deref(), Some("::1"));
+        for bad in ["*.example.com", "gh*cr.*", "a.*.b", "", "x/y"] {
+            assert!(
+                HostPatterns::try_from(vec![bad.to_owned()]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

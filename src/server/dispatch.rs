@@ -177,7 +177,7 @@ pub(super) async fn route(
         }
         Route::Base | Route::Healthz | Route::Readyz | Route::Metrics => None,
     };
-    let selected = select(app, req.uri().query(), name)?;
+    let selected = select(app, request_host(req), req.uri().query(), name)?;
     let target = selected.target();
     let handled = match (route, &target) {
         (Route::Manifest { reference, .. }, Some(at)) => {
@@ -206,6 +206,15 @@ pub(super) async fn route(
         handled.response.headers_mut().insert("oci-namespace", ns);
     }
     Ok(handled)
+}
+
+/// The host name the client addressed: the request target's authority
+/// (HTTP/2 `:authority`, or an absolute-form HTTP/1 target), else `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
 }
 
 fn strip_ns(query: Option<&str>) -> Option<String> {

@@ -29,6 +29,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("registry {0:?} is not configured on this mirror")]
     UnknownRegistry(String),
+    #[error("this host name serves {serves}; ns={ns} asks for another registry")]
+    HostServesAnotherRegistry { serves: String, ns: String },
     #[error("repository {0:?} is not allowed on this mirror")]
     Denied(String),
     #[error("{source}")]
@@ -66,7 +68,9 @@ impl ApiError {
             ApiError::ReadOnly | ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
-            ApiError::UnknownRegistry(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            ApiError::UnknownRegistry(_) | ApiError::HostServesAnotherRegistry { .. } => {
+                (StatusCode::NOT_FOUND, ErrorCode::NameUnknown)
+            }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             ApiError::Fetch { source, subject } => fetch_status(source, *subject),

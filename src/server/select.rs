@@ -1,6 +1,9 @@
-//! Which upstream a request means (containerd's `?ns=`, a registry name as
-//! the first path component as Podman and CRI-O send it, or the default),
-//! and whether that upstream's policy lets the repository through.
+//! Which upstream a request means, and whether that upstream's policy lets
+//! the repository through. In this order: the request's host name (`Host`,
+//! or the HTTP/2 authority) matching an upstream's `hosts`, containerd's
+//! `?ns=`, a registry name as the first path component as Podman and CRI-O
+//! send it, else the default upstream. Docker Hub's `library/` rule is the
+//! upstream's own naming, applied after any prefix is stripped.
 
 use super::error::ApiError;
 use super::App;
@@ -29,6 +32,7 @@ impl Selected<'_> {
 
 pub fn select<'a>(
     app: &'a App,
+    host: Option<&str>,
     query: Option<&str>,
     name: Option<&RepoName>,
 ) -> Result<Selected<'a>, ApiError> {
@@ -37,6 +41,23 @@ pub fn select<'a>(
             .find(|(k, _)| k == "ns")
             .map(|(_, v)| v.into_owned())
     });
+    if let Some(upstream) = host.and_then(|h| by_host(app, h)) {
+        // The host name makes the mirror this registry: the path is the
+        // repository as is. An `ns` naming another registry would get
+        // that registry's name served from this one (containerd's
+        // `_default` pointed at a per-registry host): refuse it.
+        if let Some(ns) = &ns {
+            if !by_registry_name(app, ns).is_ok_and(|u| Arc::ptr_eq(u, upstream)) {
+                return Err(ApiError::HostServesAnotherRegistry {
+                    serves: upstream.name().to_owned(),
+                    ns: ns.chars().take(64).collect(),
+                });
+            }
+        }
+        let name = name.cloned();
+        check_policy(upstream, name.as_ref())?;
+        return Ok(Selected { upstream, name, ns });
+    }
     let (upstream, name) = match (&ns, name) {
         (Some(ns), name) => (by_registry_name(app, ns)?, name.cloned()),
         (None, Some(name)) => match name.split_first() {
@@ -51,12 +72,31 @@ pub fn select<'a>(
         },
         (None, None) => (app.upstreams.default_upstream(), None),
     };
-    if let Some(name) = &name {
-        if !upstream.allows(name) {
-            return Err(ApiError::Denied(upstream.upstream_name(name).to_string()));
-        }
-    }
+    check_policy(upstream, name.as_ref())?;
     Ok(Selected { upstream, name, ns })
+}
+
+fn check_policy(upstream: &Upstream, name: Option<&RepoName>) -> Result<(), ApiError> {
+    match name {
+        Some(name) if !upstream.allows(name) => {
+            Err(ApiError::Denied(upstream.upstream_name(name).to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The upstream whose `hosts` name the request's host: exact names first
+/// (whichever upstream has them), then leading-label patterns.
+fn by_host<'a>(app: &'a App, host: &str) -> Option<&'a Arc<Upstream>> {
+    let host = crate::config::normalise_host(host)?;
+    app.upstreams
+        .iter()
+        .find(|u| u.hosts().matches_exactly(&host))
+        .or_else(|| {
+            app.upstreams
+                .iter()
+                .find(|u| u.hosts().matches_leading_label(&host))
+        })
 }
 
 fn by_registry_name<'a>(app: &'a App, registry: &str) -> Result<&'a Arc<Upstream>, ApiError> {

@@ -216,6 +216,11 @@ impl Upstream {
         &self.settings.name
     }
 
+    /// The request host names that select this upstream.
+    pub fn hosts(&self) -> &crate::config::HostPatterns {
+        &self.settings.hosts
+    }
+
     /// Whether content fetched from here may be private.
     pub fn has_credentials(&self) -> bool {
         self.settings.credentials.is_some()
