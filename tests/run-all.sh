@@ -16,6 +16,8 @@ declare -A needs=(
   [systemd-analyze]=systemd
   [openssl]=openssl
   [curl]=curl
+  [tinyproxy]=tinyproxy
+  [microsocks]=microsocks
 )
 missing=()
 for prog in "${!needs[@]}"; do

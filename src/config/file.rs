@@ -1,7 +1,9 @@
 //! The TOML file's schema: every key, with its typed value; unknown keys
 //! and values of the wrong type are errors that name the key.
 
-use super::values::{ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet};
+use super::values::{
+    AddressFamily, ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet, ProxyUrl,
+};
 use super::ConfigError;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -53,6 +55,11 @@ pub(super) struct FileUpstream {
     pub insecure: bool,
     pub connect_timeout: Option<HumanDuration>,
     pub read_timeout: Option<HumanDuration>,
+    /// Egress proxy for everything sent to this upstream (tokens, API,
+    /// CDN redirects); without it `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
+    pub proxy: Option<ProxyUrl>,
+    pub connect_address_family: Option<AddressFamily>,
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 pub(super) fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -11,7 +11,8 @@ mod values;
 
 pub use upstream::{Credentials, Secret, UpstreamSettings};
 pub use values::{
-    normalise_host, ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet, TlsFiles,
+    normalise_host, AddressFamily, ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet,
+    ProxyUrl, TlsFiles,
 };
 
 use std::net::SocketAddr;

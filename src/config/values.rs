@@ -235,6 +235,86 @@ pub fn normalise_host(value: &str) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
+/// An egress proxy for an upstream: `http://`, `https://`, `socks5://` or
+/// `socks5h://` (names resolved by the proxy), credentials allowed in the
+/// URL. The URL with its credentials is only handed to the HTTP client;
+/// `Debug` and [`ProxyUrl::redacted`] show it without them.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProxyUrl {
+    url: url::Url,
+}
+
+impl TryFrom<String> for ProxyUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        // The message never repeats the value: it may hold a password.
+        let url = url::Url::parse(&s)
+            .map_err(|e| format!("not a proxy URL like http://proxy:3128 ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
+            return Err(format!(
+                "proxy scheme {:?} is not http, https, socks5 or socks5h",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the proxy URL has no host".into());
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err("a proxy URL is scheme://[user:password@]host[:port] only".into());
+        }
+        Ok(ProxyUrl { url })
+    }
+}
+
+impl ProxyUrl {
+    /// The URL with its credentials, for the HTTP client only.
+    pub fn expose(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// The URL without user name or password, for logs.
+    pub fn redacted(&self) -> String {
+        let mut url = self.url.clone();
+        let had = !url.username().is_empty() || url.password().is_some();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let shown = url.as_str().trim_end_matches('/').to_owned();
+        if had {
+            shown.replacen("://", "://<credentials>@", 1)
+        } else {
+            shown
+        }
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Which addresses an upstream's connections may use: Docker Hub counts
+/// pulls per IPv4 address or IPv6 /64, so the choice matters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressFamily {
+    Ipv4,
+    Ipv6,
+    #[default]
+    Any,
+}
+
+impl AddressFamily {
+    pub fn admits(self, ip: IpAddr) -> bool {
+        match self {
+            AddressFamily::Any => true,
+            AddressFamily::Ipv4 => ip.is_ipv4(),
+            AddressFamily::Ipv6 => ip.is_ipv6(),
+        }
+    }
+}
+
 /// An address or CIDR block, e.g. `10.0.0.0/8` or `::1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -395,6 +475,20 @@ mod tests {
                 HostPatterns::try_from(vec![bad.to_owned()]).is_err(),
                 "{bad:?} accepted"
             );
+        }
+    }
+
+    #[test]
+    fn proxy_urls_keep_credentials_out_of_sight() {
+        let p = ProxyUrl::try_from("socks5h://me:s3cret@proxy.example:1080".to_owned()).unwrap();
+        assert_eq!(p.expose(), "socks5h://me:s3cret@proxy.example:1080");
+        assert_eq!(p.redacted(), "socks5h://<credentials>@proxy.example:1080");
+        assert!(!format!("{p:?}").contains("s3cret"));
+        let plain = ProxyUrl::try_from("http://proxy:3128".to_owned()).unwrap();
+        assert_eq!(plain.redacted(), "http://proxy:3128");
+        for bad in ["ftp://x:1", "http://", "nope", "http://u:s3cret@x:1/path"] {
+            let e = ProxyUrl::try_from(bad.to_owned()).unwrap_err();
+            assert!(!e.contains("s3cret"), "{e}");
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod breaker;
+mod egress;
 
 use crate::config::Timings;
 pub use crate::config::UpstreamSettings;
@@ -125,6 +126,8 @@ pub enum ClientError {
     },
     #[error("cannot build the HTTP client: {0}")]
     Build(reqwest::Error),
+    #[error("invalid proxy: {0}")]
+    Proxy(String),
 }
 
 /// A manifest as the upstream sent it, byte-exact.
@@ -184,6 +187,7 @@ impl Upstream {
             tracing::warn!(upstream = %settings.name, "TLS verification disabled for this upstream");
             builder = builder.danger_accept_invalid_certs(true);
         }
+        let builder = egress::configure(builder, &settings)?;
         let http = builder
             .user_agent(concat!("pullthrough/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
