@@ -30,6 +30,7 @@ pub struct Metrics {
     pub ratelimit_limit: IntGaugeVec,
     pub ratelimit_remaining: IntGaugeVec,
     pub upstream_circuit_open: IntGaugeVec,
+    pub client_limited: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -172,6 +173,12 @@ impl Metrics {
                 "upstream_circuit_open",
                 "1 while calls to the upstream fail fast after repeated outages.",
                 &["upstream"],
+            ),
+            client_limited: counter_vec(
+                &r,
+                "client_limited_total",
+                "Requests limited per client: refused with 429 (rate, concurrency) or slowed (bandwidth, total_bandwidth).",
+                &["reason"],
             ),
             registry: r,
         }

@@ -2,7 +2,8 @@
 //! and values of the wrong type are errors that name the key.
 
 use super::values::{
-    AddressFamily, ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet, ProxyUrl,
+    AddressFamily, ByteRate, ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet, ProxyUrl,
+    RequestRate,
 };
 use super::ConfigError;
 use serde::Deserialize;
@@ -26,6 +27,13 @@ pub(super) struct FileConfig {
     pub bearer_tokens_file: Option<PathBuf>,
     #[serde(default)]
     pub trusted_proxies: Vec<ProxyNet>,
+    pub client_rate: Option<RequestRate>,
+    pub client_burst: Option<u32>,
+    pub client_concurrency: Option<usize>,
+    pub client_bandwidth: Option<ByteRate>,
+    pub total_bandwidth: Option<ByteRate>,
+    #[serde(default)]
+    pub unlimited_clients: Vec<ProxyNet>,
     #[serde(default)]
     pub upstream: Vec<FileUpstream>,
 }

@@ -11,8 +11,8 @@ mod values;
 
 pub use upstream::{Credentials, Secret, UpstreamSettings};
 pub use values::{
-    normalise_host, AddressFamily, ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet,
-    ProxyUrl, TlsFiles,
+    normalise_host, AddressFamily, ByteRate, ByteSize, HostPatterns, HumanDuration, PatternSet,
+    ProxyNet, ProxyUrl, RequestRate, TlsFiles,
 };
 
 use std::net::SocketAddr;
@@ -52,9 +52,28 @@ pub struct Config {
     /// Client credentials: htpasswd (bcrypt) users and bearer tokens.
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
+    /// What one client address (and all together) may use.
+    pub limits: ClientLimits,
     /// Internal timings, not in the file: tests shorten them instead of
     /// sleeping through the production values.
     pub timings: Timings,
+}
+
+/// Per-client limits, each off unless set. A client is its address after
+/// `trusted_proxies` (an IPv6 client is its /64).
+#[derive(Clone, Debug, Default)]
+pub struct ClientLimits {
+    /// Requests per second, in a bucket of `burst` requests.
+    pub rate: Option<f64>,
+    pub burst: u32,
+    /// Requests in flight (until their bodies end).
+    pub concurrency: Option<usize>,
+    /// Response bytes per second per client, shaped.
+    pub bandwidth: Option<u64>,
+    /// Response bytes per second for all clients together, shaped.
+    pub total_bandwidth: Option<u64>,
+    /// Clients none of the limits apply to.
+    pub unlimited: Vec<ProxyNet>,
 }
 
 /// Waits and intervals that have sound production values but that an
@@ -222,7 +241,29 @@ impl Config {
             (None, None) => None,
             _ => return Err(invalid("tls_cert", "tls_cert and tls_key go together")),
         };
+        if parsed.client_burst == Some(0) {
+            return Err(invalid("client_burst", "must be at least 1"));
+        }
+        if parsed.client_burst.is_some() && parsed.client_rate.is_none() {
+            return Err(invalid("client_burst", "needs client_rate"));
+        }
+        if parsed.client_concurrency == Some(0) {
+            return Err(invalid("client_concurrency", "must be at least 1"));
+        }
+        let rate = parsed.client_rate.map(|r| r.0);
+        let limits = ClientLimits {
+            rate,
+            // A second's worth by default, at least one request.
+            burst: parsed
+                .client_burst
+                .unwrap_or_else(|| rate.map_or(1, |r| r.ceil().max(1.0) as u32)),
+            concurrency: parsed.client_concurrency,
+            bandwidth: parsed.client_bandwidth.map(|b| b.0),
+            total_bandwidth: parsed.total_bandwidth.map(|b| b.0),
+            unlimited: parsed.unlimited_clients,
+        };
         Ok(Config {
+            limits,
             htpasswd_file: parsed.htpasswd_file,
             bearer_tokens_file: parsed.bearer_tokens_file,
             tls,
@@ -344,6 +385,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("upstream[0].hosts"), "{e}");
+    }
+
+    #[test]
+    fn client_limits() {
+        let f = write("client_rate = \"120/m\"\nclient_concurrency = 4\nclient_bandwidth = \"50MiB/s\"\nunlimited_clients = [\"10.0.0.0/8\"]\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).unwrap();
+        assert_eq!(c.limits.rate, Some(2.0));
+        assert_eq!(c.limits.burst, 2, "a second's worth by default");
+        assert_eq!(c.limits.concurrency, Some(4));
+        assert_eq!(c.limits.bandwidth, Some(50 << 20));
+        assert!(c.limits.total_bandwidth.is_none());
+        for (text, key) in [
+            ("client_burst = 5\n", "client_burst"),
+            ("client_rate = \"fast\"\n", "client_rate"),
+            ("client_concurrency = 0\n", "client_concurrency"),
+            ("total_bandwidth = \"1GiB\"\n", "total_bandwidth"),
+        ] {
+            let e = Config::load(Some(write(text).path()), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

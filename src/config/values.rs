@@ -83,6 +83,60 @@ impl std::str::FromStr for HumanDuration {
     }
 }
 
+/// Requests per unit of time: `20/s`, `600/m`, `1000/h`; kept per second.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RequestRate(pub f64);
+
+impl TryFrom<String> for RequestRate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for RequestRate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a rate like 20/s, 600/m or 1000/h");
+        let (n, per) = s.trim().split_once('/').ok_or_else(bad)?;
+        let n: u32 = n.trim().parse().map_err(|_| bad())?;
+        let secs = match per.trim() {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        if n == 0 {
+            return Err(bad());
+        }
+        Ok(RequestRate(f64::from(n) / secs))
+    }
+}
+
+/// Bytes per second: `50MiB/s` (the units of [`ByteSize`], then `/s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ByteRate(pub u64);
+
+impl TryFrom<String> for ByteRate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for ByteRate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a bandwidth like 50MiB/s or 10MB/s");
+        let size = s.trim().strip_suffix("/s").ok_or_else(bad)?;
+        size.parse::<ByteSize>()
+            .map(|b| ByteRate(b.0))
+            .map_err(|_| bad())
+    }
+}
+
 /// Glob patterns (`*` and `?`) compiled at load, matched without
 /// allocating on every request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -490,6 +544,18 @@ mod tests {
             let e = ProxyUrl::try_from(bad.to_owned()).unwrap_err();
             assert!(!e.contains("s3cret"), "{e}");
         }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!("20/s".parse::<RequestRate>(), Ok(RequestRate(20.0)));
+        assert_eq!("120/m".parse::<RequestRate>(), Ok(RequestRate(2.0)));
+        assert!("0/s".parse::<RequestRate>().is_err());
+        assert!("20".parse::<RequestRate>().is_err());
+        assert!("20/d".parse::<RequestRate>().is_err());
+        assert_eq!("50MiB/s".parse::<ByteRate>(), Ok(ByteRate(50 << 20)));
+        assert_eq!("1GiB/s".parse::<ByteRate>(), Ok(ByteRate(1 << 30)));
+        assert!("50MiB".parse::<ByteRate>().is_err());
     }
 
     #[test]

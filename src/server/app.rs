@@ -19,6 +19,7 @@ pub struct App {
     pub(super) core: PullThrough,
     pub(super) metrics: Arc<Metrics>,
     pub(super) trusted_proxies: Vec<ProxyNet>,
+    pub(super) limits: super::limits::Limits,
     /// `None` when clients need no credentials.
     pub(super) client_auth: Option<client_auth::ClientAuth>,
     pub(super) shutting_down: AtomicBool,
@@ -98,7 +99,9 @@ impl App {
             &config.timings,
             Arc::clone(&metrics),
         );
+        let limits = super::limits::Limits::new(config.limits.clone(), Arc::clone(&metrics));
         let app = Arc::new(App {
+            limits,
             upstreams,
             core,
             metrics,

@@ -5,6 +5,7 @@ use super::access::{self, AccessLine};
 use super::body::Body;
 use super::error::ApiError;
 use super::handlers::{self, Handled};
+use super::limits;
 use super::ops;
 use super::routes::{self, Route};
 use super::select::select;
@@ -39,11 +40,25 @@ pub async fn dispatch(
     let route_label = route_label(&path);
     let request_id = request_id(req.headers());
     let client = client_addr(&app, peer.ip(), req.headers());
-    let handled = match route(&app, &req, scope).await {
-        Ok(h) => h,
-        Err(e) => e.into_response().into(),
+    // Probes and scrapers are never limited; everything else is, per
+    // client, before any work is done for it.
+    let operational = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let admitted = if operational {
+        Ok(None)
+    } else {
+        app.limits.admit(client).map(Some)
+    };
+    let handled = match admitted {
+        Err(refused) => ApiError::ClientLimited(refused).into_response().into(),
+        Ok(_) => match route(&app, &req, scope).await {
+            Ok(h) => h,
+            Err(e) => e.into_response().into(),
+        },
     };
     let mut response = handled.response;
+    if let Ok(Some(admitted)) = admitted {
+        response = response.map(|body| limits::limited(body, admitted));
+    }
     let headers = response.headers_mut();
     if path.starts_with("/v2") {
         headers.insert(

@@ -31,6 +31,8 @@ pub enum ApiError {
     UnknownRegistry(String),
     #[error("this host name serves {serves}; ns={ns} asks for another registry")]
     HostServesAnotherRegistry { serves: String, ns: String },
+    #[error("too many requests from this address ({} limit of this mirror); retry after {} s", .0.limit.as_str(), .0.retry_after)]
+    ClientLimited(super::limits::Refused),
     #[error("repository {0:?} is not allowed on this mirror")]
     Denied(String),
     #[error("{source}")]
@@ -73,6 +75,9 @@ impl ApiError {
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            ApiError::ClientLimited(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+            }
             ApiError::Fetch { source, subject } => fetch_status(source, *subject),
         }
     }
@@ -127,6 +132,9 @@ impl ApiError {
             if let Ok(v) = HeaderValue::from_str(retry) {
                 headers.insert(header::RETRY_AFTER, v);
             }
+        }
+        if let ApiError::ClientLimited(refused) = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(refused.retry_after));
         }
         if matches!(self, ApiError::Unauthorized) {
             headers.insert(

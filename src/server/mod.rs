@@ -13,6 +13,7 @@ mod dispatch;
 mod error;
 mod handlers;
 mod idle;
+mod limits;
 mod listener;
 mod ops;
 mod routes;

@@ -16,6 +16,7 @@ mod hostile;
 mod hub_protocol;
 mod hub_selftest;
 mod inflight;
+mod limits;
 mod operations;
 mod resilience;
 mod routing;
