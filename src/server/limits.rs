@@ -235,6 +235,10 @@ impl ByteBucket {
 /// is held until the body ends or is dropped, and data frames wait for
 /// the client's and the total byte buckets.
 pub fn limited(body: Body, admitted: Admitted) -> Body {
+    if admitted.client.is_none() && admitted.total.is_none() {
+        // Nothing to hold or pay for.
+        return body;
+    }
     let shaped = admitted
         .client
         .as_ref()

@@ -283,3 +283,47 @@ async fn a_client_at_its_concurrency_gets_429_until_its_transfer_ends() {
         ) >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_429_reaches_the_client_as_429_with_its_reason_in_words() {
+    use crate::support::hub::{Fault, Target};
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "latest", &[1000]);
+    let client = client_from("127.0.0.2");
+
+    // Docker Hub's pull limit: 429 with ratelimit-remaining 0.
+    hub.set_fault(
+        Target::All,
+        Fault::TooManyRequests {
+            retry_after_secs: 600,
+        },
+    );
+    let mirror = Mirror::start(&hub.url());
+    let response = manifest(&client, &mirror, None).await;
+    assert_eq!(header(&response, "retry-after").as_deref(), Some("600"));
+    let error = error_of(response).await;
+    assert_eq!(error.status, 429, "{}", error.body);
+    assert_eq!(error.code.as_deref(), Some("TOOMANYREQUESTS"));
+    assert!(
+        error
+            .body
+            .contains("Docker Hub's pull limit for this mirror is used up; retry after 10 minutes"),
+        "{}",
+        error.body
+    );
+    drop(mirror);
+
+    // The abuse limit: a plain 429, no rate-limit headers.
+    hub.clear_faults();
+    hub.set_fault(Target::All, Fault::PlainTooManyRequests);
+    let mirror = Mirror::start(&hub.url());
+    let error = error_of(manifest(&client, &mirror, None).await).await;
+    assert_eq!(error.status, 429, "{}", error.body);
+    assert!(
+        error
+            .body
+            .contains("Docker Hub is refusing this mirror's requests for now"),
+        "{}",
+        error.body
+    );
+}
