@@ -30,14 +30,14 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Credentials {
     pub username: String,
     pub password: Secret,
 }
 
 /// Settings for one upstream.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamSettings {
     /// Registry name clients use for it, e.g. `docker.io`.
     pub name: String,

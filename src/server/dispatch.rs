@@ -46,7 +46,7 @@ pub async fn dispatch(
     let admitted = if operational {
         Ok(None)
     } else {
-        app.limits.admit(client).map(Some)
+        app.limits().admit(client).map(Some)
     };
     let handled = match admitted {
         Err(refused) => ApiError::ClientLimited(refused).into_response().into(),
@@ -192,7 +192,10 @@ pub(super) async fn route(
         }
         Route::Base | Route::Healthz | Route::Readyz | Route::Metrics => None,
     };
-    let selected = select(app, request_host(req), req.uri().query(), name)?;
+    // One snapshot for the whole request: a reload meanwhile does not
+    // change the upstream under it.
+    let upstreams = app.upstreams();
+    let selected = select(&upstreams, request_host(req), req.uri().query(), name)?;
     let target = selected.target();
     let handled = match (route, &target) {
         (Route::Manifest { reference, .. }, Some(at)) => {

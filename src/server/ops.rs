@@ -13,7 +13,7 @@ pub fn metrics_response(app: &App) -> Response<Body> {
     let m = &app.metrics;
     m.downloads_in_flight
         .set(app.core.downloads_in_flight() as i64);
-    for u in app.upstreams.iter() {
+    for u in app.upstreams().iter() {
         let name = [u.name()];
         m.ratelimit_limit
             .with_label_values(&name)

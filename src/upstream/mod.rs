@@ -220,6 +220,12 @@ impl Upstream {
         &self.settings.name
     }
 
+    /// What it was built from (a reload keeps an upstream whose settings
+    /// did not change, with its tokens and circuit state).
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
     /// The request host names that select this upstream.
     pub fn hosts(&self) -> &crate::config::HostPatterns {
         &self.settings.hosts

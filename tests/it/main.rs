@@ -18,6 +18,7 @@ mod hub_selftest;
 mod inflight;
 mod limits;
 mod operations;
+mod reload;
 mod resilience;
 mod routing;
 mod support;
