@@ -252,7 +252,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pullthrough::server::serve(config)) {
+    let file = args.config.clone();
+    let reload: pullthrough::server::Reload =
+        Box::new(move || Config::load(file.as_deref(), &overrides));
+    match runtime.block_on(pullthrough::server::serve(config, Some(reload))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pullthrough: {e}");

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub tier_corrupt: IntCounterVec,
     pub tier_bytes: IntCounterVec,
     pub tier_failing: IntGaugeVec,
+    pub client_limited: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -232,6 +233,12 @@ impl Metrics {
                 "tier_failing",
                 "1 while a further tier is failing (lookups skip it for a few seconds at a time).",
                 &["tier"],
+            ),
+            client_limited: counter_vec(
+                &r,
+                "client_limited_total",
+                "Requests limited per client: refused with 429 (rate, concurrency) or slowed (bandwidth, total_bandwidth).",
+                &["reason"],
             ),
             registry: r,
         }

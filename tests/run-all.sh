@@ -21,6 +21,8 @@ declare -A needs=(
   [ceph-osd]=ceph-osd
   [radosgw]=radosgw
   [ceph]=ceph-common
+  [tinyproxy]=tinyproxy
+  [microsocks]=microsocks
 )
 missing=()
 for prog in "${!needs[@]}"; do

@@ -2,7 +2,10 @@
 //! and values of the wrong type are errors that name the key.
 
 use super::storage::FileStorage;
-use super::values::{ByteSize, HumanDuration, PatternSet, ProxyNet};
+use super::values::{
+    AddressFamily, ByteRate, ByteSize, HostPatterns, HumanDuration, PatternSet, ProxyNet, ProxyUrl,
+    RequestRate,
+};
 use super::ConfigError;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -28,6 +31,13 @@ pub(super) struct FileConfig {
     pub storage: Option<FileStorage>,
     #[serde(default)]
     pub trusted_proxies: Vec<ProxyNet>,
+    pub client_rate: Option<RequestRate>,
+    pub client_burst: Option<u32>,
+    pub client_concurrency: Option<usize>,
+    pub client_bandwidth: Option<ByteRate>,
+    pub total_bandwidth: Option<ByteRate>,
+    #[serde(default)]
+    pub unlimited_clients: Vec<ProxyNet>,
     #[serde(default)]
     pub upstream: Vec<FileUpstream>,
 }
@@ -37,6 +47,9 @@ pub(super) struct FileConfig {
 pub(super) struct FileUpstream {
     pub name: Option<String>,
     pub url: Option<String>,
+    /// Host names that select this upstream (`ghcr.example.com`, `ghcr.*`).
+    #[serde(default)]
+    pub hosts: HostPatterns,
     pub username: Option<String>,
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -56,6 +69,11 @@ pub(super) struct FileUpstream {
     pub read_timeout: Option<HumanDuration>,
     pub max_downloads: Option<usize>,
     pub referrers_ttl: Option<HumanDuration>,
+    /// Egress proxy for everything sent to this upstream (tokens, API,
+    /// CDN redirects); without it `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
+    pub proxy: Option<ProxyUrl>,
+    pub connect_address_family: Option<AddressFamily>,
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 pub(super) fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {

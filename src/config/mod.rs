@@ -12,7 +12,10 @@ mod values;
 
 pub use storage::{AwsEnv, S3Settings};
 pub use upstream::{Credentials, Secret, UpstreamSettings};
-pub use values::{ByteSize, HumanDuration, PatternSet, ProxyNet, TlsFiles};
+pub use values::{
+    normalise_host, AddressFamily, ByteRate, ByteSize, HostPatterns, HumanDuration, PatternSet,
+    ProxyNet, ProxyUrl, RequestRate, TlsFiles,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,9 +63,28 @@ pub struct Config {
     /// The object-storage tier under the local disk (`storage = "s3://…"`);
     /// `None`: local disk only.
     pub storage: Option<S3Settings>,
+    /// What one client address (and all together) may use.
+    pub limits: ClientLimits,
     /// Internal timings, not in the file: tests shorten them instead of
     /// sleeping through the production values.
     pub timings: Timings,
+}
+
+/// Per-client limits, each off unless set. A client is its address after
+/// `trusted_proxies` (an IPv6 client is its /64).
+#[derive(Clone, Debug, Default)]
+pub struct ClientLimits {
+    /// Requests per second, in a bucket of `burst` requests.
+    pub rate: Option<f64>,
+    pub burst: u32,
+    /// Requests in flight (until their bodies end).
+    pub concurrency: Option<usize>,
+    /// Response bytes per second per client, shaped.
+    pub bandwidth: Option<u64>,
+    /// Response bytes per second for all clients together, shaped.
+    pub total_bandwidth: Option<u64>,
+    /// Clients none of the limits apply to.
+    pub unlimited: Vec<ProxyNet>,
 }
 
 /// Waits and intervals that have sound production values but that an
@@ -202,6 +224,15 @@ impl Config {
                     format!("{:?} is configured twice", u.name),
                 ));
             }
+            if let Some(host) = upstreams[..i]
+                .iter()
+                .find_map(|o| o.hosts.overlap(&u.hosts))
+            {
+                return Err(invalid(
+                    &format!("upstream[{i}].hosts"),
+                    format!("{host:?} already selects another upstream"),
+                ));
+            }
         }
         let shutdown_grace = parsed
             .shutdown_grace
@@ -247,8 +278,30 @@ impl Config {
         } else {
             storage::resolve(parsed.storage, overrides.storage.as_deref(), &overrides.aws)?
         };
+        if parsed.client_burst == Some(0) {
+            return Err(invalid("client_burst", "must be at least 1"));
+        }
+        if parsed.client_burst.is_some() && parsed.client_rate.is_none() {
+            return Err(invalid("client_burst", "needs client_rate"));
+        }
+        if parsed.client_concurrency == Some(0) {
+            return Err(invalid("client_concurrency", "must be at least 1"));
+        }
+        let rate = parsed.client_rate.map(|r| r.0);
+        let limits = ClientLimits {
+            rate,
+            // A second's worth by default, at least one request.
+            burst: parsed
+                .client_burst
+                .unwrap_or_else(|| rate.map_or(1, |r| r.ceil().max(1.0) as u32)),
+            concurrency: parsed.client_concurrency,
+            bandwidth: parsed.client_bandwidth.map(|b| b.0),
+            total_bandwidth: parsed.total_bandwidth.map(|b| b.0),
+            unlimited: parsed.unlimited_clients,
+        };
         Ok(Config {
             storage,
+            limits,
             htpasswd_file: parsed.htpasswd_file,
             bearer_tokens_file: parsed.bearer_tokens_file,
             client_auth_max_failures: parsed.client_auth_max_failures.unwrap_or(10),
@@ -349,6 +402,51 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("url"), "{e}");
+    }
+
+    #[test]
+    fn hosts_select_one_upstream_each() {
+        let f = write("[[upstream]]\nhosts = [\"docker.*\"]\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nhosts = [\"ghcr.*\", \"ghcr.example.com\"]\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).unwrap();
+        assert!(c.upstreams[1].hosts.matches_exactly("ghcr.example.com"));
+        assert!(c.upstreams[0]
+            .hosts
+            .matches_leading_label("docker.example.com"));
+        let f = write("[[upstream]]\nhosts = [\"ghcr.*\"]\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nhosts = [\"GHCR.*\"]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstream[1].hosts") && e.contains("ghcr.*"),
+            "{e}"
+        );
+        let f = write("[[upstream]]\nhosts = [\"*.example.com\"]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream[0].hosts"), "{e}");
+    }
+
+    #[test]
+    fn client_limits() {
+        let f = write("client_rate = \"120/m\"\nclient_concurrency = 4\nclient_bandwidth = \"50MiB/s\"\nunlimited_clients = [\"10.0.0.0/8\"]\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).unwrap();
+        assert_eq!(c.limits.rate, Some(2.0));
+        assert_eq!(c.limits.burst, 2, "a second's worth by default");
+        assert_eq!(c.limits.concurrency, Some(4));
+        assert_eq!(c.limits.bandwidth, Some(50 << 20));
+        assert!(c.limits.total_bandwidth.is_none());
+        for (text, key) in [
+            ("client_burst = 5\n", "client_burst"),
+            ("client_rate = \"fast\"\n", "client_rate"),
+            ("client_concurrency = 0\n", "client_concurrency"),
+            ("total_bandwidth = \"1GiB\"\n", "total_bandwidth"),
+        ] {
+            let e = Config::load(Some(write(text).path()), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

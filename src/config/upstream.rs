@@ -2,9 +2,10 @@
 //! the file, environment or config, defaults applied.
 
 use super::file::FileUpstream;
-use super::values::PatternSet;
+use super::values::{AddressFamily, HostPatterns, PatternSet, ProxyUrl};
 use super::{invalid, ConfigError, DEFAULT_MAX_STALE, DEFAULT_TAG_TTL, DEFAULT_UPSTREAM};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
@@ -29,18 +30,21 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Credentials {
     pub username: String,
     pub password: Secret,
 }
 
 /// Settings for one upstream.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamSettings {
     /// Registry name clients use for it, e.g. `docker.io`.
     pub name: String,
     pub url: Url,
+    /// Request host names (`Host`, or the HTTP/2 authority) that select
+    /// this upstream before `?ns=` and path prefixes are looked at.
+    pub hosts: HostPatterns,
     pub credentials: Option<Credentials>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -63,6 +67,12 @@ pub struct UpstreamSettings {
     /// A referrers answer is served from cache this long before it is
     /// asked for again.
     pub referrers_ttl: Duration,
+    /// Egress proxy; `None` leaves the `*_PROXY` environment in charge.
+    pub proxy: Option<ProxyUrl>,
+    /// Which resolved addresses connections may use.
+    pub address_family: AddressFamily,
+    /// The local address connections are made from.
+    pub source_address: Option<IpAddr>,
 }
 
 pub(super) fn resolve(
@@ -106,10 +116,31 @@ pub(super) fn resolve(
         u.password_file,
         u.password_env,
     )?;
+    let address_family = u.connect_address_family.unwrap_or_default();
+    if let Some(source) = u.source_address {
+        if !address_family.admits(source) {
+            return Err(invalid(
+                &key("source_address"),
+                format!("{source} is not of connect_address_family {address_family:?}"),
+            ));
+        }
+    }
+    if let Some(ip) = url
+        .host_str()
+        .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+    {
+        if !address_family.admits(ip) {
+            return Err(invalid(
+                &key("connect_address_family"),
+                format!("the url's address {ip} is of the other family"),
+            ));
+        }
+    }
     let or = |v: Option<super::HumanDuration>, default: Duration| v.map_or(default, |d| d.0);
     Ok(UpstreamSettings {
         name,
         url,
+        hosts: u.hosts,
         credentials,
         tag_ttl: or(u.tag_ttl, DEFAULT_TAG_TTL),
         max_stale: or(u.max_stale, DEFAULT_MAX_STALE),
@@ -118,6 +149,9 @@ pub(super) fn resolve(
         deny: u.deny,
         ca_file: u.ca_file,
         insecure: u.insecure,
+        proxy: u.proxy,
+        address_family,
+        source_address: u.source_address,
         connect_timeout: or(u.connect_timeout, Duration::from_secs(10)),
         read_timeout: or(u.read_timeout, Duration::from_secs(30)),
         referrers_ttl: or(u.referrers_ttl, Duration::from_secs(60)),

@@ -3,6 +3,7 @@
 //! maintenance of the cache.
 
 use super::client_auth;
+use super::limits::Limits;
 use crate::cache::{self, BlobStore, Index};
 use crate::config::{Config, ProxyNet};
 use crate::fetch::PullThrough;
@@ -11,14 +12,19 @@ use crate::upstream::{Upstream, Upstreams};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 pub struct App {
-    pub(super) upstreams: Upstreams,
+    /// Swapped whole by a reload; requests take a snapshot.
+    upstreams: RwLock<Arc<Upstreams>>,
     pub(super) core: PullThrough,
     pub(super) metrics: Arc<Metrics>,
     pub(super) trusted_proxies: Vec<ProxyNet>,
+    limits: RwLock<Arc<Limits>>,
+    /// Whether any upstream had credentials at start: the core's
+    /// visibility rules were set up for that, so a reload may not change it.
+    private: bool,
     /// `None` when clients need no credentials.
     pub(super) client_auth: Option<client_auth::ClientAuth>,
     pub(super) shutting_down: AtomicBool,
@@ -78,16 +84,7 @@ impl App {
                 })
             }
         }
-        let mut upstreams = Vec::new();
-        for settings in &config.upstreams {
-            let upstream = Upstream::new(settings.clone(), &config.timings, Arc::clone(&metrics))
-                .map_err(|source| StartError::Upstream {
-                name: settings.name.clone(),
-                source,
-            })?;
-            upstreams.push(Arc::new(upstream));
-        }
-        let upstreams = Upstreams::new(upstreams).ok_or(StartError::NoUpstream)?;
+        let upstreams = build_upstreams(config, None, &metrics)?;
         let client_auth = client_auth::ClientAuth::load(
             config.htpasswd_file.as_deref(),
             config.bearer_tokens_file.as_deref(),
@@ -115,8 +112,11 @@ impl App {
             &config.timings,
             Arc::clone(&metrics),
         );
+        let limits = Limits::new(config.limits.clone(), Arc::clone(&metrics));
         let app = Arc::new(App {
-            upstreams,
+            limits: RwLock::new(Arc::new(limits)),
+            private,
+            upstreams: RwLock::new(Arc::new(upstreams)),
             core,
             metrics,
             trusted_proxies: config.trusted_proxies.clone(),
@@ -130,6 +130,63 @@ impl App {
             tls_poll: config.timings.tls_poll,
         });
         Ok(app)
+    }
+}
+
+/// The upstreams a config names; with `running`, an upstream whose
+/// settings did not change is kept as it is (tokens, circuit state).
+fn build_upstreams(
+    config: &Config,
+    running: Option<&Upstreams>,
+    metrics: &Arc<Metrics>,
+) -> Result<Upstreams, StartError> {
+    let mut upstreams = Vec::new();
+    for settings in &config.upstreams {
+        let kept = running.and_then(|r| r.iter().find(|u| u.settings() == settings));
+        let upstream = match kept {
+            Some(u) => Arc::clone(u),
+            None => Arc::new(
+                Upstream::new(settings.clone(), &config.timings, Arc::clone(metrics)).map_err(
+                    |source| StartError::Upstream {
+                        name: settings.name.clone(),
+                        source,
+                    },
+                )?,
+            ),
+        };
+        upstreams.push(upstream);
+    }
+    Upstreams::new(upstreams).ok_or(StartError::NoUpstream)
+}
+
+impl App {
+    pub(super) fn upstreams(&self) -> Arc<Upstreams> {
+        Arc::clone(&self.upstreams.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(super) fn limits(&self) -> Arc<Limits> {
+        Arc::clone(&self.limits.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Applies what a config may change while running: upstreams (hosts,
+    /// allow/deny, proxies, timeouts; unchanged ones kept as they are) and
+    /// client limits. Requests and downloads under way keep the upstream
+    /// they started with. Returns why not, changing nothing, if it cannot.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let private = config.upstreams.iter().any(|u| u.credentials.is_some());
+        if private != self.private {
+            return Err(
+                "adding or removing all upstream credentials needs a restart (what the cache may show is set up at start)"
+                    .into(),
+            );
+        }
+        let running = self.upstreams();
+        let upstreams =
+            build_upstreams(config, Some(&running), &self.metrics).map_err(|e| e.to_string())?;
+        let limits = Limits::new(config.limits.clone(), Arc::clone(&self.metrics));
+        *self.upstreams.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(upstreams);
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
+        Ok(())
     }
 }
 

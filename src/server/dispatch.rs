@@ -6,6 +6,7 @@ use super::body::Body;
 use super::client_auth::Verdict;
 use super::error::ApiError;
 use super::handlers::{self, Handled};
+use super::limits;
 use super::ops;
 use super::routes::{self, Route};
 use super::select::select;
@@ -45,20 +46,39 @@ pub async fn dispatch(
     let route_label = route_label(&path);
     let request_id = request_id(req.headers());
     let client = client_addr(&app, peer.ip(), req.headers());
-    // Operations endpoints stay answerable however busy the registry is.
-    let slot = if matches!(route_label, "healthz" | "readyz" | "metrics") {
+    // Probes and scrapers are never limited or queued; everything else
+    // is limited per client, before any work is done for it, then waits
+    // for one of the bounded request slots.
+    let operational = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let admitted = if operational {
         Ok(None)
     } else {
-        request_slot(&app).await.map(Some)
+        app.limits().admit(client).map(Some)
     };
-    let (handled, slot) = match slot {
-        Ok(slot) => match route(&app, &req, scope, client).await {
-            Ok(h) => (h, slot),
-            Err(e) => (e.into_response().into(), slot),
-        },
-        Err(e) => (e.into_response().into(), None),
+    let (handled, slot) = match admitted {
+        Err(refused) => (
+            ApiError::ClientLimited(refused).into_response().into(),
+            None,
+        ),
+        Ok(_) => {
+            let slot = if operational {
+                Ok(None)
+            } else {
+                request_slot(&app).await.map(Some)
+            };
+            match slot {
+                Ok(slot) => match route(&app, &req, scope, client).await {
+                    Ok(h) => (h, slot),
+                    Err(e) => (e.into_response().into(), slot),
+                },
+                Err(e) => (e.into_response().into(), None),
+            }
+        }
     };
     let mut response = handled.response;
+    if let Ok(Some(admitted)) = admitted {
+        response = response.map(|body| limits::limited(body, admitted));
+    }
     let headers = response.headers_mut();
     if path.starts_with("/v2") {
         headers.insert(
@@ -213,7 +233,10 @@ pub(super) async fn route(
         | Route::Referrers { name, .. } => Some(name),
         Route::Base | Route::Healthz | Route::Readyz | Route::Metrics => None,
     };
-    let selected = select(app, req.uri().query(), name)?;
+    // One snapshot for the whole request: a reload meanwhile does not
+    // change the upstream under it.
+    let upstreams = app.upstreams();
+    let selected = select(&upstreams, request_host(req), req.uri().query(), name)?;
     let target = selected.target();
     let handled = match (route, &target) {
         (Route::Manifest { reference, .. }, Some(at)) => {
@@ -245,6 +268,15 @@ pub(super) async fn route(
         handled.response.headers_mut().insert("oci-namespace", ns);
     }
     Ok(handled)
+}
+
+/// The host name the client addressed: the request target's authority
+/// (HTTP/2 `:authority`, or an absolute-form HTTP/1 target), else `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
 }
 
 fn strip_ns(query: Option<&str>) -> Option<String> {

@@ -17,6 +17,15 @@ pub enum Subject {
     Repository,
 }
 
+/// Which upstream a failed fetch went to, and what its rate-limit headers
+/// last said, so an upstream 429 can be told in words.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub registry: String,
+    /// The upstream announced a limit and none is left.
+    pub pull_limit_used_up: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
@@ -33,12 +42,17 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("registry {0:?} is not configured on this mirror")]
     UnknownRegistry(String),
+    #[error("this host name serves {serves}; ns={ns} asks for another registry")]
+    HostServesAnotherRegistry { serves: String, ns: String },
+    #[error("too many requests from this address ({} limit of this mirror); retry after {} s", .0.limit.as_str(), .0.retry_after)]
+    ClientLimited(super::limits::Refused),
     #[error("repository {0:?} is not allowed on this mirror")]
     Denied(String),
     #[error("{source}")]
     Fetch {
         source: FetchError,
         subject: Subject,
+        origin: Option<Origin>,
     },
 }
 
@@ -48,6 +62,7 @@ impl ApiError {
         ApiError::Fetch {
             source: FetchError::Upstream(source),
             subject,
+            origin: None,
         }
     }
 
@@ -70,14 +85,21 @@ impl ApiError {
             ApiError::ReadOnly | ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
-            ApiError::UnknownRegistry(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            ApiError::UnknownRegistry(_) | ApiError::HostServesAnotherRegistry { .. } => {
+                (StatusCode::NOT_FOUND, ErrorCode::NameUnknown)
+            }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::TooManyAuthFailures => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
-            ApiError::Fetch { source, subject } => fetch_status(source, *subject),
+            ApiError::ClientLimited(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+            }
+            ApiError::Fetch {
+                source, subject, ..
+            } => fetch_status(source, *subject),
         }
     }
 
@@ -98,6 +120,9 @@ impl ApiError {
             (ErrorCode::BlobUnknown, _) => "blob unknown to registry".to_owned(),
             (ErrorCode::NameUnknown, StatusCode::NOT_FOUND) if self.upstream_error().is_some() => {
                 "repository name not known to registry".to_owned()
+            }
+            (ErrorCode::TooManyRequests, _) if self.upstream_error().is_some() => {
+                self.upstream_429_message()
             }
             _ => self.to_string(),
         };
@@ -141,6 +166,9 @@ impl ApiError {
                 headers.insert(header::RETRY_AFTER, v);
             }
         }
+        if let ApiError::ClientLimited(refused) = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(refused.retry_after));
+        }
         if matches!(self, ApiError::Unauthorized) {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -151,6 +179,46 @@ impl ApiError {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
         resp
+    }
+}
+
+impl ApiError {
+    /// An upstream 429 in words a person acts on: whose limit, and when to
+    /// come back.
+    fn upstream_429_message(&self) -> String {
+        let (origin, retry_after) = match self {
+            ApiError::Fetch {
+                source: FetchError::Upstream(UpstreamError::Status { retry_after, .. }),
+                origin,
+                ..
+            } => (origin.as_ref(), retry_after.as_deref()),
+            _ => (None, None),
+        };
+        let who = match origin.map(|o| o.registry.as_str()) {
+            Some("docker.io") => "Docker Hub".to_owned(),
+            Some(name) => name.to_owned(),
+            None => "the upstream registry".to_owned(),
+        };
+        let when = retry_after.map_or_else(|| "a while".to_owned(), describe_retry_after);
+        if origin.is_some_and(|o| o.pull_limit_used_up) {
+            format!("{who}'s pull limit for this mirror is used up; retry after {when}")
+        } else {
+            format!("{who} is refusing this mirror's requests for now (too many requests); retry after {when}")
+        }
+    }
+}
+
+/// `Retry-After` as a person reads it: seconds in the largest whole unit,
+/// an HTTP date as given.
+fn describe_retry_after(value: &str) -> String {
+    let Ok(secs) = value.trim().parse::<u64>() else {
+        return value.to_owned();
+    };
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match secs {
+        0..=119 => plural(secs, "second"),
+        120..=7199 => plural(secs.div_ceil(60), "minute"),
+        _ => plural(secs.div_ceil(3600), "hour"),
     }
 }
 
@@ -270,6 +338,39 @@ mod tests {
         assert_eq!((s.as_u16(), c.as_str()), (404, "MANIFEST_UNKNOWN"));
         let (s, c) = ApiError::ReadOnly.status_and_code();
         assert_eq!((s.as_u16(), c.as_str()), (405, "UNSUPPORTED"));
+    }
+
+    #[test]
+    fn upstream_429s_are_told_in_words() {
+        let limited = |registry: &str, used_up: bool, retry: Option<&str>| {
+            let e = ApiError::Fetch {
+                source: FetchError::Upstream(UpstreamError::Status {
+                    status: 429,
+                    retry_after: retry.map(str::to_owned),
+                }),
+                subject: Subject::Manifest,
+                origin: Some(Origin {
+                    registry: registry.to_owned(),
+                    pull_limit_used_up: used_up,
+                }),
+            };
+            e.upstream_429_message()
+        };
+        assert_eq!(
+            limited("docker.io", true, Some("21600")),
+            "Docker Hub's pull limit for this mirror is used up; retry after 6 hours"
+        );
+        assert_eq!(
+            limited("ghcr.io", false, Some("30")),
+            "ghcr.io is refusing this mirror's requests for now (too many requests); retry after 30 seconds"
+        );
+        assert!(limited("docker.io", true, None).ends_with("retry after a while"));
+        assert_eq!(describe_retry_after("600"), "10 minutes");
+        assert_eq!(describe_retry_after("1"), "1 second");
+        assert_eq!(
+            describe_retry_after("Wed, 21 Oct 2026 07:28:00 GMT"),
+            "Wed, 21 Oct 2026 07:28:00 GMT"
+        );
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! the pull-through core; a handler only turns its answer into HTTP.
 
 use super::body::{self, Body};
-use super::error::{ApiError, Subject};
+use super::error::{ApiError, Origin, Subject};
 use super::App;
 use crate::fetch::{CacheOutcome, FetchError, Served, Target};
 use crate::oci::{Digest, Reference};
 use http::{header, HeaderMap, Method, Response, StatusCode};
+use std::sync::atomic::Ordering;
 
 /// What a handler reports for the access log besides the response.
 pub struct Handled {
@@ -52,7 +53,7 @@ pub async fn manifest(
         .manifest(at, reference, accept.as_deref(), head)
         .await
         .map(Handled::from)
-        .map_err(|e| fetch_error(e, Subject::Manifest))
+        .map_err(|e| fetch_error(at, e, Subject::Manifest))
 }
 
 pub async fn blob(
@@ -70,7 +71,7 @@ pub async fn blob(
     };
     served
         .map(Handled::from)
-        .map_err(|e| fetch_error(e, Subject::Blob))
+        .map_err(|e| fetch_error(at, e, Subject::Blob))
 }
 
 pub async fn tags_list(app: &App, at: &Target, query: Option<&str>) -> Result<Handled, ApiError> {
@@ -78,7 +79,7 @@ pub async fn tags_list(app: &App, at: &Target, query: Option<&str>) -> Result<Ha
         .tags_list(at, query)
         .await
         .map(Handled::from)
-        .map_err(|e| fetch_error(e, Subject::Repository))
+        .map_err(|e| fetch_error(at, e, Subject::Repository))
 }
 
 pub async fn referrers(
@@ -96,11 +97,23 @@ pub async fn referrers(
         .referrers(at, subject, artifact_type.as_deref())
         .await
         .map(Handled::from)
-        .map_err(|e| fetch_error(e, Subject::Manifest))
+        .map_err(|e| fetch_error(at, e, Subject::Manifest))
 }
 
-fn fetch_error(source: FetchError, subject: Subject) -> ApiError {
-    ApiError::Fetch { source, subject }
+fn fetch_error(at: &Target, source: FetchError, subject: Subject) -> ApiError {
+    let limits = &at.upstream.rate_limit;
+    // Seen headers (a limit) and nothing left: the pull limit, not a
+    // plain refusal.
+    let pull_limit_used_up =
+        limits.limit.load(Ordering::Relaxed) > 0 && limits.remaining.load(Ordering::Relaxed) == 0;
+    ApiError::Fetch {
+        source,
+        subject,
+        origin: Some(Origin {
+            registry: at.upstream.name().to_owned(),
+            pull_limit_used_up,
+        }),
+    }
 }
 
 /// A header's values as one list (several `Accept` headers are one list).

@@ -13,6 +13,7 @@ mod dispatch;
 mod error;
 mod handlers;
 mod idle;
+mod limits;
 mod listener;
 mod ops;
 mod routes;
@@ -63,11 +64,19 @@ impl Listeners {
     }
 }
 
+/// Reads the configuration again, for a reload.
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
 /// Opens the cache, binds the config's addresses and serves until SIGTERM
-/// or SIGINT, then drains within the grace period.
-pub async fn serve(config: Config) -> Result<(), StartError> {
+/// or SIGINT, then drains within the grace period. With `reload`, SIGHUP
+/// applies a new configuration (see [`App::reload`]); one that does not
+/// load or apply is logged in one line and the running one kept.
+pub async fn serve(config: Config, reload: Option<Reload>) -> Result<(), StartError> {
     let app = App::open(&config)?;
     let listeners = Listeners::bind(&config).await?;
+    if let Some(reload) = reload {
+        spawn_reload_on_sighup(Arc::clone(&app), reload);
+    }
     tracing::info!(
         addr = %listeners.main.local_addr().unwrap_or(config.listen),
         cache_dir = %config.cache_dir.display(),
@@ -134,6 +143,32 @@ pub async fn run(
     app.drain(deadline).await;
     Ok(())
 }
+
+#[cfg(unix)]
+fn spawn_reload_on_sighup(app: Arc<App>, reload: Reload) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; config reload is off");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            // Reading the files is quick and rare; the runtime can spare it.
+            let applied = reload()
+                .map_err(|e| e.to_string())
+                .and_then(|config| app.reload(&config));
+            match applied {
+                Ok(()) => tracing::info!("config reloaded (SIGHUP)"),
+                Err(error) => {
+                    tracing::warn!(%error, "config not reloaded; the running config stays")
+                }
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn spawn_reload_on_sighup(_app: Arc<App>, _reload: Reload) {}
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

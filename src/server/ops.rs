@@ -11,7 +11,7 @@ pub fn healthz() -> Response<Body> {
 
 pub fn metrics_response(app: &App) -> Response<Body> {
     let m = &app.metrics;
-    for u in app.upstreams.iter() {
+    for u in app.upstreams().iter() {
         let name = [u.name()];
         m.ratelimit_limit
             .with_label_values(&name)

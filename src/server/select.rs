@@ -1,12 +1,14 @@
-//! Which upstream a request means (containerd's `?ns=`, a registry name as
-//! the first path component as Podman and CRI-O send it, or the default),
-//! and whether that upstream's policy lets the repository through.
+//! Which upstream a request means, and whether that upstream's policy lets
+//! the repository through. In this order: the request's host name (`Host`,
+//! or the HTTP/2 authority) matching an upstream's `hosts`, containerd's
+//! `?ns=`, a registry name as the first path component as Podman and CRI-O
+//! send it, else the default upstream. Docker Hub's `library/` rule is the
+//! upstream's own naming, applied after any prefix is stripped.
 
 use super::error::ApiError;
-use super::App;
 use crate::fetch::Target;
 use crate::oci::RepoName;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, Upstreams};
 use std::sync::Arc;
 
 pub struct Selected<'a> {
@@ -28,7 +30,8 @@ impl Selected<'_> {
 }
 
 pub fn select<'a>(
-    app: &'a App,
+    upstreams: &'a Upstreams,
+    host: Option<&str>,
     query: Option<&str>,
     name: Option<&RepoName>,
 ) -> Result<Selected<'a>, ApiError> {
@@ -37,35 +40,76 @@ pub fn select<'a>(
             .find(|(k, _)| k == "ns")
             .map(|(_, v)| v.into_owned())
     });
-    let (upstream, name) = match (&ns, name) {
-        (Some(ns), name) => (by_registry_name(app, ns)?, name.cloned()),
-        (None, Some(name)) => match name.split_first() {
-            Some((first, rest)) if first.contains('.') => match by_registry_name(app, first) {
-                Ok(upstream) => (upstream, Some(rest)),
-                // A dotted first component that names no configured
-                // registry: refuse rather than guess (never an open proxy).
-                Err(e) if app.upstreams.len() > 1 || looks_like_registry(first) => return Err(e),
-                Err(_) => (app.upstreams.default_upstream(), Some(name.clone())),
-            },
-            _ => (app.upstreams.default_upstream(), Some(name.clone())),
-        },
-        (None, None) => (app.upstreams.default_upstream(), None),
-    };
-    if let Some(name) = &name {
-        if !upstream.allows(name) {
-            return Err(ApiError::Denied(upstream.upstream_name(name).to_string()));
+    if let Some(upstream) = host.and_then(|h| by_host(upstreams, h)) {
+        // The host name makes the mirror this registry: the path is the
+        // repository as is. An `ns` naming another registry would get
+        // that registry's name served from this one (containerd's
+        // `_default` pointed at a per-registry host): refuse it.
+        if let Some(ns) = &ns {
+            if !by_registry_name(upstreams, ns).is_ok_and(|u| Arc::ptr_eq(u, upstream)) {
+                return Err(ApiError::HostServesAnotherRegistry {
+                    serves: upstream.name().to_owned(),
+                    ns: ns.chars().take(64).collect(),
+                });
+            }
         }
+        let name = name.cloned();
+        check_policy(upstream, name.as_ref())?;
+        return Ok(Selected { upstream, name, ns });
     }
+    let (upstream, name) = match (&ns, name) {
+        (Some(ns), name) => (by_registry_name(upstreams, ns)?, name.cloned()),
+        (None, Some(name)) => match name.split_first() {
+            Some((first, rest)) if first.contains('.') => {
+                match by_registry_name(upstreams, first) {
+                    Ok(upstream) => (upstream, Some(rest)),
+                    // A dotted first component that names no configured
+                    // registry: refuse rather than guess (never an open proxy).
+                    Err(e) if upstreams.len() > 1 || looks_like_registry(first) => return Err(e),
+                    Err(_) => (upstreams.default_upstream(), Some(name.clone())),
+                }
+            }
+            _ => (upstreams.default_upstream(), Some(name.clone())),
+        },
+        (None, None) => (upstreams.default_upstream(), None),
+    };
+    check_policy(upstream, name.as_ref())?;
     Ok(Selected { upstream, name, ns })
 }
 
-fn by_registry_name<'a>(app: &'a App, registry: &str) -> Result<&'a Arc<Upstream>, ApiError> {
-    if let Some(u) = app.upstreams.by_name(registry) {
+fn check_policy(upstream: &Upstream, name: Option<&RepoName>) -> Result<(), ApiError> {
+    match name {
+        Some(name) if !upstream.allows(name) => {
+            Err(ApiError::Denied(upstream.upstream_name(name).to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The upstream whose `hosts` name the request's host: exact names first
+/// (whichever upstream has them), then leading-label patterns.
+fn by_host<'a>(upstreams: &'a Upstreams, host: &str) -> Option<&'a Arc<Upstream>> {
+    let host = crate::config::normalise_host(host)?;
+    upstreams
+        .iter()
+        .find(|u| u.hosts().matches_exactly(&host))
+        .or_else(|| {
+            upstreams
+                .iter()
+                .find(|u| u.hosts().matches_leading_label(&host))
+        })
+}
+
+fn by_registry_name<'a>(
+    upstreams: &'a Upstreams,
+    registry: &str,
+) -> Result<&'a Arc<Upstream>, ApiError> {
+    if let Some(u) = upstreams.by_name(registry) {
         return Ok(u);
     }
     // Docker Hub goes by several names.
     if is_docker_hub_alias(registry) {
-        if let Some(u) = app.upstreams.by_name("docker.io") {
+        if let Some(u) = upstreams.by_name("docker.io") {
             return Ok(u);
         }
     }

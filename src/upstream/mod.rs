@@ -3,6 +3,7 @@
 
 mod auth;
 mod breaker;
+mod egress;
 
 use crate::config::Timings;
 pub use crate::config::UpstreamSettings;
@@ -129,6 +130,8 @@ pub enum ClientError {
     },
     #[error("cannot build the HTTP client: {0}")]
     Build(reqwest::Error),
+    #[error("invalid proxy: {0}")]
+    Proxy(String),
 }
 
 /// One page of a referrers answer.
@@ -196,6 +199,7 @@ impl Upstream {
             tracing::warn!(upstream = %settings.name, "TLS verification disabled for this upstream");
             builder = builder.danger_accept_invalid_certs(true);
         }
+        let builder = egress::configure(builder, &settings)?;
         let http = builder
             .user_agent(concat!("pullthrough/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -227,6 +231,17 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.settings.name
+    }
+
+    /// What it was built from (a reload keeps an upstream whose settings
+    /// did not change, with its tokens and circuit state).
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// The request host names that select this upstream.
+    pub fn hosts(&self) -> &crate::config::HostPatterns {
+        &self.settings.hosts
     }
 
     /// Whether content fetched from here may be private.

@@ -1,6 +1,7 @@
 //! All integration and end-to-end suites, in one test binary so they share
 //! helpers and build once (the crates.io layout).
 
+mod addressing;
 mod cache_budget;
 mod cache_repair;
 mod deploy_configs;
@@ -8,6 +9,7 @@ mod deploy_haproxy;
 mod deploy_prometheus;
 mod e2e_docker;
 mod e2e_skopeo;
+mod egress;
 mod hardening_download;
 mod hardening_server;
 mod hardening_upstream;
@@ -15,8 +17,10 @@ mod hostile;
 mod hub_protocol;
 mod hub_selftest;
 mod inflight;
+mod limits;
 mod operations;
 mod referrers;
+mod reload;
 mod resilience;
 mod routing;
 mod s3_tier;

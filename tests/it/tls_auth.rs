@@ -34,12 +34,12 @@ fn openssl(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// A throwaway CA that issues server certificates for 127.0.0.1.
-struct TestCa {
+pub(crate) struct TestCa {
     dir: tempfile::TempDir,
 }
 
 impl TestCa {
-    fn new() -> TestCa {
+    pub(crate) fn new() -> TestCa {
         let dir = tempfile::tempdir().expect("tempdir");
         openssl(
             dir.path(),
@@ -72,7 +72,7 @@ impl TestCa {
         TestCa { dir }
     }
 
-    fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.crt")
     }
 
@@ -83,7 +83,7 @@ impl TestCa {
 
     /// Issues a server certificate for 127.0.0.1 and localhost with the given
     /// serial (hex) and common name; returns (cert PEM path, key PEM path).
-    fn issue(&self, name: &str, serial_hex: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn issue(&self, name: &str, serial_hex: &str) -> (PathBuf, PathBuf) {
         let d = self.dir.path();
         let ext = format!("{name}.ext");
         std::fs::write(

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci_layout;
 pub mod process;
+pub mod proxies;
 pub mod registry;
 pub mod rgw;
 

@@ -49,8 +49,12 @@ pub enum Fault {
     /// error body.
     Status(u16),
     /// Manifest GETs (not HEADs, as on Docker Hub) answer 429 with
-    /// `Retry-After: <secs>` and `TOOMANYREQUESTS`.
+    /// `Retry-After: <secs>`, `TOOMANYREQUESTS` and, as Docker Hub's pull
+    /// limit does, `ratelimit-remaining: 0`.
     TooManyRequests { retry_after_secs: u64 },
+    /// Manifest GETs answer a plain 429 with no rate-limit headers, as
+    /// Docker Hub's abuse limit does.
+    PlainTooManyRequests,
     /// Registry requests under `/v2/<name>/` and CDN GETs are accepted and
     /// never answered.
     Stall,

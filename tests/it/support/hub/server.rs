@@ -362,10 +362,18 @@ fn manifest(
                 "TOOMANYREQUESTS",
                 "You have reached your pull rate limit.",
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            headers.insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
+            headers.insert("ratelimit-remaining", HeaderValue::from_static("0;w=21600"));
             return response;
+        }
+        if faults.contains(&Fault::PlainTooManyRequests) {
+            return oci_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "Too Many Requests",
+            );
         }
     }
     let stored = digest.and_then(|d| Some((lock(&state.store).manifest(name, &d)?, d)));
