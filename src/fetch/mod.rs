@@ -13,7 +13,7 @@
 //!   upstream credentials.
 //! - `accept`: Accept lists and their classes.
 
-mod accept;
+pub(crate) mod accept;
 mod body;
 mod coalesce;
 mod download;

@@ -8,6 +8,7 @@ mod deploy_haproxy;
 mod deploy_prometheus;
 mod e2e_docker;
 mod e2e_skopeo;
+mod fuzz_smoke;
 mod hardening_server;
 mod hardening_upstream;
 mod hostile;
