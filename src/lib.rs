@@ -36,3 +36,59 @@ pub mod metrics;
 pub mod oci;
 pub mod server;
 pub(crate) mod upstream;
+
+/// Thin wrappers over crate-private parsers for the fuzz targets in
+/// `fuzz/` and the stable fuzz smoke test (`tests/it/fuzz_smoke.rs`), which
+/// check their invariants from outside. Not an API: hidden, free to change.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::upstream::auth::{parse_challenge, Accepted, Authenticator};
+    use std::sync::OnceLock;
+
+    /// A `WWW-Authenticate` value from an upstream at `https://` (or
+    /// `http://` when `http_registry`) `registry.example`: `None` when it
+    /// is no challenge we answer, else what the validation before a
+    /// challenge is kept made of it: `Ok(Some(realm))` for bearer,
+    /// `Ok(None)` for basic, `Err(reason)` when refused.
+    pub fn challenge(
+        header: &str,
+        http_registry: bool,
+    ) -> Option<Result<Option<url::Url>, String>> {
+        static HTTP: OnceLock<Authenticator> = OnceLock::new();
+        static HTTPS: OnceLock<Authenticator> = OnceLock::new();
+        let (cell, registry) = if http_registry {
+            (&HTTP, "http://registry.example/")
+        } else {
+            (&HTTPS, "https://registry.example/")
+        };
+        // Built once: validation needs an authenticator, not a network.
+        let auth = cell.get_or_init(|| {
+            let url = url::Url::parse(registry).expect("a constant URL");
+            let metrics = crate::metrics::Metrics::new();
+            Authenticator::new(
+                reqwest::Client::new(),
+                "fuzz".into(),
+                url,
+                None,
+                metrics,
+                std::time::Duration::from_secs(10),
+            )
+        });
+        Some(match auth.accept(parse_challenge(header)?) {
+            Ok(Accepted::Bearer { realm, .. }) => Ok(Some(realm)),
+            Ok(Accepted::Basic) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    /// A client's `Accept` value normalised: (what goes upstream, class).
+    pub fn accept(header: Option<&str>) -> (String, String) {
+        let list = crate::fetch::accept::AcceptList::from_client(header);
+        (list.header(), list.class())
+    }
+
+    /// A config file's text parsed: `Err((line, message))` as reported.
+    pub fn config_text(text: &str) -> Result<(), (usize, String)> {
+        crate::config::file::parse_text(text).map(drop)
+    }
+}

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileConfig {
+pub(crate) struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub cache_dir: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -44,7 +44,7 @@ pub(super) struct FileConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileUpstream {
+pub(crate) struct FileUpstream {
     pub name: Option<String>,
     pub url: Option<String>,
     /// Host names that select this upstream (`ghcr.example.com`, `ghcr.*`).
@@ -89,7 +89,7 @@ pub(super) fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
 }
 
 /// Parses the file's text; an error is (line, one-line message).
-pub(super) fn parse_text(text: &str) -> Result<FileConfig, (usize, String)> {
+pub(crate) fn parse_text(text: &str) -> Result<FileConfig, (usize, String)> {
     toml::from_str(text).map_err(|e| {
         let line = e
             .span()

@@ -5,7 +5,7 @@
 //! - `file`: the file's schema.
 //! - `upstream`: one `[[upstream]]` entry resolved, credentials included.
 
-mod file;
+pub(crate) mod file;
 mod storage;
 mod upstream;
 mod values;

@@ -27,14 +27,14 @@ use url::Url;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub(super) enum FileStorage {
+pub(crate) enum FileStorage {
     Url(String),
     Table(FileStorageTable),
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileStorageTable {
+pub(crate) struct FileStorageTable {
     pub url: Option<String>,
     #[serde(default)]
     pub s3: FileS3,
@@ -42,7 +42,7 @@ pub(super) struct FileStorageTable {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileS3 {
+pub(crate) struct FileS3 {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub path_style: Option<bool>,

@@ -12,7 +12,7 @@
 //!   upstream credentials.
 //! - `accept`: Accept lists and their classes.
 
-mod accept;
+pub(crate) mod accept;
 mod body;
 mod download;
 mod manifest;

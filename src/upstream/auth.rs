@@ -134,7 +134,7 @@ impl moka::Expiry<String, Arc<Token>> for TokenExpiry {
 
 /// A challenge that passed validation: the only kind that is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Accepted {
+pub(crate) enum Accepted {
     Bearer { realm: Url, service: Option<String> },
     Basic,
 }
@@ -264,7 +264,7 @@ impl Authenticator {
     /// Checks a challenge before anything is sent to its realm: the realm
     /// must be an absolute http(s) URL without user info, and https unless
     /// the registry itself is plain http (a lab registry).
-    fn accept(&self, challenge: Challenge) -> Result<Accepted, UpstreamError> {
+    pub(crate) fn accept(&self, challenge: Challenge) -> Result<Accepted, UpstreamError> {
         let (realm, service) = match challenge {
             Challenge::Basic => return Ok(Accepted::Basic),
             Challenge::Bearer { realm, service } => (realm, service),

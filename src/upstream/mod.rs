@@ -1,7 +1,7 @@
 //! The client for one upstream registry: auth challenges and scoped tokens,
 //! CDN redirects followed without credentials, timeouts, rate-limit headers.
 
-mod auth;
+pub(crate) mod auth;
 mod breaker;
 mod egress;
 

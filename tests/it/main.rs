@@ -10,6 +10,7 @@ mod deploy_prometheus;
 mod e2e_docker;
 mod e2e_skopeo;
 mod egress;
+mod fuzz_smoke;
 mod hardening_download;
 mod hardening_server;
 mod hardening_upstream;
