@@ -95,10 +95,15 @@ pub(crate) fn parse_text(text: &str) -> Result<FileConfig, (usize, String)> {
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
             .unwrap_or(0);
-        (
-            line,
-            name_the_key(text, e.span().map(|s| s.start), e.message()),
-        )
+        (line, {
+            // Some syntax errors carry no message of their own; the
+            // full rendering names the problem then.
+            let message = match e.message().trim() {
+                "" => e.to_string(),
+                m => m.to_owned(),
+            };
+            name_the_key(text, e.span().map(|s| s.start), &message)
+        })
     })
 }
 
@@ -106,7 +111,17 @@ pub(crate) fn parse_text(text: &str) -> Result<FileConfig, (usize, String)> {
 /// (or does not parse); the line the error points at does, so the message
 /// names it either way, with its table (`upstream[1].tag_ttl`).
 fn name_the_key(text: &str, at: Option<usize>, message: &str) -> String {
-    let message = message.replace('\n', " ");
+    // One line, whatever the file holds: control characters from a key or
+    // a rendered excerpt never reach the terminal as such.
+    let message: String = message
+        .split(['\n', '\r'])
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let Some(at) = at.filter(|&a| a <= text.len() && text.is_char_boundary(a)) else {
         return message;
     };
@@ -115,7 +130,12 @@ fn name_the_key(text: &str, at: Option<usize>, message: &str) -> String {
     let Some((key, _)) = line.split_once('=') else {
         return message;
     };
-    let key = key.trim();
+    let key: String = key
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let key = key.as_str();
     let before = &text[..line_start];
     let table = before
         .lines()
@@ -158,6 +178,18 @@ mod tests {
         }
         let named = name_the_key(text, Some(0), "unknown field `max_connections`");
         assert_eq!(named, "unknown field `max_connections`");
+    }
+
+    #[test]
+    fn syntax_errors_say_something_on_one_clean_line() {
+        for text in ["\r", "a\rb = 1\n", "[[upstream]\n", "= 1\n"] {
+            let (_, message) = parse_text(text).unwrap_err();
+            assert!(!message.trim().is_empty(), "{text:?}: empty message");
+            assert!(
+                !message.chars().any(char::is_control),
+                "{text:?}: {message:?}"
+            );
+        }
     }
 
     #[test]
