@@ -29,6 +29,12 @@ pub struct App {
     /// Slots for requests in flight (see `Config::max_requests`).
     pub(super) requests: Arc<tokio::sync::Semaphore>,
     pub(super) tls_poll: Duration,
+    /// For the page and `/api/v1/status`.
+    pub(super) started: Instant,
+    pub(super) max_size: Option<u64>,
+    /// Whether the main listener speaks TLS: the scheme of the mirror's own
+    /// address in the page's snippets.
+    pub(super) tls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +134,9 @@ impl App {
             max_connections: config.max_connections,
             requests: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
             tls_poll: config.timings.tls_poll,
+            started: Instant::now(),
+            max_size: config.max_size,
+            tls: config.tls.is_some(),
         });
         Ok(app)
     }

@@ -10,6 +10,7 @@ use super::ops;
 use super::routes::{self, Route};
 use super::select::select;
 use super::App;
+use super::{api, page};
 use crate::metrics::status_class;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
@@ -45,6 +46,7 @@ pub async fn dispatch(
     let route_label = route_label(&path);
     let request_id = request_id(req.headers());
     let client = client_addr(&app, peer.ip(), req.headers());
+    let via_proxy = is_trusted_proxy(&app, peer.ip());
     // Operations endpoints stay answerable however busy the registry is.
     let slot = if matches!(route_label, "healthz" | "readyz" | "metrics") {
         Ok(None)
@@ -52,7 +54,7 @@ pub async fn dispatch(
         request_slot(&app).await.map(Some)
     };
     let (handled, slot) = match slot {
-        Ok(slot) => match route(&app, &req, scope, client).await {
+        Ok(slot) => match route(&app, &req, scope, client, via_proxy).await {
             Ok(h) => (h, slot),
             Err(e) => (e.into_response().into(), slot),
         },
@@ -71,6 +73,7 @@ pub async fn dispatch(
     }
     // Bodies come from upstreams we do not control: a browser must take
     // the Content-Type as sent, never sniff HTML or script out of a blob.
+    // (The page and its assets rely on this too.)
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -148,7 +151,7 @@ static START_NANOS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
 /// `X-Forwarded-For` names the client only when the peer is a proxy we
 /// trust; otherwise anyone could forge their logged address.
 fn client_addr(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    if !app.trusted_proxies.iter().any(|p| p.contains(peer)) {
+    if !is_trusted_proxy(app, peer) {
         return peer;
     }
     let forwarded: Vec<IpAddr> = headers
@@ -168,16 +171,27 @@ fn client_addr(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         .unwrap_or(peer)
 }
 
+fn is_trusted_proxy(app: &App, peer: IpAddr) -> bool {
+    app.trusted_proxies.iter().any(|p| p.contains(peer))
+}
+
 pub(super) async fn route(
     app: &App,
     req: &Request<Incoming>,
     scope: Scope,
     client: IpAddr,
+    via_proxy: bool,
 ) -> Result<Handled, ApiError> {
     let method = req.method();
     let readable = method == Method::GET || method == Method::HEAD;
     let parsed = routes::parse(req.uri().path());
-    let operational = matches!(parsed, Ok(Route::Healthz | Route::Readyz | Route::Metrics));
+    // The API's reads are for dashboards and scripts beside the scraper,
+    // so the operations listener answers them too; the page stays on the
+    // main listener, whose address its snippets print.
+    let operational = matches!(
+        parsed,
+        Ok(Route::Healthz | Route::Readyz | Route::Metrics | Route::Api(_))
+    );
     if scope == Scope::OperationsOnly && !operational {
         return Err(routes::RouteError::NotFound.into());
     }
@@ -202,7 +216,12 @@ pub(super) async fn route(
     }
     if !readable {
         return Err(match route {
-            Route::Healthz | Route::Readyz | Route::Metrics => ApiError::MethodNotAllowed,
+            Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::Page
+            | Route::Asset(_)
+            | Route::Api(_) => ApiError::MethodNotAllowed,
             _ => ApiError::ReadOnly,
         });
     }
@@ -210,8 +229,27 @@ pub(super) async fn route(
         Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => {
             Some(name)
         }
-        Route::Base | Route::Healthz | Route::Readyz | Route::Metrics => None,
+        Route::Base
+        | Route::Healthz
+        | Route::Readyz
+        | Route::Metrics
+        | Route::Page
+        | Route::Asset(_)
+        | Route::Api(_) => None,
     };
+    // Neither the page nor the API names an upstream: answered here, before
+    // `select` (whose `?ns=` means nothing to them).
+    match route {
+        Route::Page => {
+            let at = page::address(app, req.headers(), via_proxy);
+            return Ok(page::page(app, &at, req.headers(), req.uri().query())
+                .await
+                .into());
+        }
+        Route::Asset(asset) => return Ok(page::asset(asset).into()),
+        Route::Api(api) => return Ok(api::answer(app, api).await?.into()),
+        _ => {}
+    }
     let selected = select(app, req.uri().query(), name)?;
     let target = selected.target();
     let handled = match (route, &target) {
@@ -267,6 +305,9 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",
+        "/" => "page",
+        "/ui/app.js" | "/ui/app.css" => "asset",
+        p if p.starts_with("/api/") => "api",
         p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifest",
         p if p.starts_with("/v2/") && p.contains("/blobs/") => "blob",
         p if p.starts_with("/v2/") && p.ends_with("/tags/list") => "tags",

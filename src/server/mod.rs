@@ -6,6 +6,7 @@
 //! in (bind from the config, stop on SIGTERM or SIGINT).
 
 mod access;
+mod api;
 mod app;
 mod body;
 mod client_auth;
@@ -15,6 +16,7 @@ mod handlers;
 mod idle;
 mod listener;
 mod ops;
+mod page;
 mod routes;
 mod select;
 mod tls;

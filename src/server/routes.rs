@@ -21,6 +21,30 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    /// `/`: the status and usage page.
+    Page,
+    /// The page's script and stylesheet, embedded in the binary.
+    Asset(Asset),
+    /// The admin API under `/api/v1/`.
+    Api(ApiRoute),
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Asset {
+    Script,
+    Style,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApiRoute {
+    Status,
+    Upstreams,
+    Repositories,
+    /// The tags cached for one repository (as the upstream names it, or a
+    /// bare Docker Hub name).
+    RepositoryTags {
+        name: RepoName,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +65,13 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         "/readyz" => return Ok(Route::Readyz),
         "/metrics" => return Ok(Route::Metrics),
         "/v2" | "/v2/" => return Ok(Route::Base),
+        "/" => return Ok(Route::Page),
+        "/ui/app.js" => return Ok(Route::Asset(Asset::Script)),
+        "/ui/app.css" => return Ok(Route::Asset(Asset::Style)),
         _ => {}
+    }
+    if let Some(api) = path.strip_prefix("/api/v1/") {
+        return parse_api(api).map(Route::Api);
     }
     let rest = path.strip_prefix("/v2/").ok_or(RouteError::NotFound)?;
     // Names contain '/', references and digests never do: split from the
@@ -73,6 +103,21 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         }),
         _ => Err(RouteError::NotFound),
     }
+}
+
+fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
+    match path {
+        "status" => return Ok(ApiRoute::Status),
+        "upstreams" => return Ok(ApiRoute::Upstreams),
+        "cache/repositories" => return Ok(ApiRoute::Repositories),
+        _ => {}
+    }
+    let name = path
+        .strip_prefix("cache/repositories/")
+        .and_then(|p| p.strip_suffix("/tags"))
+        .ok_or(RouteError::NotFound)?;
+    let name = name.parse().map_err(RouteError::Name)?;
+    Ok(ApiRoute::RepositoryTags { name })
 }
 
 #[cfg(test)]
@@ -135,5 +180,25 @@ mod tests {
         assert_eq!(parse("/v2/a/blobs/uploads/"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2/a"), Err(RouteError::NotFound));
         assert_eq!(parse("/etc/passwd"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn api_routes() {
+        assert_eq!(parse("/"), Ok(Route::Page));
+        assert_eq!(parse("/api/v1/status"), Ok(Route::Api(ApiRoute::Status)));
+        assert_eq!(
+            parse("/api/v1/cache/repositories"),
+            Ok(Route::Api(ApiRoute::Repositories))
+        );
+        assert!(matches!(
+            parse("/api/v1/cache/repositories/library/nginx/tags"),
+            Ok(Route::Api(ApiRoute::RepositoryTags { ref name })) if name.as_str() == "library/nginx"
+        ));
+        assert!(matches!(
+            parse("/api/v1/cache/repositories/../x/tags"),
+            Err(RouteError::Name(_))
+        ));
+        assert_eq!(parse("/api/v1/nope"), Err(RouteError::NotFound));
+        assert_eq!(parse("/api/v2/status"), Err(RouteError::NotFound));
     }
 }

@@ -1,6 +1,7 @@
 //! All integration and end-to-end suites, in one test binary so they share
 //! helpers and build once (the crates.io layout).
 
+mod admin_page;
 mod cache_budget;
 mod cache_repair;
 mod deploy_configs;

@@ -1,0 +1,261 @@
+//! The admin API and the page (issue 14): after real pulls the API's
+//! figures equal `/metrics`, cached tags are listed, and the page carries
+//! ready-to-copy snippets with the mirror's own address, in English or
+//! Chinese, under a strict Content-Security-Policy.
+
+use crate::support::client::{client, header};
+use crate::support::hub::Hub;
+use crate::support::metrics::sample_sum;
+use crate::support::mirror::Mirror;
+use crate::support::ACCEPT;
+use serde_json::Value;
+
+const LOOKUPS: &str = "pullthrough_cache_lookups_total";
+const SERVED: &str = "pullthrough_served_bytes_total";
+
+async fn get_json(url: String) -> Value {
+    let response = client().get(&url).send().await.expect("mirror answers");
+    assert_eq!(response.status(), 200, "GET {url}");
+    assert_eq!(
+        header(&response, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let body = response.bytes().await.expect("body");
+    serde_json::from_slice(&body).expect("JSON body")
+}
+
+/// Pulls `library/app:latest` (manifest, config, layers) through the mirror.
+async fn pull(base: &str, image: &crate::support::hub::TestImage) {
+    let c = client();
+    let manifest = c
+        .get(format!("{base}/v2/library/app/manifests/latest"))
+        .header("accept", ACCEPT)
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(manifest.status(), 200);
+    manifest.bytes().await.expect("manifest body");
+    for (digest, _) in std::iter::once(&image.config).chain(&image.layers) {
+        let blob = c
+            .get(format!("{base}/v2/library/app/blobs/{digest}"))
+            .send()
+            .await
+            .expect("blob");
+        assert_eq!(blob.status(), 200);
+        blob.bytes().await.expect("blob body");
+    }
+}
+
+fn mirror_for(hub: &Hub, ghcr: &Hub) -> Mirror {
+    let toml = format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"{}\"\n",
+        hub.url(),
+        ghcr.url()
+    );
+    Mirror::builder(&hub.url()).config(&toml).start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
+    let hub = Hub::start().await;
+    let ghcr = Hub::start().await;
+    let image = hub.push_image("library/app", "latest", &[1000, 3000]);
+    let mirror = mirror_for(&hub, &ghcr);
+    let base = mirror.url();
+    // A miss, then hits.
+    pull(&base, &image).await;
+    pull(&base, &image).await;
+
+    let status = get_json(format!("{base}/api/v1/status")).await;
+    let metrics = mirror.metrics();
+    let hits = sample_sum(&metrics, LOOKUPS, &[("result", "hit")]);
+    let misses = sample_sum(&metrics, LOOKUPS, &[("result", "miss")]);
+    assert!(hits >= 3.0 && misses >= 3.0, "hits {hits}, misses {misses}");
+    assert_eq!(status["lookups"]["hits"].as_f64(), Some(hits), "{status}");
+    assert_eq!(
+        status["lookups"]["misses"].as_f64(),
+        Some(misses),
+        "{status}"
+    );
+    assert_eq!(
+        status["bytes_served"]["cache"].as_f64(),
+        Some(sample_sum(&metrics, SERVED, &[("source", "cache")]))
+    );
+    assert_eq!(
+        status["bytes_served"]["upstream"].as_f64(),
+        Some(sample_sum(&metrics, SERVED, &[("source", "upstream")]))
+    );
+    assert_eq!(status["cache"]["tags"], 1, "{status}");
+    assert_eq!(status["cache"]["blobs"], 3, "{status}");
+    assert_eq!(status["cache"]["manifests"], 1, "{status}");
+    let expected_bytes: usize = image.manifest_bytes.len()
+        + image.config.1.len()
+        + image.layers.iter().map(|(_, b)| b.len()).sum::<usize>();
+    assert_eq!(
+        status["cache"]["bytes"].as_u64(),
+        Some(expected_bytes as u64)
+    );
+    assert_eq!(status["downloads_in_flight"], 0);
+    let names: Vec<&str> = status["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert_eq!(names, ["docker.io", "ghcr.io"]);
+    assert_eq!(status["upstreams"][0]["circuit_open"], false);
+
+    let upstreams = get_json(format!("{base}/api/v1/upstreams")).await;
+    assert_eq!(upstreams.as_array().map(Vec::len), Some(2));
+
+    let repos = get_json(format!("{base}/api/v1/cache/repositories")).await;
+    assert_eq!(repos[0]["upstream"], "docker.io", "{repos}");
+    assert_eq!(repos[0]["repository"], "library/app", "{repos}");
+    assert_eq!(repos[0]["tags"], 1, "{repos}");
+    assert_eq!(repos[0]["size"].as_u64(), Some(expected_bytes as u64));
+
+    // By the upstream's name and by the bare Hub name alike.
+    for name in ["library/app", "app"] {
+        let tags = get_json(format!("{base}/api/v1/cache/repositories/{name}/tags")).await;
+        assert_eq!(tags[0]["tag"], "latest", "{tags}");
+        assert_eq!(tags[0]["digest"], image.manifest_digest.as_str(), "{tags}");
+    }
+    let unknown = client()
+        .get(format!("{base}/api/v1/cache/repositories/nothing/tags"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(unknown.status(), 404);
+
+    // The API is read-only for now; the registry stays read-only.
+    let delete = client()
+        .delete(format!("{base}/api/v1/status"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(delete.status(), 405);
+    let put = client()
+        .put(format!("{base}/v2/library/app/manifests/latest"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(put.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_page_has_snippets_for_this_mirror_in_english_and_chinese() {
+    let hub = Hub::start().await;
+    let ghcr = Hub::start().await;
+    let image = hub.push_image("library/app", "latest", &[500]);
+    let mirror = mirror_for(&hub, &ghcr);
+    let base = mirror.url();
+    pull(&base, &image).await;
+    let host = base.trim_start_matches("http://");
+
+    let response = client()
+        .get(format!("{base}/"))
+        // Not from a trusted proxy (none is configured): ignored.
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(
+        header(&response, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    let csp = header(&response, "content-security-policy").expect("CSP");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    let html = response.text().await.expect("page body");
+    assert!(html.len() < 64 * 1024, "a light page: {} bytes", html.len());
+    assert!(
+        !html.contains("evil.example"),
+        "X-Forwarded-Host from an untrusted peer"
+    );
+    assert!(
+        html.contains(&format!(
+            "&quot;registry-mirrors&quot;: [&quot;http://{host}&quot;]"
+        )),
+        "daemon.json snippet with the mirror's URL"
+    );
+    assert!(html.contains("/etc/containerd/certs.d/ghcr.io/hosts.toml"));
+    assert!(html.contains("/etc/containerd/certs.d/_default/hosts.toml"));
+    assert!(html.contains(&format!("[host.&quot;http://{host}&quot;]")));
+    assert!(html.contains(&format!("location = &quot;{host}/ghcr.io&quot;")));
+    assert!(
+        html.contains(&format!("docker pull {host}/library/app:latest")),
+        "cached tag's pull line"
+    );
+    assert!(html.contains("Use this mirror"));
+
+    let zh = client()
+        .get(format!("{base}/"))
+        .header("accept-language", "zh-CN,zh;q=0.9,en;q=0.5")
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("page body");
+    assert!(zh.contains("<html lang=\"zh-CN\">") && zh.contains("使用此镜像"));
+    let en = client()
+        .get(format!("{base}/?lang=en"))
+        .header("accept-language", "zh-CN")
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("page body");
+    assert!(
+        en.contains("Use this mirror"),
+        "the switch wins over Accept-Language"
+    );
+
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let asset = client()
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("asset");
+        assert_eq!(asset.status(), 200);
+        assert!(header(&asset, "content-type").is_some_and(|t| t.starts_with(kind)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trusted_proxy_names_the_mirror_address() {
+    let hub = Hub::start().await;
+    let toml = "trusted_proxies = [\"127.0.0.1/32\"]\n";
+    let mirror = Mirror::builder(&hub.url()).config(toml).start();
+    let html = client()
+        .get(format!("{}/", mirror.url()))
+        .header("x-forwarded-host", "mirror.example.com")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("page body");
+    assert!(
+        html.contains("&quot;registry-mirrors&quot;: [&quot;https://mirror.example.com&quot;]"),
+        "forwarded host and scheme from a trusted proxy"
+    );
+    assert!(
+        !html.contains("insecure-registries"),
+        "https needs no insecure entry"
+    );
+}
