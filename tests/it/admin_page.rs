@@ -1,14 +1,18 @@
 //! The admin API and the page (issue 14): after real pulls the API's
 //! figures equal `/metrics`, cached tags are listed, and the page carries
 //! ready-to-copy snippets with the mirror's own address, in English or
-//! Chinese, under a strict Content-Security-Policy.
+//! Chinese, under a strict Content-Security-Policy; and Chromium headless
+//! renders it (the script runs under that policy).
 
 use crate::support::client::{client, header};
 use crate::support::hub::Hub;
 use crate::support::metrics::sample_sum;
 use crate::support::mirror::Mirror;
-use crate::support::ACCEPT;
+use crate::support::process::run_bounded;
+use crate::support::{require_tool, ACCEPT};
 use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
 
 const LOOKUPS: &str = "pullthrough_cache_lookups_total";
 const SERVED: &str = "pullthrough_served_bytes_total";
@@ -258,4 +262,118 @@ async fn a_trusted_proxy_names_the_mirror_address() {
         !html.contains("insecure-registries"),
         "https needs no insecure entry"
     );
+}
+
+/// Chromium headless on `url`: the DOM after the page's script has run
+/// (virtual time lets its first `/api/v1/status` poll complete), and a
+/// screenshot kept under `target/` as a CI artifact.
+fn browser_dom(url: &str, screenshot: &str) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let run = |extra: &[String]| {
+        let mut command = std::process::Command::new("chromium");
+        command
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--virtual-time-budget=4000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url);
+        run_bounded(command, Duration::from_secs(90))
+    };
+    let dumped = run(&["--dump-dom".to_owned()]);
+    assert!(
+        dumped.status.success(),
+        "chromium --dump-dom: {}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    let shot = dir.join(screenshot);
+    let taken = run(&[
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1280,2400".to_owned(),
+        "--hide-scrollbars".to_owned(),
+    ]);
+    assert!(
+        taken.status.success() && shot.is_file(),
+        "screenshot {}",
+        shot.display()
+    );
+    String::from_utf8_lossy(&dumped.stdout).into_owned()
+}
+
+/// The text of the element with `id` in a dumped DOM.
+fn text_of(dom: &str, id: &str) -> Option<String> {
+    let start = dom.find(&format!("id=\"{id}\""))?;
+    let open_end = start + dom[start..].find('>')? + 1;
+    let close = open_end + dom[open_end..].find('<')?;
+    Some(dom[open_end..close].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_browser_renders_the_cache_the_counts_and_the_snippets() {
+    if !require_tool("chromium") {
+        return;
+    }
+    let hub = Hub::start().await;
+    let ghcr = Hub::start().await;
+    let image = hub.push_image("library/app", "latest", &[800, 1600]);
+    let mirror = mirror_for(&hub, &ghcr);
+    let base = mirror.url();
+    pull(&base, &image).await;
+    pull(&base, &image).await;
+    let host = base.trim_start_matches("http://").to_owned();
+
+    let page = format!("{base}/");
+    let dom = tokio::task::spawn_blocking(move || browser_dom(&page, "page-en.png"))
+        .await
+        .expect("browser");
+    let metrics = mirror.metrics();
+    let hits = sample_sum(&metrics, LOOKUPS, &[("result", "hit")]);
+    let misses = sample_sum(&metrics, LOOKUPS, &[("result", "miss")]);
+    assert_eq!(
+        text_of(&dom, "st-hits"),
+        Some(hits.to_string()),
+        "hits as /metrics"
+    );
+    assert_eq!(
+        text_of(&dom, "st-misses"),
+        Some(misses.to_string()),
+        "misses as /metrics"
+    );
+    // The script ran under the CSP: it polled the API and showed the copy
+    // buttons it wires up.
+    assert_ne!(
+        text_of(&dom, "st-updated").as_deref(),
+        Some("-"),
+        "the script polled the API"
+    );
+    assert!(
+        !dom.contains("hidden=\"\" data-done"),
+        "copy buttons shown by the script"
+    );
+    assert!(
+        dom.contains("docker.io/library/app"),
+        "the cached repository"
+    );
+    assert!(dom.contains(&format!("docker pull {host}/library/app:latest")));
+    assert!(
+        dom.contains(&format!("\"registry-mirrors\": [\"http://{host}\"]")),
+        "daemon.json"
+    );
+
+    let page = format!("{base}/?lang=zh");
+    let zh = tokio::task::spawn_blocking(move || browser_dom(&page, "page-zh.png"))
+        .await
+        .expect("browser");
+    assert!(
+        zh.contains("使用此镜像") && zh.contains("已缓存的仓库"),
+        "the Chinese page"
+    );
+    assert!(zh.contains(&format!("\"registry-mirrors\": [\"http://{host}\"]")));
+    assert_eq!(text_of(&zh, "st-hits"), Some(hits.to_string()));
 }
