@@ -80,6 +80,7 @@ pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiErr
         ApiRoute::Status => json(&status(app).await?),
         ApiRoute::Upstreams => json(&upstreams(app)),
         ApiRoute::Repositories => json(&repositories(&tags(app, None).await?)),
+        ApiRoute::Tag { .. } | ApiRoute::Digest { .. } => Err(ApiError::MethodNotAllowed),
         ApiRoute::RepositoryTags { name } => {
             let rows = tags(app, Some(&name)).await?;
             if rows.is_empty() {
@@ -87,6 +88,75 @@ pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiErr
             }
             json(&rows)
         }
+    }
+}
+
+/// `Authorization: Bearer <admin token>`, compared by hash in constant
+/// time. No token configured: nobody is an admin.
+pub fn is_admin(app: &App, headers: &http::HeaderMap) -> bool {
+    use sha2::Digest as _;
+    let Some(want) = &app.admin_token else {
+        return false;
+    };
+    let Some(given) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let got: [u8; 32] = sha2::Sha256::digest(given.trim().as_bytes()).into();
+    got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+#[derive(Serialize)]
+struct Purged {
+    /// (upstream, repository) pairs that held the tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed_tags: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    freed_bytes: Option<u64>,
+}
+
+/// The admin actions (the caller checked the token). `?upstream=` limits
+/// a tag purge to one registry.
+pub async fn act(
+    app: &App,
+    route: ApiRoute,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let not_found = || ApiError::Route(super::routes::RouteError::NotFound);
+    match route {
+        ApiRoute::Tag { name, tag } => {
+            let upstream = query.and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "upstream")
+                    .map(|(_, v)| v.into_owned())
+            });
+            let removed = app
+                .core
+                .purge_tag(upstream, name.as_str().to_owned(), tag.as_str().to_owned())
+                .await
+                .map_err(cache_error)?;
+            if removed == 0 {
+                return Err(not_found());
+            }
+            tracing::info!(repository = %name, tag = %tag.as_str(), "admin: purged tag");
+            json(&Purged {
+                removed_tags: Some(removed),
+                freed_bytes: None,
+            })
+        }
+        ApiRoute::Digest { digest } => {
+            let freed = app.core.purge_digest(&digest).await.map_err(cache_error)?;
+            let freed = freed.ok_or_else(not_found)?;
+            tracing::info!(digest = %digest, bytes = freed, "admin: purged content");
+            json(&Purged {
+                removed_tags: None,
+                freed_bytes: Some(freed),
+            })
+        }
+        _ => Err(ApiError::MethodNotAllowed),
     }
 }
 

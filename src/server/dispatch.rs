@@ -204,6 +204,20 @@ pub(super) async fn route(
         }
         Err(e) => return Err(e.into()),
     };
+    // Actions carry the admin token, not a client's credentials: checked
+    // here, in place of client auth, on either listener.
+    let route = match route {
+        Route::Api(api) if api.is_action() => {
+            if method != Method::DELETE {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            if !api::is_admin(app, req.headers()) {
+                return Err(ApiError::Unauthorized);
+            }
+            return Ok(api::act(app, api, req.uri().query()).await?.into());
+        }
+        route => route,
+    };
     if let Some(auth) = &app.client_auth {
         let protected = !matches!(route, Route::Healthz | Route::Readyz | Route::Metrics);
         if protected {

@@ -1,7 +1,7 @@
 //! Turns a request path into a typed route; names, references and digests
 //! are validated here, before any handler or upstream sees them.
 
-use crate::oci::{Digest, NameError, Reference, RepoName};
+use crate::oci::{Digest, NameError, Reference, RepoName, Tag};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -45,6 +45,22 @@ pub enum ApiRoute {
     RepositoryTags {
         name: RepoName,
     },
+    /// `DELETE`: forget one cached tag.
+    Tag {
+        name: RepoName,
+        tag: Tag,
+    },
+    /// `DELETE`: remove cached content by digest.
+    Digest {
+        digest: Digest,
+    },
+}
+
+impl ApiRoute {
+    /// Actions change the cache and need the admin token.
+    pub fn is_action(&self) -> bool {
+        matches!(self, ApiRoute::Tag { .. } | ApiRoute::Digest { .. })
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -112,12 +128,25 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         "cache/repositories" => return Ok(ApiRoute::Repositories),
         _ => {}
     }
-    let name = path
+    if let Some(digest) = path.strip_prefix("cache/digests/") {
+        let digest = digest
+            .parse()
+            .map_err(|e| RouteError::Digest(NameError::Digest(e)))?;
+        return Ok(ApiRoute::Digest { digest });
+    }
+    let rest = path
         .strip_prefix("cache/repositories/")
-        .and_then(|p| p.strip_suffix("/tags"))
         .ok_or(RouteError::NotFound)?;
-    let name = name.parse().map_err(RouteError::Name)?;
-    Ok(ApiRoute::RepositoryTags { name })
+    if let Some(name) = rest.strip_suffix("/tags") {
+        let name = name.parse().map_err(RouteError::Name)?;
+        return Ok(ApiRoute::RepositoryTags { name });
+    }
+    // Names contain '/', tags never do: split from the right.
+    let (name, tag) = rest.rsplit_once("/tags/").ok_or(RouteError::NotFound)?;
+    Ok(ApiRoute::Tag {
+        name: name.parse().map_err(RouteError::Name)?,
+        tag: tag.parse().map_err(RouteError::Reference)?,
+    })
 }
 
 #[cfg(test)]
@@ -197,6 +226,19 @@ mod tests {
         assert!(matches!(
             parse("/api/v1/cache/repositories/../x/tags"),
             Err(RouteError::Name(_))
+        ));
+        assert!(matches!(
+            parse("/api/v1/cache/repositories/a/b/tags/v1"),
+            Ok(Route::Api(ApiRoute::Tag { ref name, ref tag }))
+                if name.as_str() == "a/b" && tag.as_str() == "v1"
+        ));
+        assert!(matches!(
+            parse(&format!("/api/v1/cache/digests/{D}")),
+            Ok(Route::Api(ApiRoute::Digest { .. }))
+        ));
+        assert!(matches!(
+            parse("/api/v1/cache/digests/nope"),
+            Err(RouteError::Digest(_))
         ));
         assert_eq!(parse("/api/v1/nope"), Err(RouteError::NotFound));
         assert_eq!(parse("/api/v2/status"), Err(RouteError::NotFound));

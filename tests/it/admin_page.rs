@@ -5,7 +5,7 @@
 //! renders it (the script runs under that policy).
 
 use crate::support::client::{client, header};
-use crate::support::hub::Hub;
+use crate::support::hub::{Hub, Kind};
 use crate::support::metrics::sample_sum;
 use crate::support::mirror::Mirror;
 use crate::support::process::run_bounded;
@@ -376,4 +376,94 @@ async fn a_real_browser_renders_the_cache_the_counts_and_the_snippets() {
     );
     assert!(zh.contains(&format!("\"registry-mirrors\": [\"http://{host}\"]")));
     assert_eq!(text_of(&zh, "st-hits"), Some(hits.to_string()));
+}
+
+const TOKEN: &str = "s3cret-admin-token";
+
+async fn delete(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = client().delete(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = request.send().await.expect("mirror answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "latest", &[700, 900]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let toml = format!("admin_token_file = \"{}\"\n", token_file.display());
+    let mirror = Mirror::builder(&hub.url()).config(&toml).start();
+    let base = mirror.url();
+    pull(&base, &image).await;
+
+    let tag_url = format!("{base}/api/v1/cache/repositories/library/app/tags/latest");
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, body) = delete(&tag_url, token).await;
+        assert_eq!(status, 401, "token {token:?}: {body}");
+        assert!(!body.contains(TOKEN), "no secret in a body");
+    }
+    // Still cached after the refusals.
+    let tags = get_json(format!("{base}/api/v1/cache/repositories/app/tags")).await;
+    assert_eq!(tags[0]["tag"], "latest");
+
+    let (status, body) = delete(&tag_url, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"removed_tags\":1"), "{body}");
+    assert!(!body.contains(TOKEN));
+    let gone = client()
+        .get(format!("{base}/api/v1/cache/repositories/app/tags"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(gone.status(), 404);
+    assert_eq!(delete(&tag_url, Some(TOKEN)).await.0, 404, "already purged");
+
+    // The tag again: one upstream fetch of it.
+    let before = hub.count(Kind::ManifestGetByTag) + hub.count(Kind::ManifestHeadByTag);
+    pull(&base, &image).await;
+    let after = hub.count(Kind::ManifestGetByTag) + hub.count(Kind::ManifestHeadByTag);
+    assert_eq!(after - before, 1, "one upstream request for the purged tag");
+
+    // A layer by digest: freed, and fetched once again on the next pull.
+    let (layer, bytes) = &image.layers[0];
+    let digest_url = format!("{base}/api/v1/cache/digests/{layer}");
+    assert_eq!(delete(&digest_url, None).await.0, 401);
+    let (status, body) = delete(&digest_url, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("\"freed_bytes\":{}", bytes.len())),
+        "{body}"
+    );
+    let before = hub.count(Kind::BlobGet);
+    pull(&base, &image).await;
+    pull(&base, &image).await;
+    assert_eq!(
+        hub.count(Kind::BlobGet) - before,
+        1,
+        "the purged layer, once"
+    );
+
+    // The registry API stays read-only, token or not.
+    let refused = client()
+        .delete(format!("{base}/v2/library/app/manifests/latest"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_an_admin_token_file_actions_are_refused() {
+    let hub = Hub::start().await;
+    let mirror = Mirror::start(&hub.url());
+    let url = format!("{}/api/v1/cache/repositories/app/tags/latest", mirror.url());
+    assert_eq!(delete(&url, Some("anything")).await.0, 401);
+    assert_eq!(delete(&url, None).await.0, 401);
 }
