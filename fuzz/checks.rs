@@ -58,6 +58,17 @@ fn check_route(path: &str) {
         Route::Healthz => Some("/healthz".to_owned()),
         Route::Readyz => Some("/readyz".to_owned()),
         Route::Metrics => Some("/metrics".to_owned()),
+        // The page, its assets and the admin API: fixed paths, or names and
+        // digests validated like the registry routes'.
+        Route::Page => Some("/".to_owned()),
+        Route::Asset(_) => {
+            assert!(path.starts_with("/ui/"), "asset route from {path:?}");
+            None
+        }
+        Route::Api(_) => {
+            assert!(path.starts_with("/api/v1/"), "api route from {path:?}");
+            None
+        }
         Route::Manifest { name, reference } => {
             assert_safe_name(name);
             Some(format!("/v2/{name}/manifests/{reference}"))
@@ -79,7 +90,10 @@ fn check_route(path: &str) {
     };
     match rebuilt {
         Some(rebuilt) => assert_eq!(rebuilt, path, "route {route:?}"),
-        None => assert!(path == "/v2/" || path == "/v2", "base route from {path:?}"),
+        None => assert!(
+            matches!(route, Route::Asset(_) | Route::Api(_)) || path == "/v2/" || path == "/v2",
+            "base route from {path:?}"
+        ),
     }
 }
 

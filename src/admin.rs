@@ -1,7 +1,7 @@
 //! The offline commands: `gc`, `cache stats` and `cache ls`. They open the
 //! cache directly, so they refuse to run while a server holds it.
 
-use crate::cache::{self, Budget, CacheError, Index};
+use crate::cache::{self, Budget, CacheError, ContentStore, Index};
 use crate::oci::Digest;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -99,7 +99,7 @@ pub fn render_gc(r: &GcReport) -> String {
     out
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, Clone, Debug)]
 pub struct Stats {
     pub bytes: u64,
     pub blobs: u64,
@@ -112,6 +112,12 @@ pub struct Stats {
 
 pub fn stats(dir: &Path) -> Result<Stats, AdminError> {
     let (_store, index) = open(dir, None)?;
+    Ok(stats_of(&index))
+}
+
+/// The totals of an open index; shared with the running mirror's admin
+/// API, so `cache stats` and `/api/v1/status` count the same way.
+pub fn stats_of(index: &Index) -> Stats {
     let mut s = Stats::default();
     for (_, r) in index.contents() {
         s.bytes += r.size;
@@ -134,7 +140,7 @@ pub fn stats(dir: &Path) -> Result<Stats, AdminError> {
     }
     s.tags = tags.len() as u64;
     s.repositories = repos.len() as u64;
-    Ok(s)
+    s
 }
 
 pub fn render_stats(s: &Stats) -> String {
@@ -158,7 +164,10 @@ pub fn render_stats(s: &Stats) -> String {
     )
 }
 
-#[derive(Serialize)]
+/// The most of a manifest `image_size` reads to find what it references.
+const MANIFEST_READ_LIMIT: u64 = 4 * 1024 * 1024;
+
+#[derive(Serialize, Clone, Debug)]
 pub struct TagRow {
     pub upstream: String,
     pub repository: String,
@@ -172,6 +181,13 @@ pub struct TagRow {
 
 pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
     let (store, index) = open(dir, None)?;
+    Ok(list_of(&store, &index, repo))
+}
+
+/// The cached tags of an open cache, optionally of one repository (a bare
+/// Docker Hub name also matches its `library/` form); shared with the
+/// running mirror's admin API.
+pub fn list_of(store: &dyn ContentStore, index: &Index, repo: Option<&str>) -> Vec<TagRow> {
     let mut rows = Vec::new();
     for (key, record) in index.tags() {
         let name = key.repo.as_str();
@@ -179,7 +195,7 @@ pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
             continue;
         }
         let d = &record.digest;
-        let size = image_size(&store, &index, d, 2);
+        let size = image_size(store, index, d, 2);
         let last_used = index.content(d).ok().flatten().map(|c| c.last_access);
         let row = TagRow {
             upstream: key.upstream,
@@ -204,12 +220,12 @@ pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
     rows.dedup_by(|(a, _), (b, _)| {
         (&a.upstream, &a.repository, &a.tag) == (&b.upstream, &b.repository, &b.tag)
     });
-    Ok(rows.into_iter().map(|(row, _)| row).collect())
+    rows.into_iter().map(|(row, _)| row).collect()
 }
 
 /// Sums the cached bytes of a manifest and what it references (an index's
 /// child manifests, `depth` levels down).
-fn image_size(store: &cache::BlobStore, index: &Index, digest: &Digest, depth: u8) -> u64 {
+fn image_size(store: &dyn ContentStore, index: &Index, digest: &Digest, depth: u8) -> u64 {
     #[derive(serde::Deserialize)]
     struct Descriptor {
         digest: String,
@@ -224,7 +240,8 @@ fn image_size(store: &cache::BlobStore, index: &Index, digest: &Digest, depth: u
     }
     let size_of = |d: &Digest| index.content(d).ok().flatten().map_or(0, |c| c.size);
     let mut total = size_of(digest);
-    let Ok(Some(bytes)) = store.read(digest) else {
+    // Manifests are small; a blob mistaken for one is not read whole.
+    let Ok(Some(bytes)) = store.read_small(digest, MANIFEST_READ_LIMIT) else {
         return total;
     };
     let Ok(refs) = serde_json::from_slice::<Refs>(&bytes) else {

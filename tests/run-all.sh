@@ -16,6 +16,8 @@ declare -A needs=(
   [systemd-analyze]=systemd
   [openssl]=openssl
   [curl]=curl
+  # The page at / is checked in a real browser (headless).
+  [chromium]=chromium
   # Ceph's RADOS Gateway, the object store the S3 tier is tested against.
   [ceph-mon]=ceph-mon
   [ceph-osd]=ceph-osd

@@ -103,6 +103,13 @@ impl Index {
         Ok(())
     }
 
+    /// Drops a tag mapping (an admin purge); the content stays until
+    /// evicted or purged by digest.
+    pub fn remove_tag(&self, key: &TagKey) -> Result<(), CacheError> {
+        self.tags.remove(key.encode())?;
+        Ok(())
+    }
+
     pub fn content(&self, digest: &Digest) -> Result<Option<ContentRecord>, CacheError> {
         Ok(self
             .content

@@ -27,6 +27,7 @@ pub(crate) struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
     pub client_auth_max_failures: Option<u32>,
     pub storage: Option<FileStorage>,
     #[serde(default)]

@@ -57,6 +57,9 @@ pub struct Config {
     /// Client credentials: htpasswd (bcrypt) users and bearer tokens.
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
+    /// The token the admin API's actions (purges) require, as
+    /// `Authorization: Bearer`; without it, actions are refused.
+    pub admin_token_file: Option<PathBuf>,
     /// Failed authentication attempts a client address may make within a
     /// minute before it gets 429 without its credentials being checked.
     pub client_auth_max_failures: u32,
@@ -304,6 +307,7 @@ impl Config {
             limits,
             htpasswd_file: parsed.htpasswd_file,
             bearer_tokens_file: parsed.bearer_tokens_file,
+            admin_token_file: parsed.admin_token_file,
             client_auth_max_failures: parsed.client_auth_max_failures.unwrap_or(10),
             tls,
             max_size: max_size.map(|b| b.0),

@@ -41,6 +41,11 @@ pub(super) struct Manifests {
 }
 
 impl Manifests {
+    /// Drops a manifest held in memory (after an admin purge by digest).
+    pub(super) async fn forget(&self, digest: &Digest) {
+        self.hot.invalidate(digest).await;
+    }
+
     pub fn new(
         store: Arc<dyn ContentStore>,
         index: Index,

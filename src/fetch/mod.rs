@@ -15,6 +15,7 @@
 pub(crate) mod accept;
 mod body;
 mod download;
+mod inventory;
 mod manifest;
 mod misses;
 mod referrers;

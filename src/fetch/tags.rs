@@ -50,6 +50,12 @@ pub(super) struct Tags {
 }
 
 impl Tags {
+    /// Forgets every tag answered from memory (after an admin purge: the
+    /// next request for a purged tag must ask the index, then upstream).
+    pub(super) fn forget_all(&self) {
+        self.fresh.invalidate_all();
+    }
+
     pub fn new(index: Index, visibility: Visibility, misses: Arc<Misses>) -> Tags {
         Tags {
             misses,

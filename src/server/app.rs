@@ -35,6 +35,15 @@ pub struct App {
     /// Slots for requests in flight (see `Config::max_requests`).
     pub(super) requests: Arc<tokio::sync::Semaphore>,
     pub(super) tls_poll: Duration,
+    /// For the page and `/api/v1/status`.
+    pub(super) started: Instant,
+    pub(super) max_size: Option<u64>,
+    /// Whether the main listener speaks TLS: the scheme of the mirror's own
+    /// address in the page's snippets.
+    pub(super) tls: bool,
+    /// SHA-256 of the admin token (`admin_token_file`); `None`: actions
+    /// are refused. Only the hash is kept, and compared.
+    pub(super) admin_token: Option<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +62,8 @@ pub enum StartError {
     Storage(reqwest::Error),
     #[error("no upstream configured")]
     NoUpstream,
+    #[error("cannot read the admin token from {path}: {reason}")]
+    AdminToken { path: PathBuf, reason: String },
     #[error("cannot load client credentials: {0}")]
     ClientAuth(#[from] client_auth::ClientAuthError),
     #[error("cannot set up TLS: {0}")]
@@ -90,6 +101,10 @@ impl App {
             config.bearer_tokens_file.as_deref(),
             config.client_auth_max_failures,
         )?;
+        let admin_token = match &config.admin_token_file {
+            Some(path) => Some(load_admin_token(path)?),
+            None => None,
+        };
         spawn_maintenance(&store, &index, config);
         let private = config.upstreams.iter().any(|u| u.credentials.is_some());
         let mut tiers: Vec<Arc<dyn cache::Tier>> = Vec::new();
@@ -128,6 +143,10 @@ impl App {
             max_connections: config.max_connections,
             requests: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
             tls_poll: config.timings.tls_poll,
+            started: Instant::now(),
+            max_size: config.max_size,
+            tls: config.tls.is_some(),
+            admin_token,
         });
         Ok(app)
     }
@@ -188,6 +207,22 @@ impl App {
         *self.limits.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
         Ok(())
     }
+}
+
+/// The admin token: the file's content, trimmed; an empty file is an
+/// error (it would make every request an admin).
+fn load_admin_token(path: &std::path::Path) -> Result<[u8; 32], StartError> {
+    use sha2::Digest as _;
+    let fail = |reason: String| StartError::AdminToken {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(fail("the file is empty".into()));
+    }
+    Ok(sha2::Sha256::digest(token.as_bytes()).into())
 }
 
 /// Reconciles the cache with its index in the background (the mirror

@@ -11,6 +11,7 @@ use super::ops;
 use super::routes::{self, Route};
 use super::select::select;
 use super::App;
+use super::{api, page};
 use crate::metrics::status_class;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
@@ -46,6 +47,7 @@ pub async fn dispatch(
     let route_label = route_label(&path);
     let request_id = request_id(req.headers());
     let client = client_addr(&app, peer.ip(), req.headers());
+    let via_proxy = is_trusted_proxy(&app, peer.ip());
     // Probes and scrapers are never limited or queued; everything else
     // is limited per client, before any work is done for it, then waits
     // for one of the bounded request slots.
@@ -67,7 +69,7 @@ pub async fn dispatch(
                 request_slot(&app).await.map(Some)
             };
             match slot {
-                Ok(slot) => match route(&app, &req, scope, client).await {
+                Ok(slot) => match route(&app, &req, scope, client, via_proxy).await {
                     Ok(h) => (h, slot),
                     Err(e) => (e.into_response().into(), slot),
                 },
@@ -91,6 +93,7 @@ pub async fn dispatch(
     }
     // Bodies come from upstreams we do not control: a browser must take
     // the Content-Type as sent, never sniff HTML or script out of a blob.
+    // (The page and its assets rely on this too.)
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -168,7 +171,7 @@ static START_NANOS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
 /// `X-Forwarded-For` names the client only when the peer is a proxy we
 /// trust; otherwise anyone could forge their logged address.
 fn client_addr(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    if !app.trusted_proxies.iter().any(|p| p.contains(peer)) {
+    if !is_trusted_proxy(app, peer) {
         return peer;
     }
     let forwarded: Vec<IpAddr> = headers
@@ -188,16 +191,27 @@ fn client_addr(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         .unwrap_or(peer)
 }
 
+fn is_trusted_proxy(app: &App, peer: IpAddr) -> bool {
+    app.trusted_proxies.iter().any(|p| p.contains(peer))
+}
+
 pub(super) async fn route(
     app: &App,
     req: &Request<Incoming>,
     scope: Scope,
     client: IpAddr,
+    via_proxy: bool,
 ) -> Result<Handled, ApiError> {
     let method = req.method();
     let readable = method == Method::GET || method == Method::HEAD;
     let parsed = routes::parse(req.uri().path());
-    let operational = matches!(parsed, Ok(Route::Healthz | Route::Readyz | Route::Metrics));
+    // The API's reads are for dashboards and scripts beside the scraper,
+    // so the operations listener answers them too; the page stays on the
+    // main listener, whose address its snippets print.
+    let operational = matches!(
+        parsed,
+        Ok(Route::Healthz | Route::Readyz | Route::Metrics | Route::Api(_))
+    );
     if scope == Scope::OperationsOnly && !operational {
         return Err(routes::RouteError::NotFound.into());
     }
@@ -209,6 +223,20 @@ pub(super) async fn route(
             return Err(ApiError::ReadOnly)
         }
         Err(e) => return Err(e.into()),
+    };
+    // Actions carry the admin token, not a client's credentials: checked
+    // here, in place of client auth, on either listener.
+    let route = match route {
+        Route::Api(api) if api.is_action() => {
+            if method != Method::DELETE {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            if !api::is_admin(app, req.headers()) {
+                return Err(ApiError::Unauthorized);
+            }
+            return Ok(api::act(app, api, req.uri().query()).await?.into());
+        }
+        route => route,
     };
     if let Some(auth) = &app.client_auth {
         let protected = !matches!(route, Route::Healthz | Route::Readyz | Route::Metrics);
@@ -222,7 +250,12 @@ pub(super) async fn route(
     }
     if !readable {
         return Err(match route {
-            Route::Healthz | Route::Readyz | Route::Metrics => ApiError::MethodNotAllowed,
+            Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::Page
+            | Route::Asset(_)
+            | Route::Api(_) => ApiError::MethodNotAllowed,
             _ => ApiError::ReadOnly,
         });
     }
@@ -231,8 +264,27 @@ pub(super) async fn route(
         | Route::Blob { name, .. }
         | Route::TagsList { name }
         | Route::Referrers { name, .. } => Some(name),
-        Route::Base | Route::Healthz | Route::Readyz | Route::Metrics => None,
+        Route::Base
+        | Route::Healthz
+        | Route::Readyz
+        | Route::Metrics
+        | Route::Page
+        | Route::Asset(_)
+        | Route::Api(_) => None,
     };
+    // Neither the page nor the API names an upstream: answered here, before
+    // `select` (whose `?ns=` means nothing to them).
+    match route {
+        Route::Page => {
+            let at = page::address(app, req.headers(), via_proxy);
+            return Ok(page::page(app, &at, req.headers(), req.uri().query())
+                .await
+                .into());
+        }
+        Route::Asset(asset) => return Ok(page::asset(asset).into()),
+        Route::Api(api) => return Ok(api::answer(app, api).await?.into()),
+        _ => {}
+    }
     // One snapshot for the whole request: a reload meanwhile does not
     // change the upstream under it.
     let upstreams = app.upstreams();
@@ -303,6 +355,9 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",
+        "/" => "page",
+        "/ui/app.js" | "/ui/app.css" => "asset",
+        p if p.starts_with("/api/") => "api",
         p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifest",
         p if p.starts_with("/v2/") && p.contains("/blobs/") => "blob",
         p if p.starts_with("/v2/") && p.ends_with("/tags/list") => "tags",

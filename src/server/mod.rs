@@ -6,6 +6,7 @@
 //! in (bind from the config, stop on SIGTERM or SIGINT).
 
 mod access;
+mod api;
 mod app;
 mod body;
 mod client_auth;
@@ -16,6 +17,7 @@ mod idle;
 mod limits;
 mod listener;
 mod ops;
+mod page;
 mod routes;
 mod select;
 mod tls;

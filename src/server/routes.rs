@@ -1,7 +1,7 @@
 //! Turns a request path into a typed route; names, references and digests
 //! are validated here, before any handler or upstream sees them.
 
-use crate::oci::{Digest, NameError, Reference, RepoName};
+use crate::oci::{Digest, NameError, Reference, RepoName, Tag};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -26,6 +26,46 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    /// `/`: the status and usage page.
+    Page,
+    /// The page's script and stylesheet, embedded in the binary.
+    Asset(Asset),
+    /// The admin API under `/api/v1/`.
+    Api(ApiRoute),
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Asset {
+    Script,
+    Style,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApiRoute {
+    Status,
+    Upstreams,
+    Repositories,
+    /// The tags cached for one repository (as the upstream names it, or a
+    /// bare Docker Hub name).
+    RepositoryTags {
+        name: RepoName,
+    },
+    /// `DELETE`: forget one cached tag.
+    Tag {
+        name: RepoName,
+        tag: Tag,
+    },
+    /// `DELETE`: remove cached content by digest.
+    Digest {
+        digest: Digest,
+    },
+}
+
+impl ApiRoute {
+    /// Actions change the cache and need the admin token.
+    pub fn is_action(&self) -> bool {
+        matches!(self, ApiRoute::Tag { .. } | ApiRoute::Digest { .. })
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +86,13 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         "/readyz" => return Ok(Route::Readyz),
         "/metrics" => return Ok(Route::Metrics),
         "/v2" | "/v2/" => return Ok(Route::Base),
+        "/" => return Ok(Route::Page),
+        "/ui/app.js" => return Ok(Route::Asset(Asset::Script)),
+        "/ui/app.css" => return Ok(Route::Asset(Asset::Style)),
         _ => {}
+    }
+    if let Some(api) = path.strip_prefix("/api/v1/") {
+        return parse_api(api).map(Route::Api);
     }
     let rest = path.strip_prefix("/v2/").ok_or(RouteError::NotFound)?;
     // Names contain '/', references and digests never do: split from the
@@ -85,6 +131,34 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         }),
         _ => Err(RouteError::NotFound),
     }
+}
+
+fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
+    match path {
+        "status" => return Ok(ApiRoute::Status),
+        "upstreams" => return Ok(ApiRoute::Upstreams),
+        "cache/repositories" => return Ok(ApiRoute::Repositories),
+        _ => {}
+    }
+    if let Some(digest) = path.strip_prefix("cache/digests/") {
+        let digest = digest
+            .parse()
+            .map_err(|e| RouteError::Digest(NameError::Digest(e)))?;
+        return Ok(ApiRoute::Digest { digest });
+    }
+    let rest = path
+        .strip_prefix("cache/repositories/")
+        .ok_or(RouteError::NotFound)?;
+    if let Some(name) = rest.strip_suffix("/tags") {
+        let name = name.parse().map_err(RouteError::Name)?;
+        return Ok(ApiRoute::RepositoryTags { name });
+    }
+    // Names contain '/', tags never do: split from the right.
+    let (name, tag) = rest.rsplit_once("/tags/").ok_or(RouteError::NotFound)?;
+    Ok(ApiRoute::Tag {
+        name: name.parse().map_err(RouteError::Name)?,
+        tag: tag.parse().map_err(RouteError::Reference)?,
+    })
 }
 
 #[cfg(test)]
@@ -147,5 +221,38 @@ mod tests {
         assert_eq!(parse("/v2/a/blobs/uploads/"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2/a"), Err(RouteError::NotFound));
         assert_eq!(parse("/etc/passwd"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn api_routes() {
+        assert_eq!(parse("/"), Ok(Route::Page));
+        assert_eq!(parse("/api/v1/status"), Ok(Route::Api(ApiRoute::Status)));
+        assert_eq!(
+            parse("/api/v1/cache/repositories"),
+            Ok(Route::Api(ApiRoute::Repositories))
+        );
+        assert!(matches!(
+            parse("/api/v1/cache/repositories/library/nginx/tags"),
+            Ok(Route::Api(ApiRoute::RepositoryTags { ref name })) if name.as_str() == "library/nginx"
+        ));
+        assert!(matches!(
+            parse("/api/v1/cache/repositories/../x/tags"),
+            Err(RouteError::Name(_))
+        ));
+        assert!(matches!(
+            parse("/api/v1/cache/repositories/a/b/tags/v1"),
+            Ok(Route::Api(ApiRoute::Tag { ref name, ref tag }))
+                if name.as_str() == "a/b" && tag.as_str() == "v1"
+        ));
+        assert!(matches!(
+            parse(&format!("/api/v1/cache/digests/{D}")),
+            Ok(Route::Api(ApiRoute::Digest { .. }))
+        ));
+        assert!(matches!(
+            parse("/api/v1/cache/digests/nope"),
+            Err(RouteError::Digest(_))
+        ));
+        assert_eq!(parse("/api/v1/nope"), Err(RouteError::NotFound));
+        assert_eq!(parse("/api/v2/status"), Err(RouteError::NotFound));
     }
 }
