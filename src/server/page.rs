@@ -237,42 +237,33 @@ fn status_section(out: &mut String, lang: Lang, s: Option<&api::Status>, names: 
         esc(&used),
         tr(lang, "cache used", "缓存占用")
     );
-    stat(
-        out,
-        "st-blobs",
-        &n(&|s| s.cache.blobs),
-        tr(lang, "blobs", "镜像层 (blob)"),
-    );
-    stat(
-        out,
-        "st-manifests",
-        &n(&|s| s.cache.manifests),
-        tr(lang, "manifests", "清单 (manifest)"),
-    );
-    stat(
-        out,
-        "st-tags",
-        &n(&|s| s.cache.tags),
-        tr(lang, "tags", "标签"),
-    );
-    stat(
-        out,
-        "st-repositories",
-        &n(&|s| s.cache.repositories),
-        tr(lang, "repositories", "仓库"),
-    );
-    stat(
-        out,
-        "st-hits",
-        &n(&|s| s.lookups.hits),
-        tr(lang, "cache hits", "缓存命中"),
-    );
-    stat(
-        out,
-        "st-misses",
-        &n(&|s| s.lookups.misses),
-        tr(lang, "cache misses", "缓存未命中"),
-    );
+    type Count = fn(&api::Status) -> u64;
+    let counts: [(&str, Count, &str, &str); 6] = [
+        ("st-blobs", |s| s.cache.blobs, "blobs", "镜像层 (blob)"),
+        (
+            "st-manifests",
+            |s| s.cache.manifests,
+            "manifests",
+            "清单 (manifest)",
+        ),
+        ("st-tags", |s| s.cache.tags, "tags", "标签"),
+        (
+            "st-repositories",
+            |s| s.cache.repositories,
+            "repositories",
+            "仓库",
+        ),
+        ("st-hits", |s| s.lookups.hits, "cache hits", "缓存命中"),
+        (
+            "st-misses",
+            |s| s.lookups.misses,
+            "cache misses",
+            "缓存未命中",
+        ),
+    ];
+    for (id, count, en, zh) in counts {
+        stat(out, id, &n(&count), tr(lang, en, zh));
+    }
     let ratio = s.map_or("-".to_owned(), |s| {
         let total = s.lookups.hits + s.lookups.misses;
         if total == 0 {
@@ -283,18 +274,23 @@ fn status_section(out: &mut String, lang: Lang, s: Option<&api::Status>, names: 
     });
     stat(out, "st-ratio", &ratio, tr(lang, "hit ratio", "命中率"));
     let bytes = |f: &dyn Fn(&api::Status) -> u64| s.map_or("-".to_owned(), |s| human_bytes(f(s)));
-    stat(
-        out,
-        "st-from-cache",
-        &bytes(&|s| s.bytes_served.cache),
-        tr(lang, "served from cache (saved)", "从缓存提供（节省）"),
-    );
-    stat(
-        out,
-        "st-from-upstream",
-        &bytes(&|s| s.bytes_served.upstream),
-        tr(lang, "fetched from upstream", "从上游拉取"),
-    );
+    let amounts: [(&str, Count, &str, &str); 2] = [
+        (
+            "st-from-cache",
+            |s| s.bytes_served.cache,
+            "served from cache (saved)",
+            "从缓存提供（节省）",
+        ),
+        (
+            "st-from-upstream",
+            |s| s.bytes_served.upstream,
+            "fetched from upstream",
+            "从上游拉取",
+        ),
+    ];
+    for (id, amount, en, zh) in amounts {
+        stat(out, id, &bytes(&amount), tr(lang, en, zh));
+    }
     stat(
         out,
         "st-downloads",

@@ -203,36 +203,16 @@ async fn downloads_per_upstream_are_bounded() {
             hub.url()
         ))
         .start();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let (url, stop) = (format!("{}/metrics", mirror.url()), stop.clone());
-        tokio::spawn(async move {
-            let mut most = 0.0f64;
-            for _ in 0..2000 {
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(r) = reqwest::get(&url).await {
-                    let text = r.text().await.unwrap_or_default();
-                    let now = crate::support::metrics::sample_sum(
-                        &text,
-                        "pullthrough_downloads_in_flight",
-                        &[],
-                    );
-                    most = most.max(now);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            most
-        })
-    };
+    let sampler = crate::support::metrics::GaugeSampler::start(
+        mirror.addr,
+        "pullthrough_downloads_in_flight",
+    );
     let pulls = digests.iter().map(|d| fetch(&mirror, d));
     let results = futures_util::future::join_all(pulls).await;
     for (result, digest) in results.iter().zip(&digests) {
         assert_eq!(result.as_deref(), Ok(digest.as_str()));
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let most = sampler.await.expect("sampler");
+    let most = sampler.finish().await;
     assert!(
         most > 0.0 && most <= 2.0,
         "{most} downloads at once with max_downloads = 2"

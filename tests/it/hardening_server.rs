@@ -163,30 +163,10 @@ async fn one_http2_connection_runs_a_bounded_number_of_downloads() {
         .pool_max_idle_per_host(1)
         .build()
         .expect("client");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let url = format!("{}/metrics", mirror.url());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut most = 0.0f64;
-            for _ in 0..2000 {
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(r) = reqwest::get(&url).await {
-                    let text = r.text().await.unwrap_or_default();
-                    let now = crate::support::metrics::sample_sum(
-                        &text,
-                        "pullthrough_downloads_in_flight",
-                        &[],
-                    );
-                    most = most.max(now);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            most
-        })
-    };
+    let sampler = crate::support::metrics::GaugeSampler::start(
+        mirror.addr,
+        "pullthrough_downloads_in_flight",
+    );
     let pulls = digests.iter().map(|digest| {
         let url = format!("{}/v2/library/many/blobs/{digest}", mirror.url());
         let h2 = h2.clone();
@@ -199,8 +179,7 @@ async fn one_http2_connection_runs_a_bounded_number_of_downloads() {
     for (result, digest) in results.iter().zip(&digests) {
         assert_eq!(result.as_deref(), Ok(digest.as_str()));
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let most = sampler.await.expect("sampler");
+    let most = sampler.finish().await;
     assert!(most > 0.0, "the sampler saw the downloads");
     assert!(
         most <= 32.0,

@@ -71,3 +71,42 @@ fn sample_sum_matches_names_and_labels() {
     );
     assert_eq!(sample_sum(text, "x_total", &[]), 7.0);
 }
+
+/// Samples a gauge of the mirror at `addr` every 10 ms, from now until the
+/// returned handle is finished, and keeps the largest value seen.
+pub struct GaugeSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl GaugeSampler {
+    pub fn start(addr: std::net::SocketAddr, name: &'static str) -> GaugeSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = format!("http://{addr}/metrics");
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut most = 0.0f64;
+                // Bounded: 2 000 samples (about 20 s and more).
+                for _ in 0..2000 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(r) = reqwest::get(&url).await {
+                        let text = r.text().await.unwrap_or_default();
+                        most = most.max(sample_sum(&text, name, &[]));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                most
+            }
+        });
+        GaugeSampler { stop, task }
+    }
+
+    /// The largest value seen.
+    pub async fn finish(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("sampler")
+    }
+}
