@@ -10,18 +10,22 @@
 //! - [`config`]: the validated configuration (file schema, typed values,
 //!   merge order of file, environment and flags).
 //! - `cache`: the local content store behind the `ContentStore` seam, the
-//!   `Tier` seam for further tiers (an object store), the sled index,
-//!   usage and eviction. Its opening comment says how a tier plugs in.
+//!   `Tier` seam for further tiers (the S3 tier in `cache/s3.rs`), the sled
+//!   index, usage and eviction. Its opening comment says how a tier plugs
+//!   in.
 //! - `coalesce`: the one leader/followers primitive that blob downloads,
 //!   manifest and tag fetches and token fetches share.
 //! - `upstream`: the registry client: auth challenges, scoped tokens,
-//!   retries, the circuit breaker, redirects to CDNs, policy.
+//!   retries, the circuit breaker, redirects to CDNs, egress proxies,
+//!   policy.
 //! - `fetch`: the pull-through core behind one facade (`PullThrough`):
-//!   lookup, one coalescing primitive, downloads tailed by readers,
-//!   verification, tag freshness, visibility of private content.
-//! - [`server`]: listeners, routing, handlers (which call only the core),
-//!   the error → HTTP mapping, graceful shutdown; `server::run` serves
-//!   bound listeners in-process.
+//!   lookup, downloads tailed by readers and resumed when their source
+//!   breaks, verification, tag and referrers freshness, the memory of
+//!   misses, visibility of private content.
+//! - [`server`]: listeners (idle timeouts, HTTP/2 limits), routing by host,
+//!   `?ns=` or prefix, per-client limits, handlers (which call only the
+//!   core), the page and admin API, the error → HTTP mapping, reload and
+//!   graceful shutdown; `server::run` serves bound listeners in-process.
 //! - [`metrics`]: one Prometheus registry per running mirror.
 //! - [`admin`]: the offline `gc` and `cache stats|ls` commands.
 
