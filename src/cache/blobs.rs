@@ -29,7 +29,7 @@ pub struct TempBlob {
     file: Arc<File>,
     committed: bool,
     /// The disk promised to this download, released when it ends.
-    reservations: Vec<Reservation>,
+    reservation: Option<Reservation>,
 }
 
 impl TempBlob {
@@ -194,7 +194,7 @@ impl BlobStore {
             None => None,
         };
         let mut temp = self.create_temp()?;
-        temp.reservations.extend(reservation);
+        temp.reservation = reservation;
         if let Some(len) = len.filter(|&l| l > 0) {
             match rustix::fs::fallocate(&*temp.file, rustix::fs::FallocateFlags::empty(), 0, len) {
                 Ok(()) => {}
@@ -225,18 +225,18 @@ impl BlobStore {
             path,
             file: Arc::new(file),
             committed: false,
-            reservations: Vec::new(),
+            reservation: None,
         })
     }
 
     /// Reserves `by` more bytes for a download whose length was not
     /// announced, as its bytes arrive.
     pub fn grow_reservation(&self, temp: &mut TempBlob, by: u64) -> Result<(), CacheError> {
-        let reserved: u64 = temp.reservations.iter().map(Reservation::bytes).sum();
         let cap = self
             .max_size
             .unwrap_or(MAX_UNANNOUNCED)
             .min(MAX_UNANNOUNCED);
+        let reserved = temp.reservation.as_ref().map_or(0, Reservation::bytes);
         if reserved + by > cap {
             return Err(CacheError::LargerThanBudget);
         }
@@ -244,7 +244,10 @@ impl BlobStore {
             .usage
             .reserve_within(by, self.max_size)
             .ok_or(CacheError::OverBudget)?;
-        temp.reservations.push(more);
+        match &mut temp.reservation {
+            Some(held) => held.absorb(more),
+            None => temp.reservation = Some(more),
+        }
         Ok(())
     }
 

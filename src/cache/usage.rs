@@ -43,6 +43,12 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// Takes over `more`'s bytes: one reservation that grows, however many
+    /// times a download of unknown length asks for more.
+    pub fn absorb(&mut self, mut more: Reservation) {
+        self.bytes += std::mem::take(&mut more.bytes);
+    }
 }
 
 impl Drop for Reservation {

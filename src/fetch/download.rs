@@ -192,11 +192,8 @@ impl BlobDownloads {
             }
             other => other,
         };
-        let reference = digest.to_string();
         if let Err((e, _)) = &result {
-            self.misses
-                .note::<()>(at, &reference, &Err(e.clone()))
-                .await;
+            self.misses.note(at, &digest.to_string(), e).await;
         }
         match result {
             // The body a full cache hands over was fetched for the request

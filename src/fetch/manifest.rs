@@ -143,7 +143,9 @@ impl Manifests {
             .get_manifest(&at.repo, &Reference::Digest(digest.clone()), accept)
             .await
             .map_err(FetchError::from);
-        self.misses.note(at, &reference, &fetched).await;
+        if let Err(e) = &fetched {
+            self.misses.note(at, &reference, e).await;
+        }
         let fetched = fetched?;
         let actual = Digest::of(&fetched.bytes);
         if actual != *digest {

@@ -48,9 +48,9 @@ impl Misses {
         Ok(())
     }
 
-    /// Remembers `result` if it is the upstream's 404.
-    pub async fn note<T>(&self, at: &Target, reference: &str, result: &Result<T, FetchError>) {
-        if let Err(FetchError::Upstream(UpstreamError::Status { status: 404, .. })) = result {
+    /// Remembers `error` if it is the upstream's 404.
+    pub async fn note(&self, at: &Target, reference: &str, error: &FetchError) {
+        if let FetchError::Upstream(UpstreamError::Status { status: 404, .. }) = error {
             self.known.insert(Self::key(at, reference), ()).await;
         }
     }

@@ -299,7 +299,9 @@ impl PullThrough {
                     .head_blob(&at.repo, digest)
                     .await
                     .map_err(FetchError::from);
-                self.misses.note(at, &reference, &head).await;
+                if let Err(e) = &head {
+                    self.misses.note(at, &reference, e).await;
+                }
                 (head?, CacheOutcome::Miss)
             }
         };

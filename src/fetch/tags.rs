@@ -158,9 +158,7 @@ impl Tags {
             Err(e) if e.is_outage() => return stale(e).await,
             Err(e) => {
                 let e = FetchError::from(e);
-                self.misses
-                    .note::<()>(at, tag.as_str(), &Err(e.clone()))
-                    .await;
+                self.misses.note(at, tag.as_str(), &e).await;
                 return Err(e);
             }
         };

@@ -51,7 +51,7 @@ pub async fn dispatch(
     // Probes and scrapers are never limited or queued; everything else
     // is limited per client, before any work is done for it, then waits
     // for one of the bounded request slots.
-    let operational = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let operational = matches!(route_label, "healthz" | "readyz" | "metrics");
     let admitted = if operational {
         Ok(None)
     } else {

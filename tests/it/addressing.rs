@@ -5,7 +5,9 @@
 //! Hub stand-ins, with the host named in `Host` (HTTP/1.1) or in the
 //! HTTP/2 authority; then skopeo pulling from a host name of its own.
 
-use crate::support::client::{client, error_of, header, read_transfer, REQUEST_TIMEOUT};
+use crate::support::client::{
+    assert_manifest, client, error_of, header, read_transfer, REQUEST_TIMEOUT,
+};
 use crate::support::hub::{Hub, Site, TestImage};
 use crate::support::mirror::Mirror;
 use crate::support::process::run_bounded;
@@ -68,17 +70,6 @@ impl TwoHubs {
     }
 }
 
-async fn assert_serves(response: reqwest::Response, image: &TestImage, what: &str) {
-    assert_eq!(response.status(), 200, "{what}");
-    assert_eq!(
-        header(&response, "docker-content-digest").as_deref(),
-        Some(image.manifest_digest.as_str()),
-        "{what}"
-    );
-    let body = response.bytes().await.expect("manifest body");
-    assert!(body == image.manifest_bytes, "{what}: wrong manifest bytes");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_name_makes_the_mirror_that_registry_before_ns_prefix_and_default() {
     let t = TwoHubs::start().await;
@@ -134,7 +125,7 @@ async fn a_host_name_makes_the_mirror_that_registry_before_ns_prefix_and_default
     for round in 0..2 {
         for (host, path, image) in &cases {
             let what = format!("round {round}: Host {host} {path}");
-            assert_serves(t.get(host, path).await, image, &what).await;
+            assert_manifest(t.get(host, path).await, image, &what).await;
         }
     }
     // Blobs by host name, every byte checked.
@@ -202,7 +193,7 @@ async fn a_host_name_refuses_an_ns_naming_another_registry_without_asking_either
         header(&response, "oci-namespace").as_deref(),
         Some("index.docker.io")
     );
-    assert_serves(response, &t.on_hub, "ns alias on the hub host").await;
+    assert_manifest(response, &t.on_hub, "ns alias on the hub host").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -232,7 +223,7 @@ async fn the_http2_authority_selects_the_upstream_as_host_does() {
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert_eq!(response.version(), reqwest::Version::HTTP_2, "{url}");
-        assert_serves(response, image, &url).await;
+        assert_manifest(response, image, &url).await;
     }
 }
 

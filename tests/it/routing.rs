@@ -6,7 +6,7 @@
 //! containerd (`ctr content fetch --hosts-dir`) and skopeo (prefix form)
 //! pulling from two real registries through one mirror.
 
-use crate::support::client::{client, config_file, header, read_transfer};
+use crate::support::client::{assert_manifest, client, config_file, header, read_transfer};
 use crate::support::hub::{Hub, Kind, Site, TestImage};
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout::{self, Image};
@@ -63,18 +63,6 @@ fn digests_of(image: &TestImage) -> Vec<String> {
     let mut all = vec![image.manifest_digest.clone(), image.config.0.clone()];
     all.extend(image.layers.iter().map(|(d, _)| d.clone()));
     all
-}
-
-/// Asserts a manifest response serves `image`, byte for byte.
-async fn assert_manifest(response: reqwest::Response, image: &TestImage, what: &str) {
-    assert_eq!(response.status(), 200, "{what}");
-    assert_eq!(
-        header(&response, "docker-content-digest").as_deref(),
-        Some(image.manifest_digest.as_str()),
-        "{what}"
-    );
-    let body = response.bytes().await.expect("manifest body");
-    assert!(body == image.manifest_bytes, "{what}: wrong manifest bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

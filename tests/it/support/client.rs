@@ -210,3 +210,19 @@ pub async fn error_of(response: reqwest::Response) -> OciError {
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
+
+/// Asserts a manifest response serves `image`, byte for byte.
+pub async fn assert_manifest(
+    response: reqwest::Response,
+    image: &super::hub::TestImage,
+    what: &str,
+) {
+    assert_eq!(response.status(), 200, "{what}");
+    assert_eq!(
+        header(&response, "docker-content-digest").as_deref(),
+        Some(image.manifest_digest.as_str()),
+        "{what}"
+    );
+    let body = response.bytes().await.expect("manifest body");
+    assert!(body == image.manifest_bytes, "{what}: wrong manifest bytes");
+}
