@@ -334,10 +334,14 @@ async fn a_404_for_one_repository_is_not_shared_with_another() {
         let present = format!("{}/v2/library/app/{path}", mirror.url());
         let accept = "application/vnd.oci.image.manifest.v1+json";
         let first = tokio::spawn(client().get(absent).header("accept", accept).send());
+        // This very path: the blob case already left a request for
+        // library/other at the hub, and matching it would let the second
+        // request lead, cache public content and serve it to the first.
+        let first_path = format!("/v2/library/other/{path}");
         wait_until("the first request at the hub", WAIT, || {
             hub.requests()
                 .iter()
-                .any(|r| r.path.contains("/library/other/"))
+                .any(|r| r.path == first_path)
                 .then_some(())
         });
         let second = client()
