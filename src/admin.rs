@@ -16,7 +16,11 @@ pub enum AdminError {
     Open { dir: String, source: CacheError },
 }
 
-fn open(dir: &Path, max_size: Option<u64>) -> Result<(cache::BlobStore, Index), AdminError> {
+/// Opens a stopped mirror's cache for an offline command.
+pub(crate) fn open_cache(
+    dir: &Path,
+    max_size: Option<u64>,
+) -> Result<(cache::BlobStore, Index), AdminError> {
     cache::open(dir, max_size, Default::default()).map_err(|source| match &source {
         CacheError::InUse => AdminError::InUse(dir.display().to_string()),
         _ => AdminError::Open {
@@ -42,7 +46,7 @@ pub fn gc(
     protect_recent: Duration,
     dry_run: bool,
 ) -> Result<GcReport, AdminError> {
-    let (store, index) = open(dir, max_size)?;
+    let (store, index) = open_cache(dir, max_size)?;
     let removed_temp = store.clear_temp(dry_run).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot empty tmp/");
         0
@@ -111,7 +115,7 @@ pub struct Stats {
 }
 
 pub fn stats(dir: &Path) -> Result<Stats, AdminError> {
-    let (_store, index) = open(dir, None)?;
+    let (_store, index) = open_cache(dir, None)?;
     Ok(stats_of(&index))
 }
 
@@ -180,7 +184,7 @@ pub struct TagRow {
 }
 
 pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
-    let (store, index) = open(dir, None)?;
+    let (store, index) = open_cache(dir, None)?;
     Ok(list_of(&store, &index, repo))
 }
 

@@ -28,10 +28,13 @@
 //!   graceful shutdown; `server::run` serves bound listeners in-process.
 //! - [`metrics`]: one Prometheus registry per running mirror.
 //! - [`admin`]: the offline `gc` and `cache stats|ls` commands.
+//! - [`bundle`]: offline bundles (`export`, `import`): images as an OCI
+//!   image layout in a tar, verified blob by blob on the way in.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bundle;
 pub(crate) mod cache;
 pub(crate) mod coalesce;
 pub mod config;

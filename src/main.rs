@@ -30,6 +30,34 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Write cached images (all their platforms the cache holds) to an
+    /// OCI image layout tar, for a mirror without internet (offline: stop
+    /// the server first).
+    Export(ExportArgs),
+    /// Verify a bundle written by `export` (or any OCI layout tar naming
+    /// its images) and add its images and tags to a cache, offline.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Images as a pull names them: nginx:1.27, ghcr.io/owner/app@sha256:…
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+    /// The tar to write; `-` for standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: PathBuf,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The bundle; `-` for standard input.
+    #[arg(value_name = "BUNDLE")]
+    bundle: PathBuf,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +199,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Export(args) => export(args),
+        Command::Import(args) => import(args),
         Command::Gc(args) => {
             init_logging(LogFormat::Text, "warn");
             let overrides = Overrides {
@@ -220,6 +250,99 @@ fn main() -> ExitCode {
                     |rows| admin::render_list(rows),
                 ),
             }
+        }
+    }
+}
+
+fn export(args: ExportArgs) -> ExitCode {
+    init_logging(LogFormat::Text, "warn");
+    let config = match offline_config(&args.cache, None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut images = Vec::new();
+    for name in &args.images {
+        match name.parse::<pullthrough::oci::ImageRef>() {
+            Ok(image) => images.push(image),
+            Err(e) => {
+                eprintln!("pullthrough: {name}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let result = pullthrough::bundle::export(&config.cache_dir, &images, &args.output);
+    // The report goes to stderr when the bundle itself is on stdout.
+    let to_stdout = args.output.as_os_str() == "-";
+    print_report(
+        result,
+        args.cache.json,
+        to_stdout,
+        pullthrough::bundle::render_export,
+    )
+}
+
+fn import(args: ImportArgs) -> ExitCode {
+    init_logging(LogFormat::Text, "warn");
+    let config = match offline_config(&args.cache, None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+    let input: Box<dyn std::io::Read> = if args.bundle.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(&args.bundle) {
+            Ok(f) => Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+            Err(e) => {
+                eprintln!("pullthrough: {}: {e}", args.bundle.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let result = pullthrough::bundle::import(&config.cache_dir, config.max_size, input, &upstreams);
+    print_report(
+        result,
+        args.cache.json,
+        false,
+        pullthrough::bundle::render_import,
+    )
+}
+
+/// The config an offline command reads: the cache dir and budget, never
+/// the storage tier.
+fn offline_config(args: &CacheArgs, max_size: Option<String>) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        cache_dir: args.cache_dir.clone(),
+        max_size,
+        ignore_storage: true,
+        ..Overrides::default()
+    };
+    load_config(args.config.as_deref(), &overrides)
+}
+
+fn print_report<T: serde::Serialize, E: std::fmt::Display>(
+    result: Result<T, E>,
+    json: bool,
+    to_stderr: bool,
+    render: impl Fn(&T) -> String,
+) -> ExitCode {
+    match result {
+        Ok(value) => {
+            let text = if json {
+                serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+            } else {
+                render(&value)
+            };
+            if to_stderr {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            ExitCode::FAILURE
         }
     }
 }

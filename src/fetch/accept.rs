@@ -114,6 +114,21 @@ impl AcceptList {
     }
 }
 
+/// Every class whose clients may be served a manifest of this media
+/// type: where a tag's mapping goes when it is known without any client
+/// having asked (an imported bundle).
+pub fn classes_taking(media_type: &str) -> Vec<String> {
+    let Some(i) = index_of(media_type) else {
+        return vec!["w".to_owned()];
+    };
+    let kinds = MANIFEST_MEDIA_TYPES.len();
+    (1u32..1 << kinds)
+        .filter(|bits| bits & (1 << i) != 0)
+        .map(|bits| format!("{bits:02x}"))
+        .chain(std::iter::once("w".to_owned()))
+        .collect()
+}
+
 fn index_of(media_type: &str) -> Option<usize> {
     MANIFEST_MEDIA_TYPES
         .iter()
@@ -174,6 +189,21 @@ mod tests {
         // Whatever the client sends, what goes upstream is bounded.
         let huge = format!("{}, {OCI}", "x/y, ".repeat(20_000));
         assert_eq!(AcceptList::from_client(Some(&huge)).header(), OCI);
+    }
+
+    #[test]
+    fn every_class_that_takes_a_type_is_named() {
+        let classes = classes_taking(INDEX);
+        for header in [
+            INDEX.to_owned(),
+            format!("{DOCKER}, {INDEX}"),
+            "*/*".to_owned(),
+        ] {
+            let class = AcceptList::from_client(Some(&header)).class();
+            assert!(classes.contains(&class), "{header}");
+        }
+        assert!(!classes.contains(&AcceptList::from_client(Some(DOCKER)).class()));
+        assert!(classes.contains(&AcceptList::all().class()));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 
 mod digest;
 mod error;
+mod image;
 mod name;
 mod range;
 
 pub use digest::{Digest, DigestError, DigestWriter};
 pub use error::{ErrorBody, ErrorCode};
+pub use image::{ImageRef, ImageRefError, DOCKER_HUB};
 pub use name::{NameError, Reference, RepoName, Tag};
 pub use range::{parse_range, ByteSpan, RangeRequest};
 

@@ -124,6 +124,11 @@ impl Tag {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What a reference without a tag means.
+    pub fn latest() -> Tag {
+        Tag("latest".to_owned())
+    }
 }
 
 impl FromStr for Tag {
