@@ -3,6 +3,7 @@
 
 mod addressing;
 mod admin_page;
+mod bundles;
 mod cache_budget;
 mod cache_repair;
 mod deploy_configs;
