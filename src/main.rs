@@ -56,6 +56,14 @@ struct ImportArgs {
     /// The bundle; `-` for standard input.
     #[arg(value_name = "BUNDLE")]
     bundle: PathBuf,
+    /// Add it to a running mirror through its admin API (e.g.
+    /// http://127.0.0.1:5000) instead of a stopped cache dir.
+    #[arg(long, value_name = "URL", conflicts_with = "cache_dir")]
+    server: Option<String>,
+    /// The admin token, as the mirror's admin_token_file holds it (with
+    /// --server).
+    #[arg(long, env = "PULLTHROUGH_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -283,6 +291,9 @@ fn export(args: ExportArgs) -> ExitCode {
 
 fn import(args: ImportArgs) -> ExitCode {
     init_logging(LogFormat::Text, "warn");
+    if let Some(server) = &args.server {
+        return import_remote(server, &args);
+    }
     let config = match offline_config(&args.cache, None) {
         Ok(c) => c,
         Err(code) => return code,
@@ -300,6 +311,43 @@ fn import(args: ImportArgs) -> ExitCode {
         }
     };
     let result = pullthrough::bundle::import(&config.cache_dir, config.max_size, input, &upstreams);
+    print_report(
+        result,
+        args.cache.json,
+        false,
+        pullthrough::bundle::render_import,
+    )
+}
+
+fn import_remote(server: &str, args: &ImportArgs) -> ExitCode {
+    let Some(token_file) = &args.admin_token_file else {
+        eprintln!(
+            "pullthrough: --server needs --admin-token-file (or PULLTHROUGH_ADMIN_TOKEN_FILE)"
+        );
+        return ExitCode::from(2);
+    };
+    let token = match std::fs::read_to_string(token_file) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) => {
+            eprintln!("pullthrough: {}: {e}", token_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pullthrough: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(pullthrough::bundle::import_remote(
+        server,
+        &token,
+        &args.bundle,
+    ));
     print_report(
         result,
         args.cache.json,

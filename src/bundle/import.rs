@@ -9,10 +9,10 @@ use super::BundleError;
 use crate::cache::{unix_now, ContentRecord, ContentStore, Index, TagKey, TagRecord};
 use crate::fetch::accept::classes_taking;
 use crate::oci::{Digest, DigestWriter, ImageRef, Reference, MAX_MANIFEST_BYTES};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug)]
 pub struct ImportedImage {
     /// The name the bundle gave it, if any.
     pub image: Option<String>,
@@ -21,7 +21,7 @@ pub struct ImportedImage {
     pub omitted: Vec<String>,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Deserialize, Debug, Default)]
 pub struct ImportReport {
     pub images: Vec<ImportedImage>,
     /// Blobs (manifests included) the cache did not have.

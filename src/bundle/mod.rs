@@ -11,10 +11,12 @@
 mod export;
 mod import;
 mod layout;
+mod remote;
 mod tar;
 
 pub use export::{export, ExportReport, ExportedImage};
 pub use import::{import_into, ImportReport, ImportedImage};
+pub use remote::{import_remote, RemoteError};
 
 use crate::admin::AdminError;
 use crate::cache::CacheError;

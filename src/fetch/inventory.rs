@@ -6,6 +6,7 @@
 
 use super::PullThrough;
 use crate::admin::{self, Stats, TagRow};
+use crate::bundle::{self, BundleError, ImportReport};
 use crate::cache::{self, CacheError};
 use crate::oci::Digest;
 use std::sync::Arc;
@@ -86,5 +87,24 @@ impl PullThrough {
         // A tag answered from memory may point at what is gone.
         self.tags.forget_all();
         Ok(freed)
+    }
+
+    /// Adds a bundle (`pullthrough import --server`) to the running cache:
+    /// verified as it streams in from `input`, which is read on a blocking
+    /// thread. Tags answered from memory are forgotten, so the imported
+    /// mappings are what the next pull sees.
+    pub async fn import_bundle(
+        &self,
+        input: impl std::io::Read + Send + 'static,
+        upstreams: Vec<String>,
+    ) -> Result<ImportReport, BundleError> {
+        let (index, store) = (self.index.clone(), Arc::clone(&self.store));
+        let imported = tokio::task::spawn_blocking(move || {
+            bundle::import_into(store.as_ref(), &index, input, &upstreams)
+        })
+        .await
+        .map_err(|e| BundleError::Cache(CacheError::Task(e.to_string())))?;
+        self.tags.forget_all();
+        imported
     }
 }

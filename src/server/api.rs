@@ -80,7 +80,9 @@ pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiErr
         ApiRoute::Status => json(&status(app).await?),
         ApiRoute::Upstreams => json(&upstreams(app)),
         ApiRoute::Repositories => json(&repositories(&tags(app, None).await?)),
-        ApiRoute::Tag { .. } | ApiRoute::Digest { .. } => Err(ApiError::MethodNotAllowed),
+        ApiRoute::Tag { .. } | ApiRoute::Digest { .. } | ApiRoute::Import => {
+            Err(ApiError::MethodNotAllowed)
+        }
         ApiRoute::RepositoryTags { name } => {
             let rows = tags(app, Some(&name)).await?;
             if rows.is_empty() {
@@ -272,6 +274,22 @@ fn json<T: Serialize>(value: &T) -> Result<Response<Body>, ApiError> {
         http::HeaderValue::from_static("no-store"),
     );
     Ok(resp)
+}
+
+/// `POST /api/v1/import` (the caller checked the token): the bundle in the
+/// body is verified as it streams in and added to the running cache; the
+/// answer is the import report `pullthrough import` prints.
+pub async fn import(app: &App, body: hyper::body::Incoming) -> Result<Response<Body>, ApiError> {
+    let upstreams = app
+        .upstreams()
+        .iter()
+        .map(|u| u.name().to_owned())
+        .collect();
+    let report = app
+        .core
+        .import_bundle(super::upload::reader(body), upstreams)
+        .await?;
+    json(&report)
 }
 
 #[cfg(test)]

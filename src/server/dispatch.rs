@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::handlers::{self, Handled};
 use super::limits;
 use super::ops;
-use super::routes::{self, Route};
+use super::routes::{self, ApiRoute, Route};
 use super::select::select;
 use super::App;
 use super::{api, page};
@@ -69,7 +69,7 @@ pub async fn dispatch(
                 request_slot(&app).await.map(Some)
             };
             match slot {
-                Ok(slot) => match route(&app, &req, scope, client, via_proxy).await {
+                Ok(slot) => match route(&app, req, scope, client, via_proxy).await {
                     Ok(h) => (h, slot),
                     Err(e) => (e.into_response().into(), slot),
                 },
@@ -197,7 +197,7 @@ fn is_trusted_proxy(app: &App, peer: IpAddr) -> bool {
 
 pub(super) async fn route(
     app: &App,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
     scope: Scope,
     client: IpAddr,
     via_proxy: bool,
@@ -228,11 +228,14 @@ pub(super) async fn route(
     // here, in place of client auth, on either listener.
     let route = match route {
         Route::Api(api) if api.is_action() => {
-            if method != Method::DELETE {
+            if method != api.action_method() {
                 return Err(ApiError::MethodNotAllowed);
             }
             if !api::is_admin(app, req.headers()) {
                 return Err(ApiError::Unauthorized);
+            }
+            if matches!(api, ApiRoute::Import) {
+                return Ok(api::import(app, req.into_body()).await?.into());
             }
             return Ok(api::act(app, api, req.uri().query()).await?.into());
         }
@@ -288,7 +291,7 @@ pub(super) async fn route(
     // One snapshot for the whole request: a reload meanwhile does not
     // change the upstream under it.
     let upstreams = app.upstreams();
-    let selected = select(&upstreams, request_host(req), req.uri().query(), name)?;
+    let selected = select(&upstreams, request_host(&req), req.uri().query(), name)?;
     let target = selected.target();
     let handled = match (route, &target) {
         (Route::Manifest { reference, .. }, Some(at)) => {

@@ -48,6 +48,8 @@ pub enum ApiError {
     ClientLimited(super::limits::Refused),
     #[error("repository {0:?} is not allowed on this mirror")]
     Denied(String),
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
     #[error("{source}")]
     Fetch {
         source: FetchError,
@@ -97,6 +99,7 @@ impl ApiError {
             ApiError::ClientLimited(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
+            ApiError::Bundle(e) => bundle_status(e),
             ApiError::Fetch {
                 source, subject, ..
             } => fetch_status(source, *subject),
@@ -280,6 +283,21 @@ fn upstream_status(e: &UpstreamError, subject: Subject) -> (StatusCode, ErrorCod
         UpstreamError::Status { .. }
         | UpstreamError::Protocol(_)
         | UpstreamError::TokenService(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+    }
+}
+
+/// A bundle the client sent is at fault unless the cache is.
+fn bundle_status(e: &crate::bundle::BundleError) -> (StatusCode, ErrorCode) {
+    use crate::bundle::BundleError as B;
+    match e {
+        B::Mismatch { .. } => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+        B::Cache(c) if c.is_no_space() => {
+            (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::Unavailable)
+        }
+        B::Cache(_) | B::Open(_) | B::Io { .. } | B::Write(_) | B::Vanished(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable)
+        }
+        _ => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
     }
 }
 

@@ -21,6 +21,7 @@ mod page;
 mod routes;
 mod select;
 mod tls;
+mod upload;
 
 pub use crate::oci::{parse_range, ByteSpan, RangeRequest};
 pub use app::{App, StartError};

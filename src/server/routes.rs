@@ -59,12 +59,25 @@ pub enum ApiRoute {
     Digest {
         digest: Digest,
     },
+    /// `POST`: add a bundle (an OCI layout tar) to the cache.
+    Import,
 }
 
 impl ApiRoute {
     /// Actions change the cache and need the admin token.
     pub fn is_action(&self) -> bool {
-        matches!(self, ApiRoute::Tag { .. } | ApiRoute::Digest { .. })
+        matches!(
+            self,
+            ApiRoute::Tag { .. } | ApiRoute::Digest { .. } | ApiRoute::Import
+        )
+    }
+
+    /// The one method an action is taken with.
+    pub fn action_method(&self) -> http::Method {
+        match self {
+            ApiRoute::Import => http::Method::POST,
+            _ => http::Method::DELETE,
+        }
     }
 }
 
@@ -138,6 +151,7 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         "status" => return Ok(ApiRoute::Status),
         "upstreams" => return Ok(ApiRoute::Upstreams),
         "cache/repositories" => return Ok(ApiRoute::Repositories),
+        "import" => return Ok(ApiRoute::Import),
         _ => {}
     }
     if let Some(digest) = path.strip_prefix("cache/digests/") {

@@ -4,7 +4,9 @@
 //! a bundle with one flipped byte is refused and leaves nothing behind.
 
 use crate::support::cli::{pullthrough, pullthrough_json};
+use crate::support::client::{assert_manifest, client};
 use crate::support::docker::DockerDaemon;
+use crate::support::hub::Hub;
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout::{self, host_architecture};
 use crate::support::process::run_bounded;
@@ -191,4 +193,124 @@ fn a_bundle_carries_pulled_images_to_a_mirror_without_upstream() {
         upstream_requests,
         "the offline side asked the registry"
     );
+}
+
+const TOKEN: &str = "bundle-admin-token";
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// `import --server`: a running mirror takes a bundle through its admin
+/// API, with the token only; a damaged one is refused and adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_mirror_takes_a_bundle_through_its_admin_api() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/carried", "v1", &[300_000, 5_000]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let source = root.join("source");
+    let mut connected = Mirror::builder(&hub.url()).cache_dir(&source).start();
+    let c = client();
+    let base = connected.url();
+    let manifest = c
+        .get(format!("{base}/v2/library/carried/manifests/v1"))
+        .header("accept", ACCEPT)
+        .send()
+        .await
+        .expect("manifest");
+    assert_manifest(manifest, &image, "through the connected mirror").await;
+    for (digest, _) in std::iter::once(&image.config).chain(&image.layers) {
+        let blob = c
+            .get(format!("{base}/v2/library/carried/blobs/{digest}"))
+            .send()
+            .await
+            .expect("blob");
+        assert_eq!(blob.status(), 200);
+        blob.bytes().await.expect("blob body");
+    }
+    connected.stop();
+    let bundle = root.join("carried.tar");
+    let export = [
+        "export",
+        "carried:v1",
+        "-o",
+        bundle.to_str().expect("utf-8"),
+        "--cache-dir",
+        source.to_str().expect("utf-8"),
+    ];
+    tokio::task::block_in_place(|| pullthrough_json(&export));
+
+    let token_file = root.join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let toml = format!("admin_token_file = \"{}\"\n", token_file.display());
+    let offline = Mirror::builder("http://127.0.0.1:9").config(&toml).start();
+    let import = |bundle: &Path, token: Option<&Path>| {
+        let mut args = vec![
+            "import".to_owned(),
+            bundle.display().to_string(),
+            "--server".to_owned(),
+            offline.url(),
+        ];
+        if let Some(t) = token {
+            args.extend(["--admin-token-file".to_owned(), t.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tokio::task::block_in_place(|| pullthrough(&args))
+    };
+    let wrong = root.join("wrong-token");
+    std::fs::write(&wrong, "not-it").expect("token file");
+    let refused = import(&bundle, Some(&wrong));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "no secret in the error: {stderr}");
+
+    let mut flipped = std::fs::read(&bundle).expect("bundle");
+    let (layer, _) = &image.layers[0];
+    let name = format!("blobs/sha256/{}", layer.trim_start_matches("sha256:"));
+    let at = flipped
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .expect("layer entry");
+    flipped[at + 512 + 4096] ^= 1;
+    let flipped_path = root.join("flipped.tar");
+    std::fs::write(&flipped_path, flipped).expect("write");
+    let refused = import(&flipped_path, Some(&token_file));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains(&name),
+        "{stderr}"
+    );
+    let blob_url = format!("{}/v2/library/carried/blobs/{layer}", offline.url());
+    let gone = c.get(&blob_url).send().await.expect("answer");
+    assert_ne!(gone.status(), 200, "a blob of the refused bundle is served");
+
+    let accepted = import(&bundle, Some(&token_file));
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let manifest = c
+        .get(format!("{}/v2/library/carried/manifests/v1", offline.url()))
+        .header("accept", ACCEPT)
+        .send()
+        .await
+        .expect("manifest");
+    assert_manifest(manifest, &image, "after the import, with no upstream").await;
+    for (digest, bytes) in std::iter::once(&image.config).chain(&image.layers) {
+        let blob = c
+            .get(format!(
+                "{}/v2/library/carried/blobs/{digest}",
+                offline.url()
+            ))
+            .send()
+            .await
+            .expect("blob");
+        assert_eq!(blob.status(), 200, "{digest}");
+        assert!(
+            blob.bytes().await.expect("body") == *bytes,
+            "{digest}: wrong bytes"
+        );
+    }
 }
