@@ -76,7 +76,7 @@ pub mod fuzzing {
                 reqwest::Client::new(),
                 "fuzz".into(),
                 url,
-                None,
+                Vec::new(),
                 metrics,
                 std::time::Duration::from_secs(10),
             )

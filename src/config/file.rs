@@ -55,6 +55,9 @@ pub(crate) struct FileUpstream {
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
+    /// A pool of accounts, used in turn as each one's pull limit runs out.
+    #[serde(default)]
+    pub credentials: Vec<FileCredential>,
     pub tag_ttl: Option<HumanDuration>,
     pub max_stale: Option<HumanDuration>,
     #[serde(default)]
@@ -75,6 +78,18 @@ pub(crate) struct FileUpstream {
     pub proxy: Option<ProxyUrl>,
     pub connect_address_family: Option<AddressFamily>,
     pub source_address: Option<std::net::IpAddr>,
+}
+
+/// One `[[upstream.credentials]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileCredential {
+    /// Shown in metrics and logs; the user name when not given.
+    pub name: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
 }
 
 pub(super) fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {

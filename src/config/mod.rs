@@ -461,8 +461,38 @@ mod tests {
             pw.path().display()
         ));
         let c = Config::load(Some(f.path()), &Overrides::default()).unwrap();
-        let creds = c.upstreams[0].credentials.as_ref().unwrap();
+        let creds = &c.upstreams[0].credentials[0];
         assert_eq!(creds.password.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_credential_pool_keeps_its_order_and_names() {
+        let f = write(concat!(
+            "[[upstream]]\nusername = \"first\"\npassword = \"a\"\n",
+            "[[upstream.credentials]]\nname = \"ci\"\nusername = \"robot\"\npassword = \"b\"\n",
+            "[[upstream.credentials]]\nusername = \"third\"\npassword = \"c\"\n",
+        ));
+        let c = Config::load(Some(f.path()), &Overrides::default()).unwrap();
+        let names: Vec<_> = c.upstreams[0]
+            .credentials
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["first", "ci", "third"]);
+        let dup = write(concat!(
+            "[[upstream]]\n",
+            "[[upstream.credentials]]\nusername = \"x\"\npassword = \"b\"\n",
+            "[[upstream.credentials]]\nusername = \"x\"\npassword = \"c\"\n",
+        ));
+        let e = Config::load(Some(dup.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream[0].credentials[1].name"), "{e}");
+        let half = write("[[upstream]]\n[[upstream.credentials]]\nusername = \"x\"\n");
+        let e = Config::load(Some(half.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream[0].credentials[0]"), "{e}");
     }
 }

@@ -1,7 +1,7 @@
 //! One `[[upstream]]` entry resolved: URL checked, credentials read from
 //! the file, environment or config, defaults applied.
 
-use super::file::FileUpstream;
+use super::file::{FileCredential, FileUpstream};
 use super::values::{AddressFamily, HostPatterns, PatternSet, ProxyUrl};
 use super::{invalid, ConfigError, DEFAULT_MAX_STALE, DEFAULT_TAG_TTL, DEFAULT_UPSTREAM};
 use std::fmt;
@@ -32,6 +32,8 @@ impl fmt::Debug for Secret {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Credentials {
+    /// How metrics and logs name it (never the secret).
+    pub name: String,
     pub username: String,
     pub password: Secret,
 }
@@ -45,7 +47,9 @@ pub struct UpstreamSettings {
     /// Request host names (`Host`, or the HTTP/2 authority) that select
     /// this upstream before `?ns=` and path prefixes are looked at.
     pub hosts: HostPatterns,
-    pub credentials: Option<Credentials>,
+    /// Accounts to authenticate with, in the order they are used; empty:
+    /// anonymous.
+    pub credentials: Vec<Credentials>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub tag_ttl: Duration,
@@ -109,13 +113,30 @@ pub(super) fn resolve(
             url.host_str().unwrap_or_default().to_owned()
         }
     });
-    let credentials = credentials(
-        &key,
-        u.username,
-        u.password,
-        u.password_file,
-        u.password_env,
-    )?;
+    let single = FileCredential {
+        name: None,
+        username: u.username,
+        password: u.password,
+        password_file: u.password_file,
+        password_env: u.password_env,
+    };
+    let mut pool: Vec<Credentials> = credentials(&key, single)?.into_iter().collect();
+    for (j, entry) in u.credentials.into_iter().enumerate() {
+        let entry_key = |k: &str| key(&format!("credentials[{j}].{k}"));
+        let c = credentials(&entry_key, entry)?.ok_or_else(|| {
+            invalid(
+                &entry_key("username"),
+                "a credentials entry needs username and password",
+            )
+        })?;
+        if pool.iter().any(|known| known.name == c.name) {
+            return Err(invalid(
+                &entry_key("name"),
+                format!("{:?} names another credential too", c.name),
+            ));
+        }
+        pool.push(c);
+    }
     let address_family = u.connect_address_family.unwrap_or_default();
     if let Some(source) = u.source_address {
         if !address_family.admits(source) {
@@ -141,7 +162,7 @@ pub(super) fn resolve(
         name,
         url,
         hosts: u.hosts,
-        credentials,
+        credentials: pool,
         tag_ttl: or(u.tag_ttl, DEFAULT_TAG_TTL),
         max_stale: or(u.max_stale, DEFAULT_MAX_STALE),
         immutable_tags: u.immutable_tags,
@@ -167,11 +188,15 @@ pub(super) fn resolve(
 /// user name.
 fn credentials(
     key: &dyn Fn(&str) -> String,
-    username: Option<String>,
-    password: Option<String>,
-    password_file: Option<PathBuf>,
-    password_env: Option<String>,
+    entry: FileCredential,
 ) -> Result<Option<Credentials>, ConfigError> {
+    let FileCredential {
+        name,
+        username,
+        password,
+        password_file,
+        password_env,
+    } = entry;
     let given = [
         password.is_some(),
         password_file.is_some(),
@@ -202,6 +227,7 @@ fn credentials(
     };
     match (username, password) {
         (Some(username), Some(password)) => Ok(Some(Credentials {
+            name: name.unwrap_or_else(|| username.clone()),
             username,
             password: Secret::new(password),
         })),

@@ -106,7 +106,7 @@ impl App {
             None => None,
         };
         spawn_maintenance(&store, &index, config);
-        let private = config.upstreams.iter().any(|u| u.credentials.is_some());
+        let private = config.upstreams.iter().any(|u| !u.credentials.is_empty());
         let mut tiers: Vec<Arc<dyn cache::Tier>> = Vec::new();
         if let Some(s3) = &config.storage {
             tracing::info!(
@@ -192,7 +192,7 @@ impl App {
     /// client limits. Requests and downloads under way keep the upstream
     /// they started with. Returns why not, changing nothing, if it cannot.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let private = config.upstreams.iter().any(|u| u.credentials.is_some());
+        let private = config.upstreams.iter().any(|u| !u.credentials.is_empty());
         if private != self.private {
             return Err(
                 "adding or removing all upstream credentials needs a restart (what the cache may show is set up at start)"

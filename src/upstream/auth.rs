@@ -28,6 +28,7 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// anyway (and an absurd `expires_in` cannot overflow the cache's clock).
 const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
+use super::pool::CredentialPool;
 pub use crate::config::{Credentials, Secret};
 
 /// What an upstream asked for in its 401.
@@ -106,6 +107,9 @@ pub struct Token {
     lifetime: Duration,
 }
 
+/// An `Authorization` and the pool account it used (`None`: anonymous).
+pub type Authorized = (Authorization, Option<usize>);
+
 /// How a request gets its `Authorization` header.
 #[derive(Clone, Debug)]
 pub enum Authorization {
@@ -150,11 +154,12 @@ pub struct Authenticator {
     /// are challenges, and its scheme decides whether an http realm is
     /// acceptable.
     registry: Url,
-    credentials: Option<Credentials>,
+    /// The accounts tokens are asked for with, in turn.
+    pool: CredentialPool,
     /// Per origin, so that no response from one host can replace the
     /// challenge another host made.
     challenges: RwLock<HashMap<Origin, Accepted>>,
-    /// Keyed by `<origin> <scope>`.
+    /// Keyed by `<origin> <credential> <scope>`.
     tokens: Cache<String, Arc<Token>>,
     /// Token fetches in the air, by the same key.
     fetching: Flights<String, Slot<Arc<Token>, UpstreamError>>,
@@ -178,7 +183,7 @@ impl Authenticator {
         http: reqwest::Client,
         upstream: String,
         registry: Url,
-        credentials: Option<Credentials>,
+        credentials: Vec<Credentials>,
         metrics: Arc<crate::metrics::Metrics>,
         token_timeout: Duration,
     ) -> Self {
@@ -188,7 +193,7 @@ impl Authenticator {
             http,
             upstream,
             registry,
-            credentials,
+            pool: CredentialPool::new(credentials),
             challenges: RwLock::new(HashMap::new()),
             fetching: Flights::default(),
             tokens: Cache::builder()
@@ -216,17 +221,24 @@ impl Authenticator {
         }
     }
 
-    fn token_key(origin: &Origin, scope: &str) -> String {
-        format!("{} {scope}", origin.ascii_serialization())
+    /// Which account is in use, and when one is spent.
+    pub fn pool(&self) -> &CredentialPool {
+        &self.pool
+    }
+
+    fn token_key(origin: &Origin, credential: Option<usize>, scope: &str) -> String {
+        let credential = credential.map_or_else(|| "-".to_owned(), |i| i.to_string());
+        format!("{} {credential} {scope}", origin.ascii_serialization())
     }
 
     /// The header to send to the registry before any 401 has been seen for
     /// this scope: the cached token, or a fresh one if the registry told us
     /// its realm before.
-    pub async fn authorization(&self, scope: &str) -> Result<Authorization, UpstreamError> {
+    /// Also says which account of the pool it came from.
+    pub async fn authorization(&self, scope: &str) -> Result<Authorized, UpstreamError> {
         let origin = self.registry.origin();
         match self.remembered(&origin) {
-            None => Ok(Authorization::None),
+            None => Ok((Authorization::None, None)),
             Some(challenge) => self.answer(&origin, &challenge, scope).await,
         }
     }
@@ -239,7 +251,7 @@ impl Authenticator {
         from: &Url,
         header: Option<&str>,
         scope: &str,
-    ) -> Result<Authorization, UpstreamError> {
+    ) -> Result<Authorized, UpstreamError> {
         let origin = from.origin();
         // The call pipeline already turns a redirect target's 401 into an
         // error; this guard keeps the rule true whoever calls us.
@@ -256,7 +268,7 @@ impl Authenticator {
             map.insert(origin.clone(), challenge.clone());
         }
         self.tokens
-            .invalidate(&Self::token_key(&origin, scope))
+            .invalidate(&Self::token_key(&origin, self.pool.current(), scope))
             .await;
         self.answer(&origin, &challenge, scope).await
     }
@@ -299,9 +311,10 @@ impl Authenticator {
         origin: &Origin,
         challenge: &Accepted,
         scope: &str,
-    ) -> Result<Authorization, UpstreamError> {
+    ) -> Result<Authorized, UpstreamError> {
+        let credential = self.pool.current();
         let result = match challenge {
-            Accepted::Basic => match &self.credentials {
+            Accepted::Basic => match credential.and_then(|i| self.pool.get(i)) {
                 Some(c) => Ok(Authorization::Basic(c.clone())),
                 None => Err(UpstreamError::Auth(
                     "upstream wants credentials and none are configured",
@@ -309,10 +322,11 @@ impl Authenticator {
             },
             Accepted::Bearer { realm, service } => self
                 .token(
-                    Self::token_key(origin, scope),
+                    Self::token_key(origin, credential, scope),
                     realm,
                     service.as_deref(),
                     scope,
+                    credential,
                 )
                 .await
                 .map(|token| Authorization::Bearer(token.value.clone())),
@@ -320,7 +334,7 @@ impl Authenticator {
         if result.is_err() {
             self.forget(origin, challenge);
         }
-        result
+        result.map(|a| (a, credential))
     }
 
     /// The cached token for `key`, or one fetch shared by every request
@@ -331,12 +345,13 @@ impl Authenticator {
         realm: &Url,
         service: Option<&str>,
         scope: &str,
+        credential: Option<usize>,
     ) -> Result<Arc<Token>, UpstreamError> {
         if let Some(token) = self.tokens.get(&key).await {
             return Ok(token);
         }
         let fetch = || async {
-            let token = self.fetch_token(realm, service, scope).await?;
+            let token = self.fetch_token(realm, service, scope, credential).await?;
             // Cached before the flight ends, so nobody arriving in between
             // fetches again.
             self.tokens.insert(key.clone(), Arc::clone(&token)).await;
@@ -359,11 +374,12 @@ impl Authenticator {
         realm: &Url,
         service: Option<&str>,
         scope: &str,
+        credential: Option<usize>,
     ) -> Result<Arc<Token>, UpstreamError> {
-        let outcome =
-            tokio::time::timeout(self.token_timeout, self.exchange(realm, service, scope))
-                .await
-                .unwrap_or(Err(UpstreamError::Timeout));
+        let exchange = self.exchange(realm, service, scope, credential);
+        let outcome = tokio::time::timeout(self.token_timeout, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout));
         let result = match &outcome {
             Ok(_) => "ok",
             Err(UpstreamError::Auth(_)) => "refused",
@@ -386,6 +402,7 @@ impl Authenticator {
         realm: &Url,
         service: Option<&str>,
         scope: &str,
+        credential: Option<usize>,
     ) -> Result<Arc<Token>, UpstreamError> {
         let mut url = realm.clone();
         {
@@ -396,7 +413,7 @@ impl Authenticator {
             q.append_pair("scope", scope);
         }
         let mut req = self.http.get(url);
-        if let Some(c) = &self.credentials {
+        if let Some(c) = credential.and_then(|i| self.pool.get(i)) {
             req = req.basic_auth(&c.username, Some(c.password.expose()));
         }
         let mut resp = req.send().await.map_err(UpstreamError::from_reqwest)?;
@@ -515,7 +532,7 @@ mod tests {
             reqwest::Client::new(),
             "test".into(),
             registry,
-            None,
+            Vec::new(),
             Arc::default(),
             Duration::from_secs(10),
         )
@@ -561,13 +578,14 @@ mod tests {
             .is_err());
         assert!(matches!(
             auth.authorization(scope).await,
-            Ok(Authorization::None)
+            Ok((Authorization::None, None))
         ));
     }
 
     #[test]
     fn secrets_do_not_print() {
         let c = Credentials {
+            name: "u".into(),
             username: "u".into(),
             password: Secret::new("hunter2".into()),
         };

@@ -4,6 +4,7 @@
 pub(crate) mod auth;
 mod breaker;
 mod egress;
+mod pool;
 
 use crate::config::Timings;
 pub use crate::config::UpstreamSettings;
@@ -246,7 +247,7 @@ impl Upstream {
 
     /// Whether content fetched from here may be private.
     pub fn has_credentials(&self) -> bool {
-        self.settings.credentials.is_some()
+        !self.settings.credentials.is_empty()
     }
 
     pub fn referrers_ttl(&self) -> Duration {
@@ -548,23 +549,29 @@ impl Upstream {
             .join(&format!("v2/{name}/{}", call.path))
             .map_err(|e| UpstreamError::Protocol(format!("cannot build upstream URL: {e}")))?;
         let scope = format!("repository:{name}:pull");
-        let authorization = self.auth.authorization(&scope).await?;
-        let resp = self.send_with_retries(call, &url, &authorization).await?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            self.record_rate_limit(resp.headers());
+        let (authorization, mut credential) = self.auth.authorization(&scope).await?;
+        let mut resp = self.send_with_retries(call, &url, &authorization).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let authorization;
+            (authorization, credential) = self
+                .auth
+                .after_unauthorized(resp.url(), challenge.as_deref(), &scope)
+                .await?;
+            resp = self.send_with_retries(call, &url, &authorization).await?;
+        }
+        if !self.record_rate_limit(resp.headers(), resp.status(), credential) {
             return Ok(resp);
         }
-        let challenge = resp
-            .headers()
-            .get(http::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let authorization = self
-            .auth
-            .after_unauthorized(resp.url(), challenge.as_deref(), &scope)
-            .await?;
+        // This account's pulls ran out and another can take over: once
+        // more, with the next account (and a token of its own).
+        let (authorization, credential) = self.auth.authorization(&scope).await?;
         let resp = self.send_with_retries(call, &url, &authorization).await?;
-        self.record_rate_limit(resp.headers());
+        self.record_rate_limit(resp.headers(), resp.status(), credential);
         Ok(resp)
     }
 
@@ -675,22 +682,69 @@ impl Upstream {
         Err(UpstreamError::Protocol("too many redirects".into()))
     }
 
-    fn record_rate_limit(&self, headers: &HeaderMap) {
-        let parse = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(';').next())
-                .and_then(|v| v.trim().parse::<u64>().ok())
+    /// Keeps the upstream's `ratelimit-*` figures, for the upstream and
+    /// the pool account that got them. Returns whether that account is
+    /// spent (no pulls left, or a 429 saying so) and another one can take
+    /// over: Docker Hub's plain 429, with no figures, is an abuse limit on
+    /// the address and backs the whole upstream off instead.
+    fn record_rate_limit(
+        &self,
+        headers: &HeaderMap,
+        status: StatusCode,
+        credential: Option<usize>,
+    ) -> bool {
+        let field = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let value = |v: &str| {
+            v.split(';')
+                .next()
+                .and_then(|n| n.trim().parse::<u64>().ok())
         };
-        if let Some(limit) = parse("ratelimit-limit") {
+        let window = |v: &str| {
+            v.split(';')
+                .find_map(|p| p.trim().strip_prefix("w="))
+                .and_then(|w| w.parse::<u64>().ok())
+        };
+        let limit = field("ratelimit-limit").and_then(value);
+        let remaining_field = field("ratelimit-remaining");
+        let remaining = remaining_field.and_then(value);
+        if let Some(limit) = limit {
             self.rate_limit.limit.store(limit, Ordering::Relaxed);
         }
-        if let Some(remaining) = parse("ratelimit-remaining") {
+        if let Some(remaining) = remaining {
             self.rate_limit
                 .remaining
                 .store(remaining, Ordering::Relaxed);
         }
+        let Some(i) = credential else {
+            return false;
+        };
+        let pool = self.auth.pool();
+        let labels = [self.name(), pool.name(i)];
+        if let Some(limit) = limit {
+            self.metrics
+                .credential_ratelimit_limit
+                .with_label_values(&labels)
+                .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        if let Some(remaining) = remaining {
+            self.metrics
+                .credential_ratelimit_remaining
+                .with_label_values(&labels)
+                .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+        }
+        // The last pull of the window succeeds with `remaining: 0`; the
+        // account is spent from the next one on.
+        if remaining != Some(0) {
+            return false;
+        }
+        let handed_over = pool.spent(i, remaining_field.and_then(window));
+        if handed_over {
+            self.metrics
+                .credential_switches
+                .with_label_values(&[self.name()])
+                .inc();
+        }
+        handed_over && status == StatusCode::TOO_MANY_REQUESTS
     }
 }
 

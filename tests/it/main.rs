@@ -6,6 +6,7 @@ mod admin_page;
 mod bundles;
 mod cache_budget;
 mod cache_repair;
+mod credential_pool;
 mod deploy_configs;
 mod deploy_haproxy;
 mod deploy_prometheus;

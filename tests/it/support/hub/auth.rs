@@ -30,9 +30,16 @@ pub fn token(state: &State, req: &Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_basic);
     let private = lock(&state.private).clone();
-    let password_matched = basic
-        .as_ref()
-        .is_some_and(|(user, pass)| private.values().any(|(u, p)| u == user && p == pass));
+    let account = basic.as_ref().and_then(|(user, pass)| {
+        lock(&state.accounts)
+            .get(user)
+            .filter(|a| a.password == *pass)
+            .map(|_| user.clone())
+    });
+    let password_matched = account.is_some()
+        || basic
+            .as_ref()
+            .is_some_and(|(user, pass)| private.values().any(|(u, p)| u == user && p == pass));
     lock(&state.token_requests).push(TokenRequest {
         scopes: scopes.clone(),
         service: service.clone(),
@@ -72,6 +79,9 @@ pub fn token(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let token = format!("hubtoken-{n}-{}", &signature(&format!("{n}{query}"))[..12]);
     tokens.insert(token.clone(), repos);
     drop(tokens);
+    if let Some(user) = account {
+        lock(&state.token_accounts).insert(token.clone(), user);
+    }
     state.counters.add(Kind::TokenFetch, 1);
     let body = serde_json::json!({
         "token": token,
@@ -98,6 +108,17 @@ pub fn authorized(state: &State, req: &Request<Incoming>, repo: Option<&str>) ->
         (Some(repos), Some(repo)) => repos.iter().any(|r| r == repo),
         (None, _) => false,
     }
+}
+
+/// The account whose token `req` carries, if any.
+pub fn account_of(state: &State, req: &Request<Incoming>) -> Option<String> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, token)| token.trim().to_string())?;
+    lock(&state.token_accounts).get(&token).cloned()
 }
 
 pub fn challenge(state: &State, repo: Option<&str>) -> Response<Body> {

@@ -116,7 +116,18 @@ struct State {
     /// token → repositories it opens (empty: only `/v2/`)
     tokens: Mutex<HashMap<String, Vec<String>>>,
     ratelimit_remaining: AtomicU64,
+    /// user → its password and pull quota (Docker Hub accounts).
+    accounts: Mutex<HashMap<String, Account>>,
+    /// token → the account it was issued to.
+    token_accounts: Mutex<HashMap<String, String>>,
     seq: AtomicU64,
+}
+
+/// An account with a pull limit of its own, as Docker Hub counts them.
+struct Account {
+    password: String,
+    remaining: u64,
+    pulls: u64,
 }
 
 /// A poisoned lock only means another test thread panicked; keep going.
@@ -152,6 +163,8 @@ impl Hub {
             private: Mutex::default(),
             tokens: Mutex::default(),
             ratelimit_remaining: AtomicU64::new(100),
+            accounts: Mutex::default(),
+            token_accounts: Mutex::default(),
             seq: AtomicU64::new(0),
         });
         let tasks = vec![
@@ -242,6 +255,22 @@ impl Hub {
     /// From now on, tokens for `repo` need Basic auth as `user`/`password`.
     pub fn make_private(&self, repo: &str, user: &str, password: &str) {
         lock(&self.state.private).insert(repo.into(), (user.into(), password.into()));
+    }
+
+    /// An account whose tokens have `pulls` manifest GETs in their
+    /// window; then 429 with `ratelimit-remaining: 0`, as Docker Hub does.
+    pub fn add_account(&self, user: &str, password: &str, pulls: u64) {
+        let account = Account {
+            password: password.into(),
+            remaining: pulls,
+            pulls: 0,
+        };
+        lock(&self.state.accounts).insert(user.into(), account);
+    }
+
+    /// Manifest GETs served to tokens of this account.
+    pub fn account_pulls(&self, user: &str) -> u64 {
+        lock(&self.state.accounts).get(user).map_or(0, |a| a.pulls)
     }
 
     pub fn count(&self, kind: Kind) -> u64 {

@@ -275,7 +275,8 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
                     d
                 }
             });
-            manifest(state, name, reference, digest, head, &faults)
+            let account = auth::account_of(state, req);
+            manifest(state, name, reference, digest, head, &faults, account)
         }
         Route::Blob { digest, .. } => blob(state, name, digest, head),
         Route::Referrers { subject, .. } => {
@@ -343,6 +344,7 @@ fn manifest(
     digest: Option<String>,
     head: bool,
     faults: &[Fault],
+    account: Option<String>,
 ) -> Response<Body> {
     let kind = match (head, reference.contains(':')) {
         (false, false) => Kind::ManifestGetByTag,
@@ -404,10 +406,33 @@ fn manifest(
     if head {
         return builder.body(empty()).expect("response");
     }
-    let remaining = state
-        .ratelimit_remaining
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .map_or(0, |n| n - 1);
+    let remaining = match account.and_then(|user| {
+        let mut accounts = lock(&state.accounts);
+        let a = accounts.get_mut(&user)?;
+        Some(a.remaining.checked_sub(1).map(|left| {
+            a.remaining = left;
+            a.pulls += 1;
+            left
+        }))
+    }) {
+        Some(Some(left)) => left,
+        // The account's window is used up.
+        Some(None) => {
+            let mut response = oci_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "You have reached your pull rate limit as 'user'.",
+            );
+            let headers = response.headers_mut();
+            headers.insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
+            headers.insert("ratelimit-remaining", HeaderValue::from_static("0;w=21600"));
+            return response;
+        }
+        None => state
+            .ratelimit_remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .map_or(0, |n| n - 1),
+    };
     builder = builder
         .header("ratelimit-limit", "100;w=21600")
         .header("ratelimit-remaining", format!("{remaining};w=21600"));
