@@ -409,11 +409,12 @@ fn manifest(
     let remaining = match account.and_then(|user| {
         let mut accounts = lock(&state.accounts);
         let a = accounts.get_mut(&user)?;
-        Some(a.remaining.checked_sub(1).map(|left| {
+        let left = a.remaining.checked_sub(1);
+        if let Some(left) = left {
             a.remaining = left;
             a.pulls += 1;
-            left
-        }))
+        }
+        Some(left)
     }) {
         Some(Some(left)) => left,
         // The account's window is used up.
