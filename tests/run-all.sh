@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 declare -A needs=(
   [docker-registry]=docker-registry
   [skopeo]=skopeo
+  # Signature verification through the mirror (GPG: Debian's skopeo and
+  # Podman are built without sigstore).
+  [podman]=podman
+  [gpg]=gpg
   [dockerd]=docker.io
   [ctr]=containerd
   [promtool]=prometheus

@@ -9,6 +9,7 @@ mod deploy_configs;
 mod deploy_haproxy;
 mod deploy_prometheus;
 mod e2e_docker;
+mod e2e_podman;
 mod e2e_skopeo;
 mod egress;
 mod fuzz_smoke;

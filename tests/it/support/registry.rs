@@ -116,6 +116,18 @@ impl Registry {
     /// HEAD, which the access log shows) that the registry now names the tag
     /// by the layout's digest.
     pub fn seed(&self, oci_dir: &Path, tag: &str, dest: &str) {
+        self.seed_with(oci_dir, tag, dest, |_| {});
+    }
+
+    /// [`Registry::seed`] with more of skopeo's options (signing, a
+    /// `--registries.d`, environment) set by `configure`.
+    pub fn seed_with(
+        &self,
+        oci_dir: &Path,
+        tag: &str,
+        dest: &str,
+        configure: impl FnOnce(&mut Command),
+    ) {
         // Without --preserve-digests skopeo gzips the uncompressed layers on
         // the way to a docker:// destination, which changes every digest.
         // --all keeps an index and every platform's image.
@@ -127,7 +139,9 @@ impl Registry {
                 "--all",
                 "--preserve-digests",
                 "--dest-tls-verify=false",
-            ])
+            ]);
+        configure(&mut command);
+        command
             .arg(format!("oci:{}:{tag}", oci_dir.display()))
             .arg(format!("docker://{}/{dest}", self.host()));
         let output = super::process::run_bounded(command, Duration::from_secs(120));
