@@ -155,6 +155,7 @@ impl Referrers {
                 None => return Ok(entries),
             }
         }
+        tracing::warn!(%subject, pages = MAX_PAGES, "referrers answer has more pages; the rest left out");
         Ok(entries)
     }
 
@@ -238,5 +239,15 @@ mod tests {
         assert_eq!(kept[0]["digest"], "b");
         assert!(descriptors(b"<html>").is_err());
         assert_eq!(descriptors(br#"{"schemaVersion":2}"#).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_merged_answer_past_the_manifest_limit_is_refused() {
+        let padding = "x".repeat(1024);
+        let entry = serde_json::json!({"digest": "a", "annotations": {"pad": padding}});
+        let fits = vec![entry.clone(); MAX_MANIFEST_BYTES / 2048];
+        assert!(index_of(fits).is_ok());
+        let too_many = vec![entry; MAX_MANIFEST_BYTES / 1024 + 1];
+        assert!(index_of(too_many).is_err());
     }
 }

@@ -169,3 +169,34 @@ async fn without_a_referrers_api_the_tag_schema_answers() {
     assert_eq!(status, StatusCode::OK);
     assert!(listed(&empty).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_page_of_the_upstream_answer_is_followed_and_merged() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[1000]);
+    let mut expected: Vec<String> = (0..5u8)
+        .map(|i| {
+            let kind = if i % 2 == 0 { SIG } else { SBOM };
+            artifact(&hub, &image.manifest_digest, kind, &[b'p', i]).0
+        })
+        .collect();
+    expected.sort();
+    hub.set_fault(Target::All, Fault::ReferrersPerPage(2));
+    let mirror = Mirror::start(&hub.url());
+
+    let (status, _, all) = referrers(&mirror, &image.manifest_digest, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed(&all), expected, "all five, from three pages");
+    assert_eq!(hub.count(Kind::Referrers), 3, "pages of 2, 2 and 1");
+
+    // Filtering applies to the merged answer, served from the cache.
+    let (_, filtered, sboms) = referrers(
+        &mirror,
+        &image.manifest_digest,
+        &format!("?artifactType={}", SBOM.replace('+', "%2B")),
+    )
+    .await;
+    assert_eq!(filtered.as_deref(), Some("artifactType"));
+    assert_eq!(listed(&sboms).len(), 2);
+    assert_eq!(hub.count(Kind::Referrers), 3);
+}
