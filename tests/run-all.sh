@@ -51,6 +51,11 @@ if ! command -v kubernetes-validate >/dev/null 2>&1 && [ ! -x "$tools_venv/bin/k
   python3 -m venv "$tools_venv"
   "$tools_venv/bin/pip" install -q kubernetes-validate
 fi
+# ORAS (its Python client) pushes and pulls artifacts in the e2e suites.
+if ! "$tools_venv/bin/python" -c 'import oras.provider' 2>/dev/null; then
+  [ -x "$tools_venv/bin/python" ] || python3 -m venv "$tools_venv"
+  "$tools_venv/bin/pip" install -q oras
+fi
 export PATH="$PATH:$tools_venv/bin"
 
 cargo fmt --check

@@ -8,6 +8,7 @@ mod cache_repair;
 mod deploy_configs;
 mod deploy_haproxy;
 mod deploy_prometheus;
+mod e2e_artifacts;
 mod e2e_docker;
 mod e2e_podman;
 mod e2e_skopeo;

@@ -159,6 +159,35 @@ impl Registry {
         );
     }
 
+    /// PUTs a manifest as a client pushing it would (the registry checks
+    /// that what it names is there); returns the digest it answered.
+    pub async fn put_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> String {
+        let response = super::client::client()
+            .put(format!("{}/v2/{name}/manifests/{reference}", self.url()))
+            .header("content-type", media_type)
+            .body(bytes)
+            .send()
+            .await
+            .expect("registry answers a manifest PUT");
+        assert_eq!(response.status().as_u16(), 201, "PUT {name}:{reference}");
+        super::client::header(&response, "docker-content-digest").expect("digest of the PUT")
+    }
+
+    /// A manifest's bytes as the registry serves them (OCI media types).
+    pub fn manifest_bytes(&self, name: &str, reference: &str) -> Vec<u8> {
+        let path = format!("/v2/{name}/manifests/{reference}");
+        let response =
+            http(self.addr, "GET", &path, &[("Accept", ACCEPT_ALL)]).expect("GET manifest");
+        assert_eq!(response.status, 200, "GET {path}");
+        response.body
+    }
+
     /// The `Docker-Content-Digest` of a manifest HEAD, or None on a non-200.
     pub fn manifest_digest(&self, name: &str, reference: &str) -> Option<String> {
         let path = format!("/v2/{name}/manifests/{reference}");
