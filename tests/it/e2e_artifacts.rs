@@ -65,10 +65,15 @@ async fn assert_pulled_byte_exact(
     assert_eq!(status, 200, "{name}:{tag} with no Accept");
     assert_eq!(content_type.as_deref(), Some(OCI_MANIFEST));
     assert_eq!(digest.as_deref(), Some(pushed));
-    assert!(bytes == upstream_bytes, "{name}:{tag}: manifest not byte-exact");
+    assert!(
+        bytes == upstream_bytes,
+        "{name}:{tag}: manifest not byte-exact"
+    );
 
     let manifest: Value = serde_json::from_slice(&bytes).expect("manifest json");
-    let config = manifest["config"]["digest"].as_str().expect("config digest");
+    let config = manifest["config"]["digest"]
+        .as_str()
+        .expect("config digest");
     let blob = client()
         .get(format!("{}/v2/{name}/blobs/{config}", mirror.url()))
         .send()
@@ -180,7 +185,10 @@ async fn referrers(mirror: &Mirror, name: &str, subject: &str, query: &str) -> V
         .await
         .expect("mirror answers");
     assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(header(&response, "content-type").as_deref(), Some(OCI_INDEX));
+    assert_eq!(
+        header(&response, "content-type").as_deref(),
+        Some(OCI_INDEX)
+    );
     serde_json::from_slice(&response.bytes().await.expect("body")).expect("index")
 }
 
@@ -205,7 +213,11 @@ async fn the_tag_schema_of_distribution_and_the_referrers_api_give_the_same_inde
     let empty = write(&files, "empty.json", b"{}");
     let bundle = write(&files, "bundle.json", br#"{"signature":"c2ln"}"#);
     let spdx = write(&files, "sbom.spdx.json", &random_bytes(82, 5_000));
-    let subject = (OCI_MANIFEST, image.manifest_digest.as_str(), image.manifest.len());
+    let subject = (
+        OCI_MANIFEST,
+        image.manifest_digest.as_str(),
+        image.manifest.len(),
+    );
     let mut expected = Vec::new();
     for (tag, artifact_type, layer) in [("sig", SIG, &bundle), ("sbom", SBOM, &spdx)] {
         let digest = oras::push(
@@ -246,7 +258,9 @@ async fn the_tag_schema_of_distribution_and_the_referrers_api_give_the_same_inde
         let digest = entry["digest"].as_str().expect("digest");
         let bytes = registry.manifest_bytes(name, digest);
         let manifest: Value = serde_json::from_slice(&bytes).expect("manifest");
-        for blob in std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().expect("layers")) {
+        for blob in std::iter::once(&manifest["config"])
+            .chain(manifest["layers"].as_array().expect("layers"))
+        {
             let blob_digest = blob["digest"].as_str().expect("blob digest");
             let path = format!("/v2/{name}/blobs/{blob_digest}");
             let fetched = registry::http(registry.addr, "GET", &path, &[]).expect("GET blob");
@@ -260,7 +274,10 @@ async fn the_tag_schema_of_distribution_and_the_referrers_api_give_the_same_inde
     let subject = &image.manifest_digest;
     let from_schema = descriptors(&referrers(&through_schema, name, subject, "").await);
     let from_api = descriptors(&referrers(&through_api, name, subject, "").await);
-    assert_eq!(from_schema, expected, "distribution 2.8, through the tag schema");
+    assert_eq!(
+        from_schema, expected,
+        "distribution 2.8, through the tag schema"
+    );
     assert_eq!(from_api, expected, "the referrers API");
     let only_sboms = format!("?artifactType={}", SBOM.replace('+', "%2B"));
     let sboms_schema = descriptors(&referrers(&through_schema, name, subject, &only_sboms).await);

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/oras_client.py");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/it/support/oras_client.py"
+);
 
 /// A Python that can `import oras`: the tools venv's, else `python3` on
 /// PATH. Missing under `CI=true` is a failure, never a skip.
@@ -65,10 +68,7 @@ pub fn push(python: &Path, reference: &str, artifact: &Artifact) -> String {
 /// `oras pull` of `reference` into `out`; returns the files written.
 pub fn pull(python: &Path, reference: &str, out: &Path) -> Vec<PathBuf> {
     let mut command = Command::new(python);
-    command
-        .arg(SCRIPT)
-        .args(["pull", reference])
-        .arg(out);
+    command.arg(SCRIPT).args(["pull", reference]).arg(out);
     let output = run_bounded(command, Duration::from_secs(60));
     assert!(
         output.status.success(),

@@ -132,14 +132,13 @@ impl Registry {
         // the way to a docker:// destination, which changes every digest.
         // --all keeps an index and every platform's image.
         let mut command = Command::new("skopeo");
-        command
-            .args([
-                "copy",
-                "--quiet",
-                "--all",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-            ]);
+        command.args([
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ]);
         configure(&mut command);
         command
             .arg(format!("oci:{}:{tag}", oci_dir.display()))

@@ -324,7 +324,10 @@ fn referrers_page(
         .map(str::to_owned);
     let after: Vec<_> = listed
         .into_iter()
-        .filter(|d| last.as_deref().is_none_or(|l| d["digest"].as_str() > Some(l)))
+        .filter(|d| {
+            last.as_deref()
+                .is_none_or(|l| d["digest"].as_str() > Some(l))
+        })
         .collect();
     let shown = per_page.map_or(after.len(), |n| n.min(after.len()));
     let body = serde_json::json!({
