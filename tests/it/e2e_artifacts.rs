@@ -69,6 +69,16 @@ async fn assert_pulled_byte_exact(
         bytes == upstream_bytes,
         "{name}:{tag}: manifest not byte-exact"
     );
+    // A client that asks for the (withdrawn) OCI artifact manifest type
+    // only still gets the manifest there is.
+    let path = format!("/v2/{name}/manifests/{tag}");
+    let artifact_accept = [("Accept", "application/vnd.oci.artifact.manifest.v1+json")];
+    let answer = registry::http(mirror.addr, "GET", &path, &artifact_accept).expect("answer");
+    assert_eq!(
+        answer.status, 200,
+        "{name}:{tag} for an artifact-manifest Accept"
+    );
+    assert!(answer.body == upstream_bytes);
 
     let manifest: Value = serde_json::from_slice(&bytes).expect("manifest json");
     let config = manifest["config"]["digest"]
