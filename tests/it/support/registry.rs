@@ -178,6 +178,35 @@ impl Registry {
         super::client::header(&response, "docker-content-digest").expect("digest of the PUT")
     }
 
+    /// Uploads a blob (one POST, one PUT, as a pushing client does);
+    /// returns its digest.
+    pub async fn push_blob(&self, name: &str, bytes: Vec<u8>) -> String {
+        let digest = sha256_digest(&bytes);
+        let client = super::client::client();
+        let started = client
+            .post(format!("{}/v2/{name}/blobs/uploads/", self.url()))
+            .send()
+            .await
+            .expect("registry answers an upload POST");
+        assert_eq!(started.status().as_u16(), 202, "POST upload to {name}");
+        let location = super::client::header(&started, "location").expect("upload location");
+        let location = if location.starts_with('/') {
+            format!("{}{location}", self.url())
+        } else {
+            location
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let finished = client
+            .put(format!("{location}{separator}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .expect("registry answers an upload PUT");
+        assert_eq!(finished.status().as_u16(), 201, "PUT blob {digest}");
+        digest
+    }
+
     /// A manifest's bytes as the registry serves them (OCI media types).
     pub fn manifest_bytes(&self, name: &str, reference: &str) -> Vec<u8> {
         let path = format!("/v2/{name}/manifests/{reference}");
