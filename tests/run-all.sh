@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 declare -A needs=(
   [docker-registry]=docker-registry
   [skopeo]=skopeo
+  # Signature verification through the mirror (GPG: Debian's skopeo and
+  # Podman are built without sigstore).
+  [podman]=podman
+  [gpg]=gpg
   [dockerd]=docker.io
   [ctr]=containerd
   [promtool]=prometheus
@@ -46,6 +50,11 @@ tools_venv="$PWD/target/tools-venv"
 if ! command -v kubernetes-validate >/dev/null 2>&1 && [ ! -x "$tools_venv/bin/kubernetes-validate" ]; then
   python3 -m venv "$tools_venv"
   "$tools_venv/bin/pip" install -q kubernetes-validate
+fi
+# ORAS (its Python client) pushes and pulls artifacts in the e2e suites.
+if ! "$tools_venv/bin/python" -c 'import oras.provider' 2>/dev/null; then
+  [ -x "$tools_venv/bin/python" ] || python3 -m venv "$tools_venv"
+  "$tools_venv/bin/pip" install -q oras
 fi
 export PATH="$PATH:$tools_venv/bin"
 

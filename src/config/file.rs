@@ -73,6 +73,9 @@ pub(crate) struct FileUpstream {
     pub read_timeout: Option<HumanDuration>,
     pub max_downloads: Option<usize>,
     pub referrers_ttl: Option<HumanDuration>,
+    /// Fetch a tag's referrers in the background when the tag is fetched.
+    #[serde(default)]
+    pub prefetch_referrers: bool,
     /// Egress proxy for everything sent to this upstream (tokens, API,
     /// CDN redirects); without it `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
     pub proxy: Option<ProxyUrl>,

@@ -347,6 +347,7 @@ mod tests {
         assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(60));
         assert_eq!(c.upstreams[0].max_stale, DEFAULT_MAX_STALE);
         assert!(c.upstreams[0].immutable_tags.is_empty());
+        assert!(!c.upstreams[0].prefetch_referrers);
     }
 
     #[test]

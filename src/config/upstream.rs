@@ -71,6 +71,10 @@ pub struct UpstreamSettings {
     /// A referrers answer is served from cache this long before it is
     /// asked for again.
     pub referrers_ttl: Duration,
+    /// When a tag is fetched from the upstream, its referrers list is
+    /// fetched too, in the background, so a signature check during an
+    /// outage finds it cached.
+    pub prefetch_referrers: bool,
     /// Egress proxy; `None` leaves the `*_PROXY` environment in charge.
     pub proxy: Option<ProxyUrl>,
     /// Which resolved addresses connections may use.
@@ -176,6 +180,7 @@ pub(super) fn resolve(
         connect_timeout: or(u.connect_timeout, Duration::from_secs(10)),
         read_timeout: or(u.read_timeout, Duration::from_secs(30)),
         referrers_ttl: or(u.referrers_ttl, Duration::from_secs(60)),
+        prefetch_referrers: u.prefetch_referrers,
         max_downloads: match u.max_downloads {
             Some(0) => return Err(invalid(&key("max_downloads"), "must be at least 1")),
             Some(n) => n,

@@ -160,9 +160,9 @@ pub struct PullThrough {
     store: Arc<dyn ContentStore>,
     index: Index,
     blobs: Arc<BlobDownloads>,
-    manifests: Manifests,
+    manifests: Arc<Manifests>,
     tags: Tags,
-    referrers: Referrers,
+    referrers: Arc<Referrers>,
     visibility: Visibility,
     misses: Arc<Misses>,
     metrics: Arc<Metrics>,
@@ -193,15 +193,15 @@ impl PullThrough {
                 Arc::clone(&metrics),
                 timings,
             ),
-            manifests: Manifests::new(
+            manifests: Arc::new(Manifests::new(
                 Arc::clone(&store),
                 index.clone(),
                 visibility.clone(),
                 Arc::clone(&misses),
                 Arc::clone(&metrics),
-            ),
+            )),
             tags: Tags::new(index.clone(), visibility.clone(), Arc::clone(&misses)),
-            referrers: Referrers::new(index.clone()),
+            referrers: Arc::new(Referrers::new(index.clone())),
             misses,
             index,
             store,
@@ -336,10 +336,23 @@ impl PullThrough {
                     .await?;
                 ("manifest", found)
             }
-            Reference::Tag(tag) => (
-                "tag",
-                self.tags.resolve(&self.manifests, at, tag, list).await?,
-            ),
+            Reference::Tag(tag) => {
+                let resolved = self.tags.resolve(&self.manifests, at, tag, list).await?;
+                // The upstream just answered for this tag: the moment to
+                // warm its signatures too, while it is reachable.
+                let asked_upstream =
+                    matches!(resolved.1, CacheOutcome::Miss | CacheOutcome::Revalidated);
+                if at.upstream.prefetch_referrers() && asked_upstream {
+                    Referrers::prefetch(
+                        &self.referrers,
+                        &self.manifests,
+                        &self.blobs,
+                        at,
+                        &resolved.0.digest,
+                    );
+                }
+                ("tag", resolved)
+            }
         };
         self.store.usage().touch(manifest.digest.hex());
         self.count(kind, outcome);

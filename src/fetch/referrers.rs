@@ -3,8 +3,11 @@
 //! the upstream's referrers API (every page), or read through the
 //! referrers tag schema (`sha256-<hex>`) where the upstream has no such
 //! API; kept like a tag (fresh for `referrers_ttl`, served stale through
-//! an outage within `max_stale`), filtered by `artifactType` here.
+//! an outage within `max_stale`), filtered by `artifactType` here; with
+//! `prefetch_referrers`, fetched ahead when a tag is.
 
+use super::accept::AcceptList;
+use super::download::BlobDownloads;
 use super::manifest::{Manifest, Manifests, FOLLOW_WAIT};
 use super::{CacheOutcome, FetchError, Target};
 use crate::cache::{self, unix_now, Index, TagKey, TagRecord};
@@ -20,6 +23,13 @@ pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Pages of a referrers answer followed at most.
 const MAX_PAGES: usize = 16;
+
+/// Manifests of one referrers list fetched ahead at most.
+const MAX_PREFETCHED: usize = 16;
+
+/// Blobs of those manifests are fetched ahead up to this size: signatures
+/// and attestations, not SBOMs of many megabytes.
+const MAX_PREFETCHED_BLOB: u64 = 1024 * 1024;
 
 /// The class under which referrers answers are kept beside tag mappings.
 const CLASS: &str = "referrers";
@@ -42,6 +52,55 @@ impl Referrers {
             index,
             flights: Flights::default(),
         }
+    }
+
+    /// Fetches and keeps the referrers of `subject`, the manifests they
+    /// list, and those manifests' small blobs (signature payloads, DSSE
+    /// envelopes), in a task of its own: never delaying the request that
+    /// asked for the tag, coalesced with any client asking meanwhile.
+    pub fn prefetch(
+        this: &Arc<Referrers>,
+        manifests: &Arc<Manifests>,
+        blobs: &Arc<BlobDownloads>,
+        at: &Target,
+        subject: &Digest,
+    ) {
+        let (this, manifests, blobs) = (Arc::clone(this), Arc::clone(manifests), Arc::clone(blobs));
+        let (at, subject) = (at.clone(), subject.clone());
+        tokio::spawn(async move {
+            let listed = match this.list(&manifests, &at, &subject, None).await {
+                Ok(answer) => descriptors(&answer.bytes).unwrap_or_default(),
+                Err(e) => {
+                    tracing::debug!(%subject, error = %e, "prefetching referrers failed");
+                    return;
+                }
+            };
+            let accept = AcceptList::all().header();
+            for digest in listed.iter().filter_map(digest_of).take(MAX_PREFETCHED) {
+                let manifest = match manifests.by_digest(&at, &digest, &accept).await {
+                    Ok((manifest, _)) => manifest,
+                    Err(e) => {
+                        tracing::debug!(%subject, %digest, error = %e, "prefetching a referrer failed");
+                        continue;
+                    }
+                };
+                let doc: Value = serde_json::from_slice(&manifest.bytes).unwrap_or_default();
+                let mut parts = doc["layers"].as_array().cloned().unwrap_or_default();
+                parts.push(doc["config"].clone());
+                let small = parts.iter().filter(|d| {
+                    d["size"]
+                        .as_u64()
+                        .is_some_and(|size| size <= MAX_PREFETCHED_BLOB)
+                });
+                for blob in small.filter_map(digest_of) {
+                    // Opening starts the download, which runs to its end
+                    // without a reader.
+                    if let Err(e) = blobs.open(&at, &blob).await {
+                        tracing::debug!(%subject, %blob, error = %e, "prefetching a referrer's blob failed");
+                    }
+                }
+            }
+        });
     }
 
     pub async fn list(
@@ -155,6 +214,7 @@ impl Referrers {
                 None => return Ok(entries),
             }
         }
+        tracing::warn!(%subject, pages = MAX_PAGES, "referrers answer has more pages; the rest left out");
         Ok(entries)
     }
 
@@ -170,6 +230,11 @@ impl Referrers {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The digest a descriptor names, if it names a valid one.
+fn digest_of(descriptor: &Value) -> Option<Digest> {
+    descriptor.get("digest")?.as_str()?.parse().ok()
 }
 
 /// `sha256:<hex>` → the tag `sha256-<hex>`.
@@ -238,5 +303,15 @@ mod tests {
         assert_eq!(kept[0]["digest"], "b");
         assert!(descriptors(b"<html>").is_err());
         assert_eq!(descriptors(br#"{"schemaVersion":2}"#).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_merged_answer_past_the_manifest_limit_is_refused() {
+        let padding = "x".repeat(1024);
+        let entry = serde_json::json!({"digest": "a", "annotations": {"pad": padding}});
+        let fits = vec![entry.clone(); MAX_MANIFEST_BYTES / 2048];
+        assert!(index_of(fits).is_ok());
+        let too_many = vec![entry; MAX_MANIFEST_BYTES / 1024 + 1];
+        assert!(index_of(too_many).is_err());
     }
 }

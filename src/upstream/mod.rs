@@ -254,6 +254,10 @@ impl Upstream {
         self.settings.referrers_ttl
     }
 
+    pub fn prefetch_referrers(&self) -> bool {
+        self.settings.prefetch_referrers
+    }
+
     /// How many blob downloads from here may run at once.
     pub fn max_downloads(&self) -> usize {
         self.settings.max_downloads

@@ -169,3 +169,118 @@ async fn without_a_referrers_api_the_tag_schema_answers() {
     assert_eq!(status, StatusCode::OK);
     assert!(listed(&empty).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_page_of_the_upstream_answer_is_followed_and_merged() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[1000]);
+    let mut expected: Vec<String> = (0..5u8)
+        .map(|i| {
+            let kind = if i % 2 == 0 { SIG } else { SBOM };
+            artifact(&hub, &image.manifest_digest, kind, &[b'p', i]).0
+        })
+        .collect();
+    expected.sort();
+    hub.set_fault(Target::All, Fault::ReferrersPerPage(2));
+    let mirror = Mirror::start(&hub.url());
+
+    let (status, _, all) = referrers(&mirror, &image.manifest_digest, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed(&all), expected, "all five, from three pages");
+    assert_eq!(hub.count(Kind::Referrers), 3, "pages of 2, 2 and 1");
+
+    // Filtering applies to the merged answer, served from the cache.
+    let (_, filtered, sboms) = referrers(
+        &mirror,
+        &image.manifest_digest,
+        &format!("?artifactType={}", SBOM.replace('+', "%2B")),
+    )
+    .await;
+    assert_eq!(filtered.as_deref(), Some("artifactType"));
+    assert_eq!(listed(&sboms).len(), 2);
+    assert_eq!(hub.count(Kind::Referrers), 3);
+}
+
+/// GET of `library/app:v1` through the mirror, as a client pulling it.
+async fn pull_tag(mirror: &Mirror) {
+    let response = client()
+        .get(format!("{}/v2/library/app/manifests/v1", mirror.url()))
+        .header("accept", crate::support::ACCEPT)
+        .send()
+        .await
+        .expect("mirror answers");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefetched_referrers_answer_a_signature_check_during_an_outage() {
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[1000]);
+    let (sig, sig_bytes) = artifact(&hub, &image.manifest_digest, SIG, b"signature");
+    let warmed = Mirror::builder(&hub.url())
+        .config(&format!(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\nprefetch_referrers = true\n",
+            hub.url()
+        ))
+        .start();
+    let cold = Mirror::start(&hub.url());
+
+    pull_tag(&cold).await;
+    assert_eq!(hub.count(Kind::Referrers), 0, "off by default: not asked");
+    pull_tag(&warmed).await;
+    // The tag's answer did not wait for it; the referrers list, the
+    // signature manifest and its payload follow in the background.
+    let sig_path = format!("/v2/library/app/manifests/{sig}");
+    let payload = crate::support::sha256_digest(b"signature");
+    crate::support::wait_until("the prefetch", std::time::Duration::from_secs(10), || {
+        let kept = crate::support::cache::cached(&warmed.cache_dir, &payload);
+        (hub.count(Kind::Referrers) == 1 && kept).then_some(())
+    });
+    assert!(hub.requests().iter().any(|r| r.path == sig_path));
+
+    hub.set_fault(Target::All, Fault::Status(503));
+    let before = hub.requests().len();
+    let (status, _, listed_now) = referrers(&warmed, &image.manifest_digest, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed(&listed_now), vec![sig.clone()]);
+    let manifest = client()
+        .get(format!("{}{sig_path}", warmed.url()))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(manifest.status(), StatusCode::OK);
+    assert_eq!(
+        manifest.bytes().await.expect("body").as_ref(),
+        sig_bytes.as_slice()
+    );
+    let blob = client()
+        .get(format!("{}/v2/library/app/blobs/{payload}", warmed.url()))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(blob.status(), StatusCode::OK);
+    assert_eq!(blob.bytes().await.expect("body").as_ref(), b"signature");
+    assert_eq!(
+        hub.requests().len(),
+        before,
+        "all three answered from the cache, the upstream not asked"
+    );
+    assert_eq!(hub.count(Kind::Referrers), 1);
+
+    // Without the prefetch the same check has nothing to fall back on.
+    let response = client()
+        .get(format!(
+            "{}/v2/library/app/referrers/{}",
+            cold.url(),
+            image.manifest_digest
+        ))
+        .send()
+        .await
+        .expect("mirror answers");
+    assert!(
+        response.status().is_server_error(),
+        "no cached referrers on the mirror without the prefetch: {}",
+        response.status()
+    );
+}

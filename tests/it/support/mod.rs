@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod mirror;
 pub mod oci_layout;
+pub mod oras;
 pub mod process;
 pub mod proxies;
 pub mod registry;

@@ -116,18 +116,31 @@ impl Registry {
     /// HEAD, which the access log shows) that the registry now names the tag
     /// by the layout's digest.
     pub fn seed(&self, oci_dir: &Path, tag: &str, dest: &str) {
+        self.seed_with(oci_dir, tag, dest, |_| {});
+    }
+
+    /// [`Registry::seed`] with more of skopeo's options (signing, a
+    /// `--registries.d`, environment) set by `configure`.
+    pub fn seed_with(
+        &self,
+        oci_dir: &Path,
+        tag: &str,
+        dest: &str,
+        configure: impl FnOnce(&mut Command),
+    ) {
         // Without --preserve-digests skopeo gzips the uncompressed layers on
         // the way to a docker:// destination, which changes every digest.
         // --all keeps an index and every platform's image.
         let mut command = Command::new("skopeo");
+        command.args([
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ]);
+        configure(&mut command);
         command
-            .args([
-                "copy",
-                "--quiet",
-                "--all",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-            ])
             .arg(format!("oci:{}:{tag}", oci_dir.display()))
             .arg(format!("docker://{}/{dest}", self.host()));
         let output = super::process::run_bounded(command, Duration::from_secs(120));
@@ -143,6 +156,64 @@ impl Registry {
             Some(expected.as_str()),
             "seeded digest"
         );
+    }
+
+    /// PUTs a manifest as a client pushing it would (the registry checks
+    /// that what it names is there); returns the digest it answered.
+    pub async fn put_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> String {
+        let response = super::client::client()
+            .put(format!("{}/v2/{name}/manifests/{reference}", self.url()))
+            .header("content-type", media_type)
+            .body(bytes)
+            .send()
+            .await
+            .expect("registry answers a manifest PUT");
+        assert_eq!(response.status().as_u16(), 201, "PUT {name}:{reference}");
+        super::client::header(&response, "docker-content-digest").expect("digest of the PUT")
+    }
+
+    /// Uploads a blob (one POST, one PUT, as a pushing client does);
+    /// returns its digest.
+    pub async fn push_blob(&self, name: &str, bytes: Vec<u8>) -> String {
+        let digest = sha256_digest(&bytes);
+        let client = super::client::client();
+        let started = client
+            .post(format!("{}/v2/{name}/blobs/uploads/", self.url()))
+            .send()
+            .await
+            .expect("registry answers an upload POST");
+        assert_eq!(started.status().as_u16(), 202, "POST upload to {name}");
+        let location = super::client::header(&started, "location").expect("upload location");
+        let location = if location.starts_with('/') {
+            format!("{}{location}", self.url())
+        } else {
+            location
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let finished = client
+            .put(format!("{location}{separator}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .expect("registry answers an upload PUT");
+        assert_eq!(finished.status().as_u16(), 201, "PUT blob {digest}");
+        digest
+    }
+
+    /// A manifest's bytes as the registry serves them (OCI media types).
+    pub fn manifest_bytes(&self, name: &str, reference: &str) -> Vec<u8> {
+        let path = format!("/v2/{name}/manifests/{reference}");
+        let response =
+            http(self.addr, "GET", &path, &[("Accept", ACCEPT_ALL)]).expect("GET manifest");
+        assert_eq!(response.status, 200, "GET {path}");
+        response.body
     }
 
     /// The `Docker-Content-Digest` of a manifest HEAD, or None on a non-200.

@@ -84,6 +84,9 @@ pub enum Fault {
     ContentType(String),
     /// `tags/list` responses carry this `Link` header.
     TagsLink(String),
+    /// Referrers answers list at most this many descriptors per page, the
+    /// rest behind `Link: <…?n=N&last=DIGEST>; rel="next"`.
+    ReferrersPerPage(usize),
 }
 
 /// The active faults, settable while the hub runs.

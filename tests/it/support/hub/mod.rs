@@ -9,7 +9,7 @@ mod content;
 mod faults;
 mod server;
 
-pub use content::{TestImage, OCI_INDEX, OCI_MANIFEST};
+pub use content::{random_bytes, TestImage, OCI_INDEX, OCI_MANIFEST};
 pub use faults::{Fault, Target};
 
 use bytes::Bytes;

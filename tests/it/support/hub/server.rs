@@ -285,17 +285,11 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
                 return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
             }
             let listed = lock(&state.store).referrers(name, subject);
-            let body = serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "manifests": listed,
+            let per_page = faults.iter().find_map(|fault| match fault {
+                Fault::ReferrersPerPage(n) => Some(*n),
+                _ => None,
             });
-            let mut response = json(StatusCode::OK, serde_json::to_vec(&body).expect("json"));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
-            );
-            response
+            referrers_page(name, subject, listed, per_page, req.uri().query())
         }
         Route::Tags { .. } => {
             let mut response = tags(state, name);
@@ -312,6 +306,54 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
             response
         }
     }
+}
+
+/// One page of a referrers answer: every descriptor, or with `per_page`
+/// those after the query's `last` digest (they are sorted by digest), and
+/// a `Link` to the next page while more remain.
+fn referrers_page(
+    name: &str,
+    subject: &str,
+    listed: Vec<serde_json::Value>,
+    per_page: Option<usize>,
+    query: Option<&str>,
+) -> Response<Body> {
+    let last = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("last="))
+        .map(str::to_owned);
+    let after: Vec<_> = listed
+        .into_iter()
+        .filter(|d| {
+            last.as_deref()
+                .is_none_or(|l| d["digest"].as_str() > Some(l))
+        })
+        .collect();
+    let shown = per_page.map_or(after.len(), |n| n.min(after.len()));
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": after[..shown],
+    });
+    let mut response = json(StatusCode::OK, serde_json::to_vec(&body).expect("json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+    );
+    if let (Some(n), Some(end)) = (per_page, after.get(shown.wrapping_sub(1))) {
+        if shown < after.len() {
+            let link = format!(
+                "</v2/{name}/referrers/{subject}?n={n}&last={}>; rel=\"next\"",
+                end["digest"].as_str().unwrap_or("")
+            );
+            response.headers_mut().insert(
+                header::LINK,
+                HeaderValue::from_str(&link).expect("link header"),
+            );
+        }
+    }
+    response
 }
 
 /// As Docker Hub does for clients that cannot take an index: a tag that
