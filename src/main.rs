@@ -424,8 +424,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let file = args.config.clone();
-    let reload: pullthrough::server::Reload =
-        Box::new(move || Config::load(file.as_deref(), &overrides));
+    let reload = pullthrough::server::Reload {
+        file: file.clone(),
+        load: Box::new(move || Config::load(file.as_deref(), &overrides)),
+    };
     match runtime.block_on(pullthrough::server::serve(config, Some(reload))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
