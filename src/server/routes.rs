@@ -28,6 +28,13 @@ pub enum Route {
     Metrics,
     /// `/`: the status and usage page.
     Page,
+    /// `/ui/live`: the page's live figures, rendered, for its script.
+    Live,
+    /// `/v1/search?q=`: Docker Hub's search API through the mirror, as
+    /// `docker search <mirror>/<term>` asks for it.
+    Search,
+    /// `/v1/_ping`: what the Docker daemon checks before it searches.
+    SearchPing,
     /// The page's script and stylesheet, embedded in the binary.
     Asset(Asset),
     /// The admin API under `/api/v1/`.
@@ -59,12 +66,25 @@ pub enum ApiRoute {
     Digest {
         digest: Digest,
     },
+    /// Every cached tag (what `cache ls` lists).
+    AllTags,
+    /// Blob downloads in flight, with progress.
+    Downloads,
+    /// Recent pulls and the most pulled repositories.
+    Pulls,
+    /// `DELETE`: forget every cached tag of a repository.
+    Repository {
+        name: RepoName,
+    },
 }
 
 impl ApiRoute {
     /// Actions change the cache and need the admin token.
     pub fn is_action(&self) -> bool {
-        matches!(self, ApiRoute::Tag { .. } | ApiRoute::Digest { .. })
+        matches!(
+            self,
+            ApiRoute::Tag { .. } | ApiRoute::Digest { .. } | ApiRoute::Repository { .. }
+        )
     }
 }
 
@@ -89,6 +109,9 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         "/" => return Ok(Route::Page),
         "/ui/app.js" => return Ok(Route::Asset(Asset::Script)),
         "/ui/app.css" => return Ok(Route::Asset(Asset::Style)),
+        "/ui/live" => return Ok(Route::Live),
+        "/v1/search" => return Ok(Route::Search),
+        "/v1/_ping" => return Ok(Route::SearchPing),
         _ => {}
     }
     if let Some(api) = path.strip_prefix("/api/v1/") {
@@ -138,6 +161,9 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         "status" => return Ok(ApiRoute::Status),
         "upstreams" => return Ok(ApiRoute::Upstreams),
         "cache/repositories" => return Ok(ApiRoute::Repositories),
+        "downloads" => return Ok(ApiRoute::Downloads),
+        "cache/tags" => return Ok(ApiRoute::AllTags),
+        "pulls" => return Ok(ApiRoute::Pulls),
         _ => {}
     }
     if let Some(digest) = path.strip_prefix("cache/digests/") {
@@ -154,7 +180,11 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         return Ok(ApiRoute::RepositoryTags { name });
     }
     // Names contain '/', tags never do: split from the right.
-    let (name, tag) = rest.rsplit_once("/tags/").ok_or(RouteError::NotFound)?;
+    let Some((name, tag)) = rest.rsplit_once("/tags/") else {
+        return Ok(ApiRoute::Repository {
+            name: rest.parse().map_err(RouteError::Name)?,
+        });
+    };
     Ok(ApiRoute::Tag {
         name: name.parse().map_err(RouteError::Name)?,
         tag: tag.parse().map_err(RouteError::Reference)?,
@@ -252,6 +282,15 @@ mod tests {
             parse("/api/v1/cache/digests/nope"),
             Err(RouteError::Digest(_))
         ));
+        assert!(matches!(
+            parse("/api/v1/cache/repositories/library/app"),
+            Ok(Route::Api(ApiRoute::Repository { ref name })) if name.as_str() == "library/app"
+        ));
+        assert_eq!(
+            parse("/api/v1/downloads"),
+            Ok(Route::Api(ApiRoute::Downloads))
+        );
+        assert_eq!(parse("/v1/search"), Ok(Route::Search));
         assert_eq!(parse("/api/v1/nope"), Err(RouteError::NotFound));
         assert_eq!(parse("/api/v2/status"), Err(RouteError::NotFound));
     }

@@ -4,6 +4,7 @@
 pub(crate) mod auth;
 mod breaker;
 mod egress;
+mod search;
 
 use crate::config::Timings;
 pub use crate::config::UpstreamSettings;

@@ -56,7 +56,11 @@ fn mirror_for(hub: &Hub, ghcr: &Hub) -> Mirror {
         hub.url(),
         ghcr.url()
     );
-    Mirror::builder(&hub.url()).config(&toml).start()
+    // API reads are open on the metrics listener (the default).
+    Mirror::builder(&hub.url())
+        .config(&toml)
+        .metrics_listener()
+        .start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -70,7 +74,8 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
     pull(&base, &image).await;
     pull(&base, &image).await;
 
-    let status = get_json(format!("{base}/api/v1/status")).await;
+    let ops = mirror.metrics_url();
+    let status = get_json(format!("{ops}/api/v1/status")).await;
     let metrics = mirror.metrics();
     let hits = sample_sum(&metrics, LOOKUPS, &[("result", "hit")]);
     let misses = sample_sum(&metrics, LOOKUPS, &[("result", "miss")]);
@@ -89,6 +94,19 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
         status["bytes_served"]["upstream"].as_f64(),
         Some(sample_sum(&metrics, SERVED, &[("source", "upstream")]))
     );
+    // Within the first hour, the last hour is everything since start.
+    let hour = &status["last_hour"];
+    assert_eq!(hour["hits"].as_f64(), Some(hits), "{status}");
+    assert_eq!(hour["misses"].as_f64(), Some(misses), "{status}");
+    assert_eq!(
+        hour["bytes_from_cache"].as_f64(),
+        Some(sample_sum(&metrics, SERVED, &[("source", "cache")]))
+    );
+    assert_eq!(
+        hour["bytes_from_upstream"].as_f64(),
+        Some(sample_sum(&metrics, SERVED, &[("source", "upstream")]))
+    );
+    assert!(hour["bytes_from_upstream"].as_u64() > Some(0), "{status}");
     assert_eq!(status["cache"]["tags"], 1, "{status}");
     assert_eq!(status["cache"]["blobs"], 3, "{status}");
     assert_eq!(status["cache"]["manifests"], 1, "{status}");
@@ -109,10 +127,10 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
     assert_eq!(names, ["docker.io", "ghcr.io"]);
     assert_eq!(status["upstreams"][0]["circuit_open"], false);
 
-    let upstreams = get_json(format!("{base}/api/v1/upstreams")).await;
+    let upstreams = get_json(format!("{ops}/api/v1/upstreams")).await;
     assert_eq!(upstreams.as_array().map(Vec::len), Some(2));
 
-    let repos = get_json(format!("{base}/api/v1/cache/repositories")).await;
+    let repos = get_json(format!("{ops}/api/v1/cache/repositories")).await;
     assert_eq!(repos[0]["upstream"], "docker.io", "{repos}");
     assert_eq!(repos[0]["repository"], "library/app", "{repos}");
     assert_eq!(repos[0]["tags"], 1, "{repos}");
@@ -120,20 +138,20 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
 
     // By the upstream's name and by the bare Hub name alike.
     for name in ["library/app", "app"] {
-        let tags = get_json(format!("{base}/api/v1/cache/repositories/{name}/tags")).await;
+        let tags = get_json(format!("{ops}/api/v1/cache/repositories/{name}/tags")).await;
         assert_eq!(tags[0]["tag"], "latest", "{tags}");
         assert_eq!(tags[0]["digest"], image.manifest_digest.as_str(), "{tags}");
     }
     let unknown = client()
-        .get(format!("{base}/api/v1/cache/repositories/nothing/tags"))
+        .get(format!("{ops}/api/v1/cache/repositories/nothing/tags"))
         .send()
         .await
         .expect("answer");
     assert_eq!(unknown.status(), 404);
 
-    // The API is read-only for now; the registry stays read-only.
+    // Reads are not written to; the registry stays read-only.
     let delete = client()
-        .delete(format!("{base}/api/v1/status"))
+        .delete(format!("{ops}/api/v1/status"))
         .send()
         .await
         .expect("answer");
@@ -265,7 +283,7 @@ async fn a_trusted_proxy_names_the_mirror_address() {
 }
 
 /// Chromium headless on `url`: the DOM after the page's script has run
-/// (virtual time lets its first `/api/v1/status` poll complete), and a
+/// (virtual time lets its first `/ui/live` poll complete), and a
 /// screenshot kept under `target/` as a CI artifact.
 fn browser_dom(url: &str, screenshot: &str) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
@@ -398,8 +416,12 @@ async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
     let toml = format!("admin_token_file = \"{}\"\n", token_file.display());
-    let mirror = Mirror::builder(&hub.url()).config(&toml).start();
+    let mirror = Mirror::builder(&hub.url())
+        .config(&toml)
+        .metrics_listener()
+        .start();
     let base = mirror.url();
+    let ops = mirror.metrics_url();
     pull(&base, &image).await;
 
     let tag_url = format!("{base}/api/v1/cache/repositories/library/app/tags/latest");
@@ -409,7 +431,7 @@ async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
         assert!(!body.contains(TOKEN), "no secret in a body");
     }
     // Still cached after the refusals.
-    let tags = get_json(format!("{base}/api/v1/cache/repositories/app/tags")).await;
+    let tags = get_json(format!("{ops}/api/v1/cache/repositories/app/tags")).await;
     assert_eq!(tags[0]["tag"], "latest");
 
     let (status, body) = delete(&tag_url, Some(TOKEN)).await;
@@ -417,7 +439,7 @@ async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
     assert!(body.contains("\"removed_tags\":1"), "{body}");
     assert!(!body.contains(TOKEN));
     let gone = client()
-        .get(format!("{base}/api/v1/cache/repositories/app/tags"))
+        .get(format!("{ops}/api/v1/cache/repositories/app/tags"))
         .send()
         .await
         .expect("answer");
