@@ -363,12 +363,22 @@ async fn a_real_browser_renders_the_cache_the_counts_and_the_snippets() {
         Some(misses.to_string()),
         "misses as /metrics"
     );
-    // The script ran under the CSP: it polled the API and showed the copy
-    // buttons it wires up.
+    // The script ran under the CSP: it refreshed the live part from
+    // /ui/live and showed the copy buttons it wires up.
     assert_ne!(
         text_of(&dom, "st-updated").as_deref(),
         Some("-"),
-        "the script polled the API"
+        "the script refreshed the live part"
+    );
+    assert!(
+        dom.contains("Recent pulls") && dom.contains("id=\"pulls\""),
+        "recent pulls"
+    );
+    assert!(dom.contains("id=\"top\""), "top repositories");
+    assert_eq!(
+        text_of(&dom, "st-hour-hits"),
+        Some(hits.to_string()),
+        "last hour's hits as /metrics (all within the hour)"
     );
     assert!(
         !dom.contains("hidden=\"\" data-done"),
@@ -384,16 +394,60 @@ async fn a_real_browser_renders_the_cache_the_counts_and_the_snippets() {
         "daemon.json"
     );
 
+    // The Chinese page, checked the same way; its screenshot needs a CJK
+    // font (tests/run-all.sh installs fonts-noto-cjk).
+    require_cjk_font();
     let page = format!("{base}/?lang=zh");
     let zh = tokio::task::spawn_blocking(move || browser_dom(&page, "page-zh.png"))
         .await
         .expect("browser");
     assert!(
-        zh.contains("使用此镜像") && zh.contains("已缓存的仓库"),
+        zh.contains("<html lang=\"zh-CN\">")
+            && zh.contains("使用此镜像")
+            && zh.contains("已缓存的仓库"),
         "the Chinese page"
     );
+    assert!(
+        zh.contains("缓存命中") && zh.contains("最近拉取"),
+        "Chinese labels"
+    );
+    assert_eq!(
+        text_of(&zh, "st-hits"),
+        Some(hits.to_string()),
+        "hits as /metrics"
+    );
+    assert_eq!(
+        text_of(&zh, "st-misses"),
+        Some(misses.to_string()),
+        "misses as /metrics"
+    );
+    assert_ne!(
+        text_of(&zh, "st-updated").as_deref(),
+        Some("-"),
+        "the script ran"
+    );
+    assert!(!zh.contains("hidden=\"\" data-done"), "copy buttons shown");
+    assert!(
+        zh.contains("docker.io/library/app"),
+        "the cached repository"
+    );
+    assert!(zh.contains(&format!("docker pull {host}/library/app:latest")));
     assert!(zh.contains(&format!("\"registry-mirrors\": [\"http://{host}\"]")));
-    assert_eq!(text_of(&zh, "st-hits"), Some(hits.to_string()));
+}
+
+/// Fontconfig must know a font with Chinese glyphs, or the Chinese
+/// screenshot shows boxes: under `CI=true` its absence fails the test.
+fn require_cjk_font() {
+    let mut command = std::process::Command::new("fc-list");
+    command.arg(":lang=zh");
+    let listed = run_bounded(command, Duration::from_secs(30));
+    if listed.status.success() && !listed.stdout.is_empty() {
+        return;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("no CJK font (fonts-noto-cjk) and CI=true: the Chinese screenshot would show boxes");
+    }
+    eprintln!("no CJK font installed (fonts-noto-cjk); the Chinese screenshot shows boxes");
 }
 
 const TOKEN: &str = "s3cret-admin-token";
