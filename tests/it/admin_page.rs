@@ -284,7 +284,8 @@ async fn a_trusted_proxy_names_the_mirror_address() {
 
 /// Chromium headless on `url`: the DOM after the page's script has run
 /// (virtual time lets its first `/ui/live` poll complete), and a
-/// screenshot kept under `target/` as a CI artifact.
+/// screenshot of the top of the page kept under `target/` as a CI
+/// artifact (`docs/page.png`, in the README, is the English one).
 fn browser_dom(url: &str, screenshot: &str) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let run = |extra: &[String]| {
@@ -313,7 +314,7 @@ fn browser_dom(url: &str, screenshot: &str) -> String {
     let shot = dir.join(screenshot);
     let taken = run(&[
         format!("--screenshot={}", shot.display()),
-        "--window-size=1280,2400".to_owned(),
+        "--window-size=1100,1300".to_owned(),
         "--hide-scrollbars".to_owned(),
     ]);
     assert!(
