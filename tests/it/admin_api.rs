@@ -463,3 +463,34 @@ async fn cache_ls_and_stats_ask_the_running_mirror_and_read_the_files_without_on
     };
     assert_eq!(strip(&rows), strip(&running_rows));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_outage_is_its_last_error_and_the_failed_pull_is_listed() {
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "latest", &[100]);
+    hub.set_fault(Target::All, Fault::Status(503));
+    let mirror = Mirror::builder(&hub.url()).metrics_listener().start();
+    let failed = client()
+        .get(format!("{}/v2/library/app/manifests/latest", mirror.url()))
+        .header("accept", ACCEPT)
+        .send()
+        .await
+        .expect("answer");
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    let (_, upstreams) = get(&format!("{}/api/v1/upstreams", mirror.metrics_url()), None).await;
+    let upstreams: Value = serde_json::from_str(&upstreams).expect("JSON");
+    let error = &upstreams[0]["last_error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains("503")),
+        "{upstreams}"
+    );
+    assert!(error["time"].as_u64().is_some(), "{upstreams}");
+    let (_, pulls) = get(&format!("{}/api/v1/pulls", mirror.metrics_url()), None).await;
+    let pulls: Value = serde_json::from_str(&pulls).expect("JSON");
+    assert_eq!(pulls["recent"][0]["result"], "error", "{pulls}");
+    assert_eq!(
+        pulls["recent"][0]["status"],
+        failed.status().as_u16(),
+        "{pulls}"
+    );
+}
