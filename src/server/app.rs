@@ -53,6 +53,8 @@ pub struct App {
     /// Opens API reads for `cache ls|stats` (see `admin::address`);
     /// `None` if no random bytes could be had.
     pub(super) cli_read_token: Option<String>,
+    /// Docker Hub search answers, kept briefly.
+    pub(super) searches: super::search::SearchCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +166,7 @@ impl App {
             cli_read_token: crate::admin::address::new_read_token()
                 .inspect_err(|error| tracing::warn!(%error, "no read token for cache ls|stats"))
                 .ok(),
+            searches: Default::default(),
         });
         Ok(app)
     }

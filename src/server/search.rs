@@ -1,7 +1,10 @@
 //! `GET /v1/search?q=`: the Docker Hub search API answered through the
 //! mirror, so `docker search <mirror>/<term>` and the page's search box
 //! work where Docker Hub itself cannot be reached; and `/v1/_ping`, which
-//! the Docker daemon asks before it searches a registry.
+//! the Docker daemon asks before it searches a registry. Answers are kept
+//! a minute, and concurrent identical searches share one upstream request:
+//! Hub limits its search API, and the page's box must not become a way to
+//! spend that limit.
 
 use super::body::{self, Body};
 use super::error::{ApiError, Origin, Subject};
@@ -14,6 +17,21 @@ use serde::Deserialize;
 const DEFAULT_PAGE_SIZE: u32 = 25;
 const MAX_PAGE_SIZE: u32 = 100;
 const MAX_TERM_LEN: usize = 255;
+const KEEP_ANSWERS: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Recent upstream answers by (term, page size, page).
+pub struct SearchCache(moka::future::Cache<(String, u32, u32), bytes::Bytes>);
+
+impl Default for SearchCache {
+    fn default() -> Self {
+        SearchCache(
+            moka::future::Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(KEEP_ANSWERS)
+                .build(),
+        )
+    }
+}
 
 /// A search as asked: `q` (the term), `n` (page size), `page`.
 #[derive(Debug, PartialEq, Eq)]
@@ -74,10 +92,13 @@ async fn upstream_page(app: &App, asked: &SearchQuery) -> Result<bytes::Bytes, A
         .iter()
         .find(|u| u.has_search())
         .ok_or(ApiError::SearchUnsupported)?;
-    hub.search(&asked.term, asked.n, asked.page)
+    let key = (asked.term.to_lowercase(), asked.n, asked.page);
+    app.searches
+        .0
+        .try_get_with(key, hub.search(&asked.term, asked.n, asked.page))
         .await
         .map_err(|e| ApiError::Fetch {
-            source: FetchError::Upstream(e),
+            source: FetchError::Upstream((*e).clone()),
             subject: Subject::Repository,
             origin: Some(Origin {
                 registry: hub.name().to_owned(),

@@ -376,7 +376,17 @@ async fn search_passes_through_to_docker_hub_and_the_page_finds_images() {
     assert!(page.contains("value=\"app\""), "the term stays in the box");
     assert!(page.contains("id=\"cached-results\""));
     assert!(!page.contains("library/other"), "only matches");
-    assert_eq!(hub.count(Kind::Search), 2);
+    assert_eq!(hub.count(Kind::Search), 1, "the same search, kept a minute");
+    let other = client()
+        .get(format!("{base}/?q=tool"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("page body");
+    assert!(other.contains(&format!("docker pull {host}/team/apptool")));
+    assert_eq!(hub.count(Kind::Search), 2, "another term asks again");
 
     // A mirror without Docker Hub has no search to pass through.
     let ghcr_only = Mirror::from_config_only()
