@@ -1,9 +1,13 @@
-//! The offline commands: `gc`, `cache stats` and `cache ls`. They open the
-//! cache directly, so they refuse to run while a server holds it.
+//! The cache commands: `gc`, `cache stats` and `cache ls`. They open the
+//! cache directly; while a running mirror holds it, `gc` refuses and
+//! `cache stats|ls` ask that mirror's admin API instead (`remote`).
+
+pub mod address;
+pub mod remote;
 
 use crate::cache::{self, Budget, CacheError, ContentStore, Index};
 use crate::oci::Digest;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +18,14 @@ pub enum AdminError {
     InUse(String),
     #[error("cannot open the cache at {dir}: {source}")]
     Open { dir: String, source: CacheError },
+    #[error("the cache at {dir} is in use by a running pullthrough, whose admin API cannot be reached: {reason}")]
+    Unreachable { dir: String, reason: String },
+    #[error("the running pullthrough at {url} answered HTTP {status}{hint}")]
+    Remote {
+        url: String,
+        status: u16,
+        hint: &'static str,
+    },
 }
 
 /// Opens a stopped mirror's cache for an offline command.
@@ -103,7 +115,7 @@ pub fn render_gc(r: &GcReport) -> String {
     out
 }
 
-#[derive(Serialize, Default, Clone, Debug)]
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
 pub struct Stats {
     pub bytes: u64,
     pub blobs: u64,
@@ -112,6 +124,23 @@ pub struct Stats {
     pub repositories: u64,
     /// Unix seconds of the least recently used entry.
     pub oldest_access: Option<u64>,
+}
+
+/// `cache stats`: from the files, or from the running mirror that holds
+/// them.
+pub fn stats_here_or_running(dir: &Path) -> Result<Stats, AdminError> {
+    match stats(dir) {
+        Err(AdminError::InUse(_)) => remote::stats(dir),
+        other => other,
+    }
+}
+
+/// `cache ls`, the same way.
+pub fn list_here_or_running(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
+    match list(dir, repo) {
+        Err(AdminError::InUse(_)) => remote::list(dir, repo),
+        other => other,
+    }
 }
 
 pub fn stats(dir: &Path) -> Result<Stats, AdminError> {
@@ -171,7 +200,7 @@ pub fn render_stats(s: &Stats) -> String {
 /// The most of a manifest `image_size` reads to find what it references.
 const MANIFEST_READ_LIMIT: u64 = 4 * 1024 * 1024;
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct TagRow {
     pub upstream: String,
     pub repository: String,

@@ -24,10 +24,15 @@
 //!   misses, visibility of private content.
 //! - [`server`]: listeners (idle timeouts, HTTP/2 limits), routing by host,
 //!   `?ns=` or prefix, per-client limits, handlers (which call only the
-//!   core), the page and admin API, the error → HTTP mapping, reload and
-//!   graceful shutdown; `server::run` serves bound listeners in-process.
+//!   core), the page (`page/`: live figures, search box, snippets), the
+//!   admin API (`api`, fed by `activity`: recent pulls, top repositories,
+//!   hourly figures), Docker Hub search passed through (`search`), the
+//!   error → HTTP mapping, reload and graceful shutdown; `server::run`
+//!   serves bound listeners in-process.
 //! - [`metrics`]: one Prometheus registry per running mirror.
-//! - [`admin`]: the offline `gc` and `cache stats|ls` commands.
+//! - [`admin`]: the `gc` and `cache stats|ls` commands; the latter ask a
+//!   running mirror's API (`admin::remote`, found by `admin::address`)
+//!   when one holds the cache.
 //! - [`bundle`]: offline bundles (`export`, `import`): images as an OCI
 //!   image layout in a tar, verified blob by blob on the way in.
 

@@ -25,7 +25,8 @@ enum Command {
     /// Repair the cache and evict down to max_size, offline (stop the
     /// server first); prints what it removed and freed.
     Gc(GcArgs),
-    /// Inspect the cache, offline.
+    /// Inspect the cache: from its files, or through the admin API of the
+    /// mirror running on it.
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
@@ -248,12 +249,12 @@ fn main() -> ExitCode {
             };
             match repo {
                 None => print_or_fail(
-                    admin::stats(&config.cache_dir),
+                    admin::stats_here_or_running(&config.cache_dir),
                     args.json,
                     admin::render_stats,
                 ),
                 Some(repo) => print_or_fail(
-                    admin::list(&config.cache_dir, repo.as_deref()),
+                    admin::list_here_or_running(&config.cache_dir, repo.as_deref()),
                     args.json,
                     |rows| admin::render_list(rows),
                 ),

@@ -28,6 +28,7 @@ pub(crate) struct FileConfig {
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
+    pub admin_read: Option<super::values::AdminRead>,
     pub client_auth_max_failures: Option<u32>,
     pub storage: Option<FileStorage>,
     #[serde(default)]

@@ -13,8 +13,8 @@ mod values;
 pub use storage::{AwsEnv, S3Settings};
 pub use upstream::{Credentials, Secret, UpstreamSettings};
 pub use values::{
-    normalise_host, AddressFamily, ByteRate, ByteSize, HostPatterns, HumanDuration, PatternSet,
-    ProxyNet, ProxyUrl, RequestRate, TlsFiles,
+    normalise_host, AddressFamily, AdminRead, ByteRate, ByteSize, HostPatterns, HumanDuration,
+    PatternSet, ProxyNet, ProxyUrl, RequestRate, TlsFiles,
 };
 
 use std::net::SocketAddr;
@@ -60,6 +60,9 @@ pub struct Config {
     /// The token the admin API's actions (purges) require, as
     /// `Authorization: Bearer`; without it, actions are refused.
     pub admin_token_file: Option<PathBuf>,
+    /// Who may read `/api/v1/`; `None`: open on the metrics listener,
+    /// the token on the main one.
+    pub admin_read: Option<AdminRead>,
     /// Failed authentication attempts a client address may make within a
     /// minute before it gets 429 without its credentials being checked.
     pub client_auth_max_failures: u32,
@@ -308,6 +311,7 @@ impl Config {
             htpasswd_file: parsed.htpasswd_file,
             bearer_tokens_file: parsed.bearer_tokens_file,
             admin_token_file: parsed.admin_token_file,
+            admin_read: parsed.admin_read,
             client_auth_max_failures: parsed.client_auth_max_failures.unwrap_or(10),
             tls,
             max_size: max_size.map(|b| b.0),

@@ -15,6 +15,7 @@
 pub(crate) mod accept;
 mod body;
 mod download;
+pub use download::DownloadView;
 mod inventory;
 mod manifest;
 mod misses;
@@ -213,6 +214,11 @@ impl PullThrough {
     /// Blob downloads running now.
     pub fn downloads_in_flight(&self) -> usize {
         self.blobs.in_flight()
+    }
+
+    /// Blob downloads running now, with their progress.
+    pub fn downloads(&self) -> Vec<DownloadView> {
+        self.blobs.in_flight_detail()
     }
 
     /// Whether new content could be written now (for readiness): a file

@@ -44,6 +44,17 @@ pub struct App {
     /// SHA-256 of the admin token (`admin_token_file`); `None`: actions
     /// are refused. Only the hash is kept, and compared.
     pub(super) admin_token: Option<[u8; 32]>,
+    /// Who may read `/api/v1/` (see `Config::admin_read`).
+    pub(super) admin_read: Option<crate::config::AdminRead>,
+    /// Recent pulls, top repositories, hourly figures, upstream errors.
+    pub(super) activity: Arc<super::activity::Activity>,
+    /// Where the running mirror leaves its admin address for the CLI.
+    pub(super) cache_dir: PathBuf,
+    /// Opens API reads for `cache ls|stats` (see `admin::address`);
+    /// `None` if no random bytes could be had.
+    pub(super) cli_read_token: Option<String>,
+    /// Docker Hub search answers, kept briefly.
+    pub(super) searches: super::search::SearchCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +139,8 @@ impl App {
             Arc::clone(&metrics),
         );
         let limits = Limits::new(config.limits.clone(), Arc::clone(&metrics));
+        let activity = Arc::new(super::activity::Activity::default());
+        super::activity::spawn_sampler(Arc::clone(&activity), Arc::clone(&metrics));
         let app = Arc::new(App {
             limits: RwLock::new(Arc::new(limits)),
             private,
@@ -147,6 +160,13 @@ impl App {
             max_size: config.max_size,
             tls: config.tls.is_some(),
             admin_token,
+            admin_read: config.admin_read,
+            activity,
+            cache_dir: config.cache_dir.clone(),
+            cli_read_token: crate::admin::address::new_read_token()
+                .inspect_err(|error| tracing::warn!(%error, "no read token for cache ls|stats"))
+                .ok(),
+            searches: Default::default(),
         });
         Ok(app)
     }

@@ -6,6 +6,7 @@
 //! in (bind from the config, stop on SIGTERM or SIGINT).
 
 mod access;
+mod activity;
 mod api;
 mod app;
 mod body;
@@ -19,6 +20,7 @@ mod listener;
 mod ops;
 mod page;
 mod routes;
+mod search;
 mod select;
 mod tls;
 mod upload;
@@ -108,6 +110,7 @@ pub async fn run(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    let admin_address = leave_admin_address(&app, &listeners);
     let tls = match listeners.tls {
         Some(files) => Some(tls::acceptor(files, app.tls_poll)?),
         None => None,
@@ -155,6 +158,9 @@ pub async fn run(
         }
     }
     app.drain(deadline).await;
+    if let Some(address) = admin_address {
+        crate::admin::address::remove(&app.cache_dir, &address);
+    }
     Ok(())
 }
 
@@ -171,6 +177,27 @@ async fn hangup(signals: &mut Option<tokio::signal::unix::Signal>) -> bool {
     match signals.as_mut() {
         Some(s) => s.recv().await.is_some(),
         None => std::future::pending().await,
+    }
+}
+
+/// Tells `pullthrough cache ls|stats` where and how to ask: the metrics
+/// listener when there is one (plain HTTP), else the main one.
+fn leave_admin_address(
+    app: &App,
+    listeners: &Listeners,
+) -> Option<crate::admin::address::AdminAddress> {
+    let (addr, tls) = match &listeners.metrics {
+        Some(metrics) => (metrics.local_addr().ok()?, false),
+        None => (listeners.main.local_addr().ok()?, listeners.tls.is_some()),
+    };
+    let url = crate::admin::address::local_url(addr, tls);
+    let token = app.cli_read_token.as_deref()?;
+    match crate::admin::address::write(&app.cache_dir, &url, token) {
+        Ok(address) => Some(address),
+        Err(error) => {
+            tracing::warn!(%error, "cannot leave the admin address in the cache directory; cache ls|stats will not reach this mirror");
+            None
+        }
     }
 }
 

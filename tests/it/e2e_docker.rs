@@ -5,6 +5,7 @@
 //! mirror fails, so a failed pull means the mirror failed.
 
 use crate::support::docker::DockerDaemon;
+use crate::support::hub::{Hub, Kind};
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout::{self, host_architecture};
 use crate::support::registry::Registry;
@@ -131,4 +132,47 @@ fn docker_pulls_through_the_mirror_and_again_from_cache() {
             expected.name
         );
     }
+}
+
+/// `docker search <mirror>/<term>`: the daemon pings the mirror's v1 API
+/// and asks its `/v1/search`, which the mirror answers from Docker Hub's
+/// search API (the stand-in's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_search_through_the_mirror_asks_the_hub_search_api() {
+    if !(require_tool("dockerd") && require_tool("docker")) {
+        return;
+    }
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "latest", &[100]);
+    hub.push_image("team/apptool", "1.0", &[100]);
+    hub.push_image("library/other", "latest", &[100]);
+    let mirror = Mirror::start(&hub.url());
+    let term = format!("{}/app", mirror.addr);
+    let output = tokio::task::block_in_place(|| {
+        let docker = DockerDaemon::start(&mirror.url());
+        let output = docker.cli(&[
+            "search",
+            "--no-trunc",
+            "--format",
+            "{{.Name}} {{.StarCount}}",
+            &term,
+        ]);
+        (output, docker.log_tail())
+    });
+    let (output, log) = output;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "docker search {term}: {}{}\n--- dockerd log ---\n{log}",
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines.iter().any(|l| l.ends_with("app 7")), "{stdout}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("team/apptool 7")),
+        "{stdout}"
+    );
+    assert_eq!(hub.count(Kind::Search), 1, "one search reached the hub");
 }

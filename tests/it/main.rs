@@ -2,6 +2,7 @@
 //! helpers and build once (the crates.io layout).
 
 mod addressing;
+mod admin_api;
 mod admin_page;
 mod bundles;
 mod cache_budget;

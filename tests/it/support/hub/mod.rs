@@ -54,6 +54,8 @@ pub enum Kind {
     TagsList,
     /// Referrers API requests.
     Referrers,
+    /// Search API requests (`/v1/search`, Docker Hub's index API).
+    Search,
 }
 
 /// Which part of the hub a request reached.
