@@ -18,6 +18,7 @@ mod download;
 mod inventory;
 mod manifest;
 mod misses;
+mod prefetch;
 mod referrers;
 mod resume;
 mod tags;
@@ -25,6 +26,7 @@ mod visibility;
 
 use accept::AcceptList;
 pub use body::{full, Body};
+pub use manifest::Manifest;
 
 use crate::cache::{BlobStore, CacheError, ContentStore, Index, Tier};
 use crate::config::Timings;

@@ -80,7 +80,9 @@ pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiErr
         ApiRoute::Status => json(&status(app).await?),
         ApiRoute::Upstreams => json(&upstreams(app)),
         ApiRoute::Repositories => json(&repositories(&tags(app, None).await?)),
-        ApiRoute::Tag { .. } | ApiRoute::Digest { .. } => Err(ApiError::MethodNotAllowed),
+        ApiRoute::Tag { .. } | ApiRoute::Digest { .. } | ApiRoute::Warm => {
+            Err(ApiError::MethodNotAllowed)
+        }
         ApiRoute::RepositoryTags { name } => {
             let rows = tags(app, Some(&name)).await?;
             if rows.is_empty() {

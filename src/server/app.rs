@@ -44,6 +44,10 @@ pub struct App {
     /// SHA-256 of the admin token (`admin_token_file`); `None`: actions
     /// are refused. Only the hash is kept, and compared.
     pub(super) admin_token: Option<[u8; 32]>,
+    /// Upstream pulls a warm leaves to clients (`warm_reserve`).
+    pub(super) warm_reserve: u64,
+    /// How often a warm paused at the reserve asks again.
+    pub(super) warm_poll: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,8 @@ pub enum StartError {
     ClientAuth(#[from] client_auth::ClientAuthError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] super::tls::TlsError),
+    #[error(transparent)]
+    Pins(#[from] crate::warm::PinError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -105,6 +111,21 @@ impl App {
             Some(path) => Some(load_admin_token(path)?),
             None => None,
         };
+        // Known before serving only as far as the cache holds the pinned
+        // images' manifests; the background warm checks the rest.
+        let pinned = crate::warm::pinned_size_at_start(
+            &store,
+            &index,
+            &config.warm,
+            config.max_size,
+            &|name| {
+                let at = super::warm::target_for(&upstreams, name).ok()?;
+                Some((at.upstream.name().to_owned(), at.upstream.upstream_name(&at.repo)))
+            },
+        )?;
+        if pinned > 0 {
+            tracing::info!(bytes = pinned, "pinned warm sets known from the cache");
+        }
         spawn_maintenance(&store, &index, config);
         let private = config.upstreams.iter().any(|u| u.credentials.is_some());
         let mut tiers: Vec<Arc<dyn cache::Tier>> = Vec::new();
@@ -147,7 +168,20 @@ impl App {
             max_size: config.max_size,
             tls: config.tls.is_some(),
             admin_token,
+            warm_reserve: config.warm_reserve,
+            warm_poll: config.timings.warm_ratelimit_poll,
         });
+        if !config.warm.is_empty() {
+            crate::warm::spawn_sets(
+                Arc::clone(&app),
+                config.warm.clone(),
+                crate::warm::SetOptions {
+                    max_size: config.max_size,
+                    reserve: config.warm_reserve,
+                    poll: config.timings.warm_ratelimit_poll,
+                },
+            );
+        }
         Ok(app)
     }
 }

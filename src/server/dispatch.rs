@@ -8,10 +8,10 @@ use super::error::ApiError;
 use super::handlers::{self, Handled};
 use super::limits;
 use super::ops;
-use super::routes::{self, Route};
+use super::routes::{self, ApiRoute, Route};
 use super::select::select;
 use super::App;
-use super::{api, page};
+use super::{api, page, warm};
 use crate::metrics::status_class;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
@@ -196,7 +196,7 @@ fn is_trusted_proxy(app: &App, peer: IpAddr) -> bool {
 }
 
 pub(super) async fn route(
-    app: &App,
+    app: &Arc<App>,
     req: &Request<Incoming>,
     scope: Scope,
     client: IpAddr,
@@ -228,11 +228,14 @@ pub(super) async fn route(
     // here, in place of client auth, on either listener.
     let route = match route {
         Route::Api(api) if api.is_action() => {
-            if method != Method::DELETE {
+            if *method != api.action_method() {
                 return Err(ApiError::MethodNotAllowed);
             }
             if !api::is_admin(app, req.headers()) {
                 return Err(ApiError::Unauthorized);
+            }
+            if api == ApiRoute::Warm {
+                return Ok(warm::warm_action(Arc::clone(app), req.uri().query())?.into());
             }
             return Ok(api::act(app, api, req.uri().query()).await?.into());
         }

@@ -48,6 +48,9 @@ pub enum ApiError {
     ClientLimited(super::limits::Refused),
     #[error("repository {0:?} is not allowed on this mirror")]
     Denied(String),
+    /// A warm request naming no image, or one that does not parse.
+    #[error("{0}")]
+    InvalidImage(String),
     #[error("{source}")]
     Fetch {
         source: FetchError,
@@ -94,6 +97,7 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            ApiError::InvalidImage(_) => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
             ApiError::ClientLimited(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }

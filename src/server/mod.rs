@@ -21,12 +21,14 @@ mod page;
 mod routes;
 mod select;
 mod tls;
+mod warm;
 
 pub use crate::oci::{parse_range, ByteSpan, RangeRequest};
 pub use app::{App, StartError};
 pub use error::ApiError;
 pub use routes::{parse as parse_route, Route, RouteError};
 pub use tls::TlsFiles;
+pub use warm::{check_offline, warm_offline, WarmRequest};
 
 use crate::config::Config;
 use dispatch::Scope;

@@ -59,12 +59,25 @@ pub enum ApiRoute {
     Digest {
         digest: Digest,
     },
+    /// `POST`: warm images into the cache (`?image=…&platform=…`).
+    Warm,
 }
 
 impl ApiRoute {
     /// Actions change the cache and need the admin token.
     pub fn is_action(&self) -> bool {
-        matches!(self, ApiRoute::Tag { .. } | ApiRoute::Digest { .. })
+        matches!(
+            self,
+            ApiRoute::Tag { .. } | ApiRoute::Digest { .. } | ApiRoute::Warm
+        )
+    }
+
+    /// The method an action is asked with.
+    pub fn action_method(&self) -> http::Method {
+        match self {
+            ApiRoute::Warm => http::Method::POST,
+            _ => http::Method::DELETE,
+        }
     }
 }
 
@@ -138,6 +151,7 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         "status" => return Ok(ApiRoute::Status),
         "upstreams" => return Ok(ApiRoute::Upstreams),
         "cache/repositories" => return Ok(ApiRoute::Repositories),
+        "warm" => return Ok(ApiRoute::Warm),
         _ => {}
     }
     if let Some(digest) = path.strip_prefix("cache/digests/") {
@@ -252,6 +266,7 @@ mod tests {
             parse("/api/v1/cache/digests/nope"),
             Err(RouteError::Digest(_))
         ));
+        assert_eq!(parse("/api/v1/warm"), Ok(Route::Api(ApiRoute::Warm)));
         assert_eq!(parse("/api/v1/nope"), Err(RouteError::NotFound));
         assert_eq!(parse("/api/v2/status"), Err(RouteError::NotFound));
     }
