@@ -291,7 +291,7 @@ pub fn render_list(rows: &[TagRow]) -> String {
 }
 
 /// Left-aligned columns separated by two spaces.
-fn table(header: &[&str], rows: Vec<Vec<String>>, with_header: bool) -> String {
+pub fn table(header: &[&str], rows: Vec<Vec<String>>, with_header: bool) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

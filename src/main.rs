@@ -9,6 +9,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod warm_cli;
+
 /// A pull-through cache for container registries: set it as a registry
 /// mirror and every image layer is fetched from the upstream once.
 #[derive(Parser)]
@@ -25,6 +27,10 @@ enum Command {
     /// Repair the cache and evict down to max_size, offline (stop the
     /// server first); prints what it removed and freed.
     Gc(GcArgs),
+    /// Fetch images with all their blobs into a running mirror (--server)
+    /// or a stopped cache directory; exits non-zero naming each image it
+    /// could not warm.
+    Warm(warm_cli::WarmArgs),
     /// Inspect the cache, offline.
     Cache {
         #[command(subcommand)]
@@ -36,6 +42,9 @@ enum Command {
 enum CacheCommand {
     /// Totals: bytes, blobs, manifests, tags, oldest access.
     Stats(CacheArgs),
+    /// Whether each image is fully servable with the upstream down (exit
+    /// status 0 when all are).
+    Check(warm_cli::CheckArgs),
     /// Cached repositories and tags with sizes and last use.
     Ls {
         /// Only this repository (e.g. library/ubuntu or ubuntu).
@@ -193,9 +202,14 @@ fn main() -> ExitCode {
             let result = admin::gc(&config.cache_dir, config.max_size, protect, args.dry_run);
             print_or_fail(result, args.cache.json, admin::render_gc)
         }
+        Command::Warm(args) => {
+            init_logging(LogFormat::Text, "warn");
+            warm_cli::warm(args)
+        }
         Command::Cache { command } => {
             init_logging(LogFormat::Text, "warn");
             let (args, repo) = match command {
+                CacheCommand::Check(args) => return warm_cli::check(args),
                 CacheCommand::Stats(args) => (args, None),
                 CacheCommand::Ls { repo, args } => (args, Some(repo)),
             };

@@ -9,6 +9,7 @@ use crate::fetch::{CacheOutcome, FetchError, Manifest, PullThrough, Target};
 use crate::oci::{Digest, ImageRef, Platforms, Reference};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,7 +34,8 @@ pub struct Warmer<'a> {
 }
 
 /// What a warm did for one image (or why it could not).
-#[derive(Serialize, Clone, Debug, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+#[serde(default)]
 pub struct ImageReport {
     pub image: String,
     pub upstream: String,
@@ -44,6 +46,8 @@ pub struct ImageReport {
     pub platforms: Vec<String>,
     pub manifests: u64,
     pub blobs: u64,
+    /// Blobs handled so far (cached, fetched or failed).
+    pub blobs_done: u64,
     /// Blobs this warm downloaded (the rest were cached already).
     pub blobs_fetched: u64,
     /// Bytes of every blob and manifest of the image.
@@ -79,7 +83,7 @@ impl Plan {
 }
 
 /// Whether an image is servable from the cache alone.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct CheckReport {
     pub image: String,
     pub servable: bool,
@@ -402,6 +406,7 @@ impl Warmer<'_> {
             .buffer_unordered(BLOBS_AT_ONCE);
         let mut failures = Vec::new();
         while let Some((digest, fetched)) = results.next().await {
+            report.blobs_done += 1;
             match fetched {
                 Ok(p) if matches!(p.outcome, CacheOutcome::Miss) => {
                     report.blobs_fetched += 1;
