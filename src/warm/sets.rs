@@ -135,10 +135,11 @@ async fn refresh<H: WarmHost>(
                 "warm set not pinned and its blobs not fetched: the pinned sets would need more than max_size"
             );
             drop(pins);
-            host.metrics()
-                .warm_images_ready
+            let m = host.metrics();
+            m.warm_images_ready.with_label_values(&[&set.name]).set(0);
+            m.warm_last_refresh
                 .with_label_values(&[&set.name])
-                .set(0);
+                .set(unix_now() as i64);
             return;
         }
         // Pinned before the blobs land, so eviction never takes a part of

@@ -28,3 +28,4 @@ mod routing;
 mod s3_tier;
 mod support;
 mod tls_auth;
+mod warm;
