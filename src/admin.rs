@@ -4,6 +4,7 @@
 use crate::cache::{self, Budget, CacheError, ContentStore, Index};
 use crate::oci::Digest;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -35,14 +36,20 @@ pub struct GcReport {
     pub eviction: Option<cache::EvictionReport>,
 }
 
-/// Reconciles, then evicts down to the budget when one is set.
+/// What eviction must keep, found from an open cache (pinned warm sets).
+pub type PinnedDigests<'a> = &'a dyn Fn(&dyn ContentStore, &Index) -> HashSet<String>;
+
+/// Reconciles, then evicts down to the budget when one is set, keeping
+/// what `pinned` names.
 pub fn gc(
     dir: &Path,
     max_size: Option<u64>,
     protect_recent: Duration,
     dry_run: bool,
+    pinned: PinnedDigests<'_>,
 ) -> Result<GcReport, AdminError> {
     let (store, index) = open(dir, max_size)?;
+    store.usage().set_pinned(pinned(&store, &index));
     let removed_temp = store.clear_temp(dry_run).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot empty tmp/");
         0

@@ -199,7 +199,20 @@ fn main() -> ExitCode {
                 .map(|u| u.tag_ttl)
                 .max()
                 .unwrap_or_default();
-            let result = admin::gc(&config.cache_dir, config.max_size, protect, args.dry_run);
+            let pinned = match pullthrough::server::offline_pins(&config) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("pullthrough: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let result = admin::gc(
+                &config.cache_dir,
+                config.max_size,
+                protect,
+                args.dry_run,
+                &pinned,
+            );
             print_or_fail(result, args.cache.json, admin::render_gc)
         }
         Command::Warm(args) => {

@@ -113,19 +113,17 @@ impl App {
         };
         // Known before serving only as far as the cache holds the pinned
         // images' manifests; the background warm checks the rest.
-        let pinned = crate::warm::pinned_size_at_start(
+        let pins = crate::warm::known_pins(
             &store,
             &index,
             &config.warm,
             config.max_size,
-            &|name| {
-                let at = super::warm::target_for(&upstreams, name).ok()?;
-                Some((at.upstream.name().to_owned(), at.upstream.upstream_name(&at.repo)))
-            },
+            &|name| super::warm::upstream_repo(&upstreams, name),
         )?;
-        if pinned > 0 {
-            tracing::info!(bytes = pinned, "pinned warm sets known from the cache");
+        if pins.bytes() > 0 {
+            tracing::info!(bytes = pins.bytes(), "pinned warm sets known from the cache");
         }
+        store.usage().set_pinned(pins.digests());
         spawn_maintenance(&store, &index, config);
         let private = config.upstreams.iter().any(|u| u.credentials.is_some());
         let mut tiers: Vec<Arc<dyn cache::Tier>> = Vec::new();
@@ -180,6 +178,7 @@ impl App {
                     reserve: config.warm_reserve,
                     poll: config.timings.warm_ratelimit_poll,
                 },
+                pins,
             );
         }
         Ok(app)
@@ -188,7 +187,7 @@ impl App {
 
 /// The upstreams a config names; with `running`, an upstream whose
 /// settings did not change is kept as it is (tokens, circuit state).
-fn build_upstreams(
+pub(super) fn build_upstreams(
     config: &Config,
     running: Option<&Upstreams>,
     metrics: &Arc<Metrics>,

@@ -28,7 +28,7 @@ pub use app::{App, StartError};
 pub use error::ApiError;
 pub use routes::{parse as parse_route, Route, RouteError};
 pub use tls::TlsFiles;
-pub use warm::{check_offline, warm_offline, WarmRequest};
+pub use warm::{check_offline, offline_pins, warm_offline, WarmRequest};
 
 use crate::config::Config;
 use dispatch::Scope;

@@ -31,6 +31,28 @@ pub(super) fn target_for(upstreams: &Upstreams, name: &RepoName) -> Result<Targe
         .ok_or_else(|| "names no repository".to_owned())
 }
 
+/// The upstream's name and the repository as that upstream spells it
+/// (`library/` on Docker Hub), for looking a name up in the index.
+pub(super) fn upstream_repo(upstreams: &Upstreams, name: &RepoName) -> Option<(String, RepoName)> {
+    let at = target_for(upstreams, name).ok()?;
+    Some((at.upstream.name().to_owned(), at.upstream.upstream_name(&at.repo)))
+}
+
+/// What `gc` must not evict: the pinned sets of `config`, as far as the
+/// cache's own manifests tell (no upstream is asked).
+pub fn offline_pins(
+    config: &Config,
+) -> Result<impl Fn(&dyn crate::cache::ContentStore, &crate::cache::Index) -> std::collections::HashSet<String>, StartError> {
+    let metrics = Metrics::new();
+    let upstreams = super::app::build_upstreams(config, None, &metrics)?;
+    let sets = config.warm.clone();
+    Ok(move |store: &dyn crate::cache::ContentStore, index: &crate::cache::Index| {
+        crate::warm::known_pins(store, index, &sets, None, &|name| upstream_repo(&upstreams, name))
+            .map(|k| k.digests())
+            .unwrap_or_default()
+    })
+}
+
 impl WarmHost for App {
     fn core(&self) -> &PullThrough {
         &self.core

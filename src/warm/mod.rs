@@ -11,4 +11,4 @@ mod engine;
 mod sets;
 
 pub use engine::{CheckReport, ImageReport, Plan, Warmer};
-pub use sets::{pinned_size_at_start, spawn_sets, PinError, SetOptions, WarmHost};
+pub use sets::{known_pins, spawn_sets, KnownPins, PinError, SetOptions, WarmHost};

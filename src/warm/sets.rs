@@ -37,6 +37,26 @@ pub struct PinError {
     pub detail: String,
 }
 
+/// What the pinned sets hold as far as a cache's own manifests tell:
+/// found before serving (and by the offline `gc`), so eviction keeps them
+/// from the first moment, before the background warm has re-read them.
+#[derive(Default)]
+pub struct KnownPins {
+    /// Per set: its digests and their bytes.
+    by_set: Pins,
+}
+
+impl KnownPins {
+    pub fn bytes(&self) -> u64 {
+        self.by_set.values().map(|(_, b)| b).sum()
+    }
+
+    /// Every pinned digest (`sha256:…`).
+    pub fn digests(&self) -> HashSet<String> {
+        self.by_set.values().flat_map(|(d, _)| d).cloned().collect()
+    }
+}
+
 /// How the sets run.
 pub struct SetOptions {
     pub max_size: Option<u64>,
@@ -46,8 +66,13 @@ pub struct SetOptions {
 
 /// Starts one task per set. Pins are the union over the sets, replaced
 /// whenever a set refreshes (a tag that moved unpins what it left).
-pub fn spawn_sets<H: WarmHost>(host: Arc<H>, sets: Vec<WarmSet>, options: SetOptions) {
-    let pins: Arc<Mutex<Pins>> = Arc::default();
+pub fn spawn_sets<H: WarmHost>(
+    host: Arc<H>,
+    sets: Vec<WarmSet>,
+    options: SetOptions,
+    known: KnownPins,
+) {
+    let pins: Arc<Mutex<Pins>> = Arc::new(Mutex::new(known.by_set));
     let options = Arc::new(options);
     for set in sets {
         let (host, pins, options) = (Arc::clone(&host), Arc::clone(&pins), Arc::clone(&options));
@@ -177,23 +202,23 @@ async fn refresh<H: WarmHost>(
         .set(unix_now() as i64);
 }
 
-/// At start-up, before serving: the bytes the pinned sets need as far as
-/// the cache already holds their manifests (the rest becomes known when
-/// the background warm has them, and is checked then); an error if that
-/// is over `max_size`. `resolve` names the upstream and the repository as
-/// the upstream spells it.
-pub fn pinned_size_at_start(
+/// At start-up, before serving (and in the offline `gc`): what the pinned
+/// sets hold as far as the cache already has their manifests (the rest
+/// becomes known when the background warm has them, and is checked then);
+/// an error if that is over `max_size`. `resolve` names the upstream and
+/// the repository as the upstream spells it.
+pub fn known_pins(
     store: &dyn ContentStore,
     index: &Index,
     sets: &[WarmSet],
     max_size: Option<u64>,
     resolve: &dyn Fn(&RepoName) -> Option<(String, RepoName)>,
-) -> Result<u64, PinError> {
+) -> Result<KnownPins, PinError> {
     let mut seen = HashSet::new();
-    let mut total = 0;
-    let mut detail = Vec::new();
+    let mut known = KnownPins::default();
     for set in sets.iter().filter(|s| s.pin) {
         let mut set_bytes = 0;
+        let mut digests = HashSet::new();
         for image in &set.images {
             let Some((upstream, repo)) = resolve(&image.name) else {
                 continue;
@@ -207,6 +232,7 @@ pub fn pinned_size_at_start(
                 let Ok(Some(bytes)) = store.read_small(&digest, MAX_MANIFEST_BYTES as u64) else {
                     continue;
                 };
+                digests.insert(digest.to_string());
                 if seen.insert(digest.clone()) {
                     set_bytes += bytes.len() as u64;
                 }
@@ -215,27 +241,41 @@ pub fn pinned_size_at_start(
                 };
                 if parsed.is_index() {
                     if depth < 2 {
-                        pending.extend(parsed.children(&set.platforms).into_iter().map(|d| (d, depth + 1)));
+                        pending.extend(
+                            parsed
+                                .children(&set.platforms)
+                                .into_iter()
+                                .map(|d| (d, depth + 1)),
+                        );
                     }
                     continue;
                 }
                 for (d, size) in parsed.blobs().unwrap_or_default() {
+                    digests.insert(d.to_string());
                     if seen.insert(d) {
                         set_bytes += size;
                     }
                 }
             }
         }
-        total += set_bytes;
-        detail.push(format!("{}: {set_bytes} bytes", set.name));
+        known.by_set.insert(set.name.clone(), (digests, set_bytes));
     }
+    let needed = known.bytes();
     match max_size {
-        Some(max_size) if total > max_size => Err(PinError {
-            needed: total,
-            max_size,
-            detail: detail.join(", "),
-        }),
-        _ => Ok(total),
+        Some(max_size) if needed > max_size => {
+            let mut detail: Vec<String> = known
+                .by_set
+                .iter()
+                .map(|(name, (_, b))| format!("{name}: {b} bytes"))
+                .collect();
+            detail.sort();
+            Err(PinError {
+                needed,
+                max_size,
+                detail: detail.join(", "),
+            })
+        }
+        _ => Ok(known),
     }
 }
 

@@ -136,3 +136,49 @@ async fn a_pin_set_over_the_budget_is_refused_at_start_up_or_before_its_blobs() 
     assert!(error.contains("max_size 102400 bytes"), "{error}");
     assert!(error.contains("big:"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_offline_gc_keeps_pinned_sets_too() {
+    let hub = Hub::start().await;
+    let pinned = hub.push_image("library/pinned", "1", &[200_000]);
+    let other = hub.push_image("library/other", "1", &[200_000]);
+    let (_dir, plain) = config_file(&hub_config(&hub.url(), ""));
+    let pin_set = "[[warm]]\nimages = [\"pinned:1\"]\npin = true\n";
+    let (_pin_dir, pinning) = config_file(&hub_config(&hub.url(), pin_set));
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cache_dir = cache.path().display().to_string();
+    for image in ["pinned:1", "other:1"] {
+        let warmed = pullthrough_json(&[
+            "warm",
+            image,
+            "--config",
+            &plain.display().to_string(),
+            "--cache-dir",
+            &cache_dir,
+        ]);
+        assert_eq!(warmed[0]["ok"], true, "{warmed}");
+        // Access times are in whole seconds: the pinned image is the
+        // least recently used, the first eviction would take it.
+        next_second();
+    }
+    let report = pullthrough_json(&[
+        "gc",
+        "--config",
+        &pinning.display().to_string(),
+        "--cache-dir",
+        &cache_dir,
+        "--max-size",
+        "300KB",
+    ]);
+    let removed: Vec<String> = report["eviction"]["removed"]
+        .as_array()
+        .expect("removed")
+        .iter()
+        .map(|r| r[0].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(removed.contains(&other.layers[0].0), "{report}");
+    for (digest, _) in std::iter::once(&pinned.config).chain(&pinned.layers) {
+        assert!(!removed.contains(digest), "pinned {digest} evicted: {report}");
+        assert!(cached(cache.path(), digest));
+    }
+}
