@@ -121,7 +121,10 @@ pub fn warm(args: WarmArgs) -> ExitCode {
     };
     let reports = match &args.server {
         Some(server) => {
-            let token_file = args.admin_token_file.clone().or(config.admin_token_file.clone());
+            let token_file = args
+                .admin_token_file
+                .clone()
+                .or(config.admin_token_file.clone());
             let Some(token_file) = token_file else {
                 return fail("--server needs the admin token: --admin-token-file, PULLTHROUGH_ADMIN_TOKEN_FILE or admin_token_file in --config");
             };
@@ -138,8 +141,10 @@ pub fn warm(args: WarmArgs) -> ExitCode {
                 platforms,
                 referrers: args.referrers,
             };
-            rt.block_on(pullthrough::server::warm_offline(&config, &request, &progress))
-                .map_err(|e| e.to_string())
+            rt.block_on(pullthrough::server::warm_offline(
+                &config, &request, &progress,
+            ))
+            .map_err(|e| e.to_string())
         }
     };
     if tty {
@@ -150,14 +155,23 @@ pub fn warm(args: WarmArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).unwrap_or_default()
+        );
     } else {
         print!("{}", render_warm(&reports));
     }
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| !r.ok)
-        .map(|r| format!("{} ({})", r.image, r.error.as_deref().unwrap_or("unknown error")))
+        .map(|r| {
+            format!(
+                "{} ({})",
+                r.image,
+                r.error.as_deref().unwrap_or("unknown error")
+            )
+        })
         .collect();
     if failed.is_empty() {
         ExitCode::SUCCESS
@@ -251,7 +265,15 @@ fn render_warm(reports: &[ImageReport]) -> String {
         })
         .collect();
     table(
-        &["IMAGE", "DIGEST", "MANIFESTS", "FETCHED/BLOBS", "FETCHED", "SIZE", "STATUS"],
+        &[
+            "IMAGE",
+            "DIGEST",
+            "MANIFESTS",
+            "FETCHED/BLOBS",
+            "FETCHED",
+            "SIZE",
+            "STATUS",
+        ],
         rows,
         true,
     )
@@ -274,20 +296,28 @@ pub fn check(args: CheckArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let reports: Vec<CheckReport> =
-        match rt.block_on(pullthrough::server::check_offline(&config, &images, &platforms)) {
-            Ok(r) => r,
-            Err(e) => return fail(e),
-        };
+    let reports: Vec<CheckReport> = match rt.block_on(pullthrough::server::check_offline(
+        &config, &images, &platforms,
+    )) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).unwrap_or_default()
+        );
     } else {
         let rows = reports
             .iter()
             .map(|r| {
                 vec![
                     r.image.clone(),
-                    if r.servable { "servable".into() } else { "MISSING".into() },
+                    if r.servable {
+                        "servable".into()
+                    } else {
+                        "MISSING".into()
+                    },
                     format!("{}", r.blobs),
                     human_bytes(r.bytes),
                     r.missing.join(", "),
@@ -296,7 +326,11 @@ pub fn check(args: CheckArgs) -> ExitCode {
             .collect();
         print!(
             "{}",
-            table(&["IMAGE", "OFFLINE", "BLOBS", "CACHED", "MISSING"], rows, true)
+            table(
+                &["IMAGE", "OFFLINE", "BLOBS", "CACHED", "MISSING"],
+                rows,
+                true
+            )
         );
     }
     if reports.iter().all(|r| r.servable) {

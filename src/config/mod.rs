@@ -14,11 +14,11 @@ mod warm;
 
 pub use storage::{AwsEnv, S3Settings};
 pub use upstream::{Credentials, Secret, UpstreamSettings};
-pub use warm::WarmSet;
 pub use values::{
     normalise_host, AddressFamily, ByteRate, ByteSize, HostPatterns, HumanDuration, PatternSet,
     ProxyNet, ProxyUrl, RequestRate, TlsFiles,
 };
+pub use warm::WarmSet;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

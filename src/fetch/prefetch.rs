@@ -118,9 +118,7 @@ impl PullThrough {
             }
             Ok(index
                 .tags()
-                .find(|(k, _)| {
-                    k.upstream == key.upstream && k.repo == key.repo && k.tag == key.tag
-                })
+                .find(|(k, _)| k.upstream == key.upstream && k.repo == key.repo && k.tag == key.tag)
                 .map(|(_, r)| r.digest))
         })
         .await?;
@@ -131,7 +129,10 @@ impl PullThrough {
     }
 
     /// A manifest by digest if the cache holds it.
-    pub async fn cached_manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, FetchError> {
+    pub async fn cached_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Manifest>>, FetchError> {
         self.manifests.cached(digest).await
     }
 

@@ -134,7 +134,9 @@ impl Default for Platforms {
 
 impl Platforms {
     /// Parses `linux/amd64,linux/arm64/v8` or `all`.
-    pub fn parse_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Platforms, ImageError> {
+    pub fn parse_list<'a>(
+        items: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Platforms, ImageError> {
         let mut only = Vec::new();
         for item in items.into_iter().flat_map(|i| i.split(',')) {
             let item = item.trim();
@@ -164,7 +166,12 @@ impl Platforms {
 
     /// Whether an index entry with this platform is taken (an entry
     /// without one, or an attestation's `unknown/unknown`, only by `all`).
-    pub fn takes(&self, os: Option<&str>, architecture: Option<&str>, variant: Option<&str>) -> bool {
+    pub fn takes(
+        &self,
+        os: Option<&str>,
+        architecture: Option<&str>,
+        variant: Option<&str>,
+    ) -> bool {
         match self {
             Platforms::All => true,
             Platforms::Only(list) => match (os, architecture) {

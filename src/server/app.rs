@@ -113,15 +113,15 @@ impl App {
         };
         // Known before serving only as far as the cache holds the pinned
         // images' manifests; the background warm checks the rest.
-        let pins = crate::warm::known_pins(
-            &store,
-            &index,
-            &config.warm,
-            config.max_size,
-            &|name| super::warm::upstream_repo(&upstreams, name),
-        )?;
+        let pins =
+            crate::warm::known_pins(&store, &index, &config.warm, config.max_size, &|name| {
+                super::warm::upstream_repo(&upstreams, name)
+            })?;
         if pins.bytes() > 0 {
-            tracing::info!(bytes = pins.bytes(), "pinned warm sets known from the cache");
+            tracing::info!(
+                bytes = pins.bytes(),
+                "pinned warm sets known from the cache"
+            );
         }
         store.usage().set_pinned(pins.digests());
         spawn_maintenance(&store, &index, config);

@@ -35,22 +35,32 @@ pub(super) fn target_for(upstreams: &Upstreams, name: &RepoName) -> Result<Targe
 /// (`library/` on Docker Hub), for looking a name up in the index.
 pub(super) fn upstream_repo(upstreams: &Upstreams, name: &RepoName) -> Option<(String, RepoName)> {
     let at = target_for(upstreams, name).ok()?;
-    Some((at.upstream.name().to_owned(), at.upstream.upstream_name(&at.repo)))
+    Some((
+        at.upstream.name().to_owned(),
+        at.upstream.upstream_name(&at.repo),
+    ))
 }
 
 /// What `gc` must not evict: the pinned sets of `config`, as far as the
 /// cache's own manifests tell (no upstream is asked).
 pub fn offline_pins(
     config: &Config,
-) -> Result<impl Fn(&dyn crate::cache::ContentStore, &crate::cache::Index) -> std::collections::HashSet<String>, StartError> {
+) -> Result<
+    impl Fn(&dyn crate::cache::ContentStore, &crate::cache::Index) -> std::collections::HashSet<String>,
+    StartError,
+> {
     let metrics = Metrics::new();
     let upstreams = super::app::build_upstreams(config, None, &metrics)?;
     let sets = config.warm.clone();
-    Ok(move |store: &dyn crate::cache::ContentStore, index: &crate::cache::Index| {
-        crate::warm::known_pins(store, index, &sets, None, &|name| upstream_repo(&upstreams, name))
+    Ok(
+        move |store: &dyn crate::cache::ContentStore, index: &crate::cache::Index| {
+            crate::warm::known_pins(store, index, &sets, None, &|name| {
+                upstream_repo(&upstreams, name)
+            })
             .map(|k| k.digests())
             .unwrap_or_default()
-    })
+        },
+    )
 }
 
 impl WarmHost for App {
@@ -77,9 +87,10 @@ pub struct WarmRequest {
 
 impl WarmRequest {
     pub fn from_query(query: Option<&str>) -> Result<WarmRequest, ApiError> {
-        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let pairs: Vec<(String, String)> =
+            url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
         let images = pairs
             .iter()
             .filter(|(k, _)| k == "image")
@@ -165,10 +176,8 @@ pub(super) fn warm_action(app: Arc<App>, query: Option<&str>) -> Result<Response
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
 

@@ -78,7 +78,9 @@ impl Plan {
 
     /// Every digest the image is made of, for pins.
     pub fn digests(&self) -> impl Iterator<Item = &Digest> {
-        self.manifests.iter().chain(self.blobs.iter().map(|(d, _)| d))
+        self.manifests
+            .iter()
+            .chain(self.blobs.iter().map(|(d, _)| d))
     }
 }
 
@@ -133,8 +135,12 @@ pub(super) struct Parsed {
 
 impl Parsed {
     fn of(manifest: &Manifest) -> Result<Parsed, String> {
-        serde_json::from_slice(&manifest.bytes)
-            .map_err(|e| format!("manifest {} is not JSON a warm can follow: {e}", manifest.digest))
+        serde_json::from_slice(&manifest.bytes).map_err(|e| {
+            format!(
+                "manifest {} is not JSON a warm can follow: {e}",
+                manifest.digest
+            )
+        })
     }
 
     pub(super) fn is_index(&self) -> bool {
@@ -150,7 +156,12 @@ impl Parsed {
                 .is_some_and(|m| m.contains("foreign") || m.contains("nondistributable"))
         };
         let mut out = Vec::new();
-        for d in self.config.iter().chain(&self.layers).filter(|d| !foreign(d)) {
+        for d in self
+            .config
+            .iter()
+            .chain(&self.layers)
+            .filter(|d| !foreign(d))
+        {
             out.push((parse_digest(&d.digest)?, d.size));
         }
         for l in &self.fs_layers {
@@ -232,7 +243,10 @@ impl Warmer<'_> {
             repository: at.upstream.upstream_name(&at.repo).to_string(),
             ..ImageReport::default()
         };
-        match self.walk(image, at, platforms, referrers, &mut report).await {
+        match self
+            .walk(image, at, platforms, referrers, &mut report)
+            .await
+        {
             Ok((manifests, blobs)) => Ok(Plan {
                 report,
                 at: at.clone(),
@@ -365,17 +379,13 @@ impl Warmer<'_> {
         Ok(out)
     }
 
-    /// A manifest by digest; the gate only when it is not cached.
+    /// A manifest by digest through the core (which records the
+    /// repository as holding it, as a pull would); the gate only when the
+    /// cache does not have it.
     async fn manifest(&self, at: &Target, digest: &Digest) -> Result<Arc<Manifest>, String> {
-        if let Ok(Some(m)) = self.core.cached_manifest(digest).await {
-            // Through the core all the same: it records the repository
-            // as holding it, as a pull would.
-            if let Ok((m, _)) = self.core.prefetch_manifest(at, digest).await {
-                return Ok(m);
-            }
-            return Ok(m);
+        if !matches!(self.core.cached_manifest(digest).await, Ok(Some(_))) {
+            self.gate(at, &Reference::Digest(digest.clone())).await;
         }
-        self.gate(at, &Reference::Digest(digest.clone())).await;
         let (m, _) = self
             .core
             .prefetch_manifest(at, digest)
@@ -495,7 +505,9 @@ impl Warmer<'_> {
             report.manifests += 1;
             report.bytes += m.bytes.len() as u64;
             let Ok(parsed) = Parsed::of(&m) else {
-                report.missing.push(format!("readable manifest {}", m.digest));
+                report
+                    .missing
+                    .push(format!("readable manifest {}", m.digest));
                 continue;
             };
             if parsed.is_index() {

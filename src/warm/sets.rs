@@ -121,10 +121,7 @@ async fn refresh<H: WarmHost>(
         };
         match warmer.plan(image, &at, &set.platforms, set.referrers).await {
             Ok(plan) => plans.push(plan),
-            Err(report) => failed.push(format!(
-                "{image}: {}",
-                report.error.unwrap_or_default()
-            )),
+            Err(report) => failed.push(format!("{image}: {}", report.error.unwrap_or_default())),
         }
     }
     let mut ready = 0;
@@ -281,7 +278,12 @@ pub fn known_pins(
 
 /// The digest a tag maps to in the index: the warm's own mapping, else
 /// any client kind's.
-fn recorded_tag(index: &Index, upstream: &str, repo: &RepoName, tag: &crate::oci::Tag) -> Option<Digest> {
+fn recorded_tag(
+    index: &Index,
+    upstream: &str,
+    repo: &RepoName,
+    tag: &crate::oci::Tag,
+) -> Option<Digest> {
     let key = TagKey {
         upstream: upstream.to_owned(),
         repo: repo.clone(),

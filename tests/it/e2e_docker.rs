@@ -148,7 +148,10 @@ fn docker_pulls_a_warmed_image_after_the_upstream_is_gone() {
     let token_file = tmp.path().join("admin-token");
     std::fs::write(&token_file, "e2e-warm-token\n").expect("token file");
     let mirror = Mirror::builder(&registry.url())
-        .config(&format!("admin_token_file = \"{}\"\n", token_file.display()))
+        .config(&format!(
+            "admin_token_file = \"{}\"\n",
+            token_file.display()
+        ))
         .start();
     let image = format!("{}:{}", multi.name, multi.tag);
     let output = crate::support::cli::pullthrough(&[

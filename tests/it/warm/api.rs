@@ -53,7 +53,9 @@ async fn a_warm_needs_the_token_takes_the_platforms_asked_and_skips_what_is_cach
     );
     for (digest, _) in std::iter::once(&arm.config).chain(&arm.layers) {
         assert!(
-            !hub.requests().iter().any(|r| r.path.contains(digest.as_str())),
+            !hub.requests()
+                .iter()
+                .any(|r| r.path.contains(digest.as_str())),
             "the arm64 blob {digest} was fetched"
         );
     }
@@ -87,8 +89,16 @@ async fn a_warm_needs_the_token_takes_the_platforms_asked_and_skips_what_is_cach
     let r = &done(&lines)[0];
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["blobs_fetched"], 0);
-    assert_eq!(blob_fetches(&hub), 6, "blob downloads on a warm of cached content");
-    assert_eq!(manifest_gets(&hub), gets, "manifest GETs on a warm of cached content");
+    assert_eq!(
+        blob_fetches(&hub),
+        6,
+        "blob downloads on a warm of cached content"
+    );
+    assert_eq!(
+        manifest_gets(&hub),
+        gets,
+        "manifest GETs on a warm of cached content"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,7 +109,12 @@ async fn bad_warm_requests_get_oci_errors_and_missing_images_are_named() {
     let toml = hub_config(&hub.url(), &admin_token_line(dir.path()));
     let mirror = Mirror::builder(&hub.url()).config(&toml).start();
 
-    for query in ["", "image=UPPER:1", "image=app:-x", "image=app:v1&platform=linux"] {
+    for query in [
+        "",
+        "image=UPPER:1",
+        "image=app:-x",
+        "image=app:v1&platform=linux",
+    ] {
         let (status, _, body) = warm_api(&mirror, query, Some(TOKEN)).await;
         assert_eq!(status, 400, "{query:?}: {body}");
         assert_eq!(

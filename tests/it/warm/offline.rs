@@ -19,7 +19,12 @@ async fn a_cache_warmed_offline_serves_the_image_with_the_upstream_gone() {
         config.display().to_string(),
         cache.path().display().to_string(),
     );
-    let common = ["--config", config.as_str(), "--cache-dir", cache_dir.as_str()];
+    let common = [
+        "--config",
+        config.as_str(),
+        "--cache-dir",
+        cache_dir.as_str(),
+    ];
 
     let reports = pullthrough_json(&[&["warm", "app:v1"][..], &common].concat());
     assert_eq!(reports[0]["ok"], true, "{reports}");
@@ -30,7 +35,8 @@ async fn a_cache_warmed_offline_serves_the_image_with_the_upstream_gone() {
     let check = pullthrough_json(&[&["cache", "check", "app:v1"][..], &common].concat());
     assert_eq!(check[0]["servable"], true, "{check}");
     assert_eq!(check[0]["blobs"], 3);
-    let not_warmed = pullthrough(&[&["cache", "check", "app:v1", "other:v1"][..], &common].concat());
+    let not_warmed =
+        pullthrough(&[&["cache", "check", "app:v1", "other:v1"][..], &common].concat());
     assert_eq!(not_warmed.status.code(), Some(1));
     let table = String::from_utf8_lossy(&not_warmed.stdout);
     assert!(

@@ -71,7 +71,10 @@ async fn a_pinned_set_survives_an_eviction_that_takes_everything_else() {
             .then_some(())
     });
     for (digest, _) in std::iter::once(&pinned.config).chain(&pinned.layers) {
-        assert!(cached(&mirror.cache_dir, digest), "pinned blob {digest} evicted");
+        assert!(
+            cached(&mirror.cache_dir, digest),
+            "pinned blob {digest} evicted"
+        );
     }
     assert!(
         cached(&mirror.cache_dir, &pinned.manifest_digest),
@@ -178,7 +181,10 @@ async fn the_offline_gc_keeps_pinned_sets_too() {
         .collect();
     assert!(removed.contains(&other.layers[0].0), "{report}");
     for (digest, _) in std::iter::once(&pinned.config).chain(&pinned.layers) {
-        assert!(!removed.contains(digest), "pinned {digest} evicted: {report}");
+        assert!(
+            !removed.contains(digest),
+            "pinned {digest} evicted: {report}"
+        );
         assert!(cached(cache.path(), digest));
     }
 }

@@ -48,7 +48,10 @@ async fn a_set_is_warmed_at_start_and_a_moved_tag_costs_only_its_new_manifest_an
     let new_blobs = [&moved.config, &moved.layers[1]];
     for (digest, _) in new_blobs {
         assert_eq!(
-            fetched.iter().filter(|p| p.contains(digest.as_str())).count(),
+            fetched
+                .iter()
+                .filter(|p| p.contains(digest.as_str()))
+                .count(),
             1,
             "new blob {digest} fetched once"
         );
@@ -71,7 +74,11 @@ async fn a_set_is_warmed_at_start_and_a_moved_tag_costs_only_its_new_manifest_an
     assert_eq!(hub.count(Kind::ManifestGetByTag), 0);
     assert_eq!(hub.count(Kind::CdnGet), 5);
     pull_exact(&mirror.url(), "library/app", "stable", &moved).await;
-    assert_eq!(hub.count(Kind::CdnGet), 5, "the pull after the warm fetched blobs");
+    assert_eq!(
+        hub.count(Kind::CdnGet),
+        5,
+        "the pull after the warm fetched blobs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -100,7 +107,11 @@ async fn a_warm_stops_at_the_reserve_and_resumes_when_the_window_allows() {
     wait_until("the paused warm polling with HEADs", SETTLE, || {
         (b_heads() >= 3).then_some(())
     });
-    assert_eq!(hub.count(Kind::ManifestGetByDigest), 1, "GETs past the reserve");
+    assert_eq!(
+        hub.count(Kind::ManifestGetByDigest),
+        1,
+        "GETs past the reserve"
+    );
     assert_eq!(hub.count(Kind::ManifestGetByTag), 0);
     assert_eq!(ready(&mirror, "two"), 0.0);
 
