@@ -77,3 +77,48 @@ pub(super) fn resolve(sets: Vec<FileWarm>) -> Result<Vec<WarmSet>, ConfigError> 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Overrides};
+    use std::io::Write;
+
+    fn load(text: &str) -> Result<Config, String> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        Config::load(Some(f.path()), &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sets_load_with_defaults() {
+        let c = load("[[warm]]\nimages = [\"nginx:1.27\"]\n").unwrap();
+        assert_eq!(c.warm_reserve, 10);
+        let set = &c.warm[0];
+        assert_eq!(set.name, "warm[0]");
+        assert_eq!(set.every, super::DEFAULT_EVERY);
+        assert!(!set.pin);
+        assert_eq!(set.platforms, crate::oci::Platforms::default());
+        let c = load("warm_reserve = 3\n[[warm]]\nimages = [\"a\"]\nplatforms = [\"all\"]\nevery = \"5m\"\npin = true\n").unwrap();
+        assert_eq!(c.warm_reserve, 3);
+        assert_eq!(c.warm[0].every.as_secs(), 300);
+        assert_eq!(c.warm[0].platforms, crate::oci::Platforms::All);
+    }
+
+    #[test]
+    fn bad_sets_name_their_key() {
+        for (text, key) in [
+            ("[[warm]]\nimages = []\n", "warm[0].images"),
+            ("[[warm]]\nimages = [\"UP\"]\n", "warm[0].images"),
+            ("[[warm]]\nimages = [\"a\"]\nplatforms = [\"linux\"]\n", "warm[0].platforms"),
+            ("[[warm]]\nimages = [\"a\"]\nevery = \"0s\"\n", "warm[0].every"),
+            ("[[warm]]\nimages = [\"a\"]\npinned = true\n", "pinned"),
+            (
+                "[[warm]]\nname = \"x\"\nimages = [\"a\"]\n[[warm]]\nname = \"x\"\nimages = [\"b\"]\n",
+                "warm[1].name",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+}
