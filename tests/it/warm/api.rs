@@ -161,3 +161,72 @@ async fn bad_warm_requests_get_oci_errors_and_missing_images_are_named() {
     );
     super::pull_exact(&mirror.url(), "library/app", "v1", &image).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_referrers_a_warm_brings_the_signature_and_its_blobs() {
+    use crate::support::hub::OCI_MANIFEST;
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[6_000]);
+    let empty = hub.put_blob("library/app", b"{}".to_vec());
+    let payload = b"a signature over the image".to_vec();
+    let layer = hub.put_blob("library/app", payload.clone());
+    let signature = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": payload.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": image.manifest_digest, "size": image.manifest_bytes.len()},
+    }))
+    .expect("json");
+    let sig_digest = hub.put_manifest("library/app", None, OCI_MANIFEST, signature.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = hub_config(&hub.url(), &admin_token_line(dir.path()));
+    let mirror = Mirror::builder(&hub.url()).config(&toml).start();
+
+    let (status, lines, body) = warm_api(&mirror, "image=app:v1", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(done(&lines)[0]["referrers"], 0, "{body}");
+    assert_eq!(
+        hub.count(Kind::Referrers),
+        0,
+        "referrers asked without --referrers"
+    );
+
+    let (_, lines, body) = warm_api(&mirror, "image=app:v1&referrers=true", Some(TOKEN)).await;
+    let r = &done(&lines)[0];
+    assert_eq!(r["ok"], true, "{body}");
+    assert_eq!(r["referrers"], 1, "{body}");
+    assert_eq!(
+        r["blobs"], 4,
+        "config, layer, the signature's config and payload"
+    );
+    assert_eq!(r["blobs_fetched"], 2);
+
+    hub.stop().await;
+    let c = crate::support::client::client();
+    let base = format!("{}/v2/library/app", mirror.url());
+    let listed = c
+        .get(format!("{base}/referrers/{}", image.manifest_digest))
+        .send()
+        .await
+        .expect("referrers");
+    assert_eq!(listed.status(), 200);
+    let listed = listed.text().await.expect("body");
+    assert!(listed.contains(&sig_digest), "{listed}");
+    let manifest = c
+        .get(format!("{base}/manifests/{sig_digest}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("signature manifest");
+    assert_eq!(manifest.status(), 200);
+    assert!(manifest.bytes().await.expect("body") == signature);
+    let blob = c
+        .get(format!("{base}/blobs/{layer}"))
+        .send()
+        .await
+        .expect("signature blob");
+    assert_eq!(blob.status(), 200);
+    assert!(blob.bytes().await.expect("body") == payload);
+}
