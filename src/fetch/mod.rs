@@ -11,6 +11,8 @@
 //! - `visibility`: which repositories may see content fetched with
 //!   upstream credentials.
 //! - `accept`: Accept lists and their classes.
+//! - `prefetch`: what warming asks: manifests and blobs made present,
+//!   cached-only lookups, pins.
 
 pub(crate) mod accept;
 mod body;
