@@ -8,6 +8,7 @@ pub mod remote;
 use crate::cache::{self, Budget, CacheError, ContentStore, Index};
 use crate::oci::Digest;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -51,14 +52,20 @@ pub struct GcReport {
     pub eviction: Option<cache::EvictionReport>,
 }
 
-/// Reconciles, then evicts down to the budget when one is set.
+/// What eviction must keep, found from an open cache (pinned warm sets).
+pub type PinnedDigests<'a> = &'a dyn Fn(&dyn ContentStore, &Index) -> HashSet<String>;
+
+/// Reconciles, then evicts down to the budget when one is set, keeping
+/// what `pinned` names.
 pub fn gc(
     dir: &Path,
     max_size: Option<u64>,
     protect_recent: Duration,
     dry_run: bool,
+    pinned: PinnedDigests<'_>,
 ) -> Result<GcReport, AdminError> {
     let (store, index) = open_cache(dir, max_size)?;
+    store.usage().set_pinned(pinned(&store, &index));
     let removed_temp = store.clear_temp(dry_run).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot empty tmp/");
         0
@@ -324,7 +331,7 @@ pub fn render_list(rows: &[TagRow]) -> String {
 }
 
 /// Left-aligned columns separated by two spaces.
-fn table(header: &[&str], rows: Vec<Vec<String>>, with_header: bool) -> String {
+pub fn table(header: &[&str], rows: Vec<Vec<String>>, with_header: bool) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -42,6 +42,9 @@ pub(crate) struct FileConfig {
     pub unlimited_clients: Vec<ProxyNet>,
     #[serde(default)]
     pub upstream: Vec<FileUpstream>,
+    #[serde(default)]
+    pub warm: Vec<super::warm::FileWarm>,
+    pub warm_reserve: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

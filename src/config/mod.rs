@@ -4,11 +4,13 @@
 //! - [`values`]: typed values (sizes, durations, patterns, networks).
 //! - `file`: the file's schema.
 //! - `upstream`: one `[[upstream]]` entry resolved, credentials included.
+//! - `warm`: the `[[warm]]` sets.
 
 pub(crate) mod file;
 mod storage;
 mod upstream;
 mod values;
+mod warm;
 
 pub use storage::{AwsEnv, S3Settings};
 pub use upstream::{Credentials, Secret, UpstreamSettings};
@@ -16,6 +18,7 @@ pub use values::{
     normalise_host, AddressFamily, AdminRead, ByteRate, ByteSize, HostPatterns, HumanDuration,
     PatternSet, ProxyNet, ProxyUrl, RequestRate, TlsFiles,
 };
+pub use warm::WarmSet;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,6 +74,10 @@ pub struct Config {
     pub storage: Option<S3Settings>,
     /// What one client address (and all together) may use.
     pub limits: ClientLimits,
+    /// Images fetched at start-up and kept fresh (`[[warm]]`).
+    pub warm: Vec<WarmSet>,
+    /// Upstream pulls (`ratelimit-remaining`) a warm leaves to clients.
+    pub warm_reserve: u64,
     /// Internal timings, not in the file: tests shorten them instead of
     /// sleeping through the production values.
     pub timings: Timings,
@@ -114,6 +121,9 @@ pub struct Timings {
     /// A token exchange (connect, headers and body) ends within this;
     /// Docker Hub answers in well under a second.
     pub token_timeout: Duration,
+    /// How often a warm paused at `warm_reserve` asks again (a free HEAD)
+    /// whether the upstream's window allows.
+    pub warm_ratelimit_poll: Duration,
 }
 
 impl Default for Timings {
@@ -126,6 +136,7 @@ impl Default for Timings {
             stall_window: Duration::from_secs(10),
             abandon_after: Duration::from_secs(60),
             token_timeout: Duration::from_secs(10),
+            warm_ratelimit_poll: Duration::from_secs(60),
         }
     }
 }
@@ -305,7 +316,10 @@ impl Config {
             total_bandwidth: parsed.total_bandwidth.map(|b| b.0),
             unlimited: parsed.unlimited_clients,
         };
+        let warm = warm::resolve(parsed.warm)?;
         Ok(Config {
+            warm,
+            warm_reserve: parsed.warm_reserve.unwrap_or(warm::DEFAULT_RESERVE),
             storage,
             limits,
             htpasswd_file: parsed.htpasswd_file,

@@ -11,6 +11,8 @@
 //! - `visibility`: which repositories may see content fetched with
 //!   upstream credentials.
 //! - `accept`: Accept lists and their classes.
+//! - `prefetch`: what warming asks: manifests and blobs made present,
+//!   cached-only lookups, pins.
 
 pub(crate) mod accept;
 mod body;
@@ -19,6 +21,7 @@ pub use download::DownloadView;
 mod inventory;
 mod manifest;
 mod misses;
+mod prefetch;
 mod referrers;
 mod resume;
 mod tags;
@@ -26,6 +29,7 @@ mod visibility;
 
 use accept::AcceptList;
 pub use body::{full, Body};
+pub use manifest::Manifest;
 
 use crate::cache::{BlobStore, CacheError, ContentStore, Index, Tier};
 use crate::config::Timings;

@@ -92,7 +92,8 @@ pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiErr
         ApiRoute::Tag { .. }
         | ApiRoute::Digest { .. }
         | ApiRoute::Repository { .. }
-        | ApiRoute::Import => Err(ApiError::MethodNotAllowed),
+        | ApiRoute::Import
+        | ApiRoute::Warm => Err(ApiError::MethodNotAllowed),
         ApiRoute::RepositoryTags { name } => {
             let rows = tags(app, Some(&name)).await?;
             if rows.is_empty() {

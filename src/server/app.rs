@@ -55,6 +55,10 @@ pub struct App {
     pub(super) cli_read_token: Option<String>,
     /// Docker Hub search answers, kept briefly.
     pub(super) searches: super::search::SearchCache,
+    /// Upstream pulls a warm leaves to clients (`warm_reserve`).
+    pub(super) warm_reserve: u64,
+    /// How often a warm paused at the reserve asks again.
+    pub(super) warm_poll: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,8 @@ pub enum StartError {
     ClientAuth(#[from] client_auth::ClientAuthError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] super::tls::TlsError),
+    #[error(transparent)]
+    Pins(#[from] crate::warm::PinError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -116,6 +122,19 @@ impl App {
             Some(path) => Some(load_admin_token(path)?),
             None => None,
         };
+        // Known before serving only as far as the cache holds the pinned
+        // images' manifests; the background warm checks the rest.
+        let pins =
+            crate::warm::known_pins(&store, &index, &config.warm, config.max_size, &|name| {
+                super::warm::upstream_repo(&upstreams, name)
+            })?;
+        if pins.bytes() > 0 {
+            tracing::info!(
+                bytes = pins.bytes(),
+                "pinned warm sets known from the cache"
+            );
+        }
+        store.usage().set_pinned(pins.digests());
         spawn_maintenance(&store, &index, config);
         let private = config.upstreams.iter().any(|u| !u.credentials.is_empty());
         let mut tiers: Vec<Arc<dyn cache::Tier>> = Vec::new();
@@ -167,14 +186,28 @@ impl App {
                 .inspect_err(|error| tracing::warn!(%error, "no read token for cache ls|stats"))
                 .ok(),
             searches: Default::default(),
+            warm_reserve: config.warm_reserve,
+            warm_poll: config.timings.warm_ratelimit_poll,
         });
+        if !config.warm.is_empty() {
+            crate::warm::spawn_sets(
+                Arc::clone(&app),
+                config.warm.clone(),
+                crate::warm::SetOptions {
+                    max_size: config.max_size,
+                    reserve: config.warm_reserve,
+                    poll: config.timings.warm_ratelimit_poll,
+                },
+                pins,
+            );
+        }
         Ok(app)
     }
 }
 
 /// The upstreams a config names; with `running`, an upstream whose
 /// settings did not change is kept as it is (tokens, circuit state).
-fn build_upstreams(
+pub(super) fn build_upstreams(
     config: &Config,
     running: Option<&Upstreams>,
     metrics: &Arc<Metrics>,

@@ -12,7 +12,7 @@ use super::ops;
 use super::routes::{self, ApiRoute, Route};
 use super::select::select;
 use super::App;
-use super::{api, page, search};
+use super::{api, page, search, warm};
 use crate::config::AdminRead;
 use crate::fetch::FetchError;
 use crate::metrics::status_class;
@@ -211,7 +211,7 @@ fn is_trusted_proxy(app: &App, peer: IpAddr) -> bool {
 }
 
 pub(super) async fn route(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     scope: Scope,
     client: IpAddr,
@@ -251,6 +251,9 @@ pub(super) async fn route(
             }
             if matches!(api, ApiRoute::Import) {
                 return Ok(api::import(app, req.into_body()).await?.into());
+            }
+            if api == ApiRoute::Warm {
+                return Ok(warm::warm_action(Arc::clone(app), req.uri().query())?.into());
             }
             return Ok(api::act(app, api, req.uri().query()).await?.into());
         }

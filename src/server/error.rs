@@ -58,6 +58,9 @@ pub enum ApiError {
     Denied(String),
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
+    /// A warm request naming no image, or one that does not parse.
+    #[error("{0}")]
+    InvalidImage(String),
     #[error("{source}")]
     Fetch {
         source: FetchError,
@@ -108,6 +111,7 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            ApiError::InvalidImage(_) => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
             ApiError::ClientLimited(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }

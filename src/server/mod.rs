@@ -24,12 +24,14 @@ mod search;
 mod select;
 mod tls;
 mod upload;
+mod warm;
 
 pub use crate::oci::{parse_range, ByteSpan, RangeRequest};
 pub use app::{App, StartError};
 pub use error::ApiError;
 pub use routes::{parse as parse_route, Route, RouteError};
 pub use tls::TlsFiles;
+pub use warm::{check_offline, offline_pins, warm_offline, WarmRequest};
 
 use crate::config::Config;
 use dispatch::Scope;

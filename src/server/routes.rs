@@ -78,6 +78,8 @@ pub enum ApiRoute {
     Repository {
         name: RepoName,
     },
+    /// `POST`: warm images into the cache (`?image=…&platform=…`).
+    Warm,
 }
 
 impl ApiRoute {
@@ -89,13 +91,14 @@ impl ApiRoute {
                 | ApiRoute::Digest { .. }
                 | ApiRoute::Repository { .. }
                 | ApiRoute::Import
+                | ApiRoute::Warm
         )
     }
 
     /// The one method an action is taken with.
     pub fn action_method(&self) -> http::Method {
         match self {
-            ApiRoute::Import => http::Method::POST,
+            ApiRoute::Import | ApiRoute::Warm => http::Method::POST,
             _ => http::Method::DELETE,
         }
     }
@@ -178,6 +181,7 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         "downloads" => return Ok(ApiRoute::Downloads),
         "cache/tags" => return Ok(ApiRoute::AllTags),
         "pulls" => return Ok(ApiRoute::Pulls),
+        "warm" => return Ok(ApiRoute::Warm),
         _ => {}
     }
     if let Some(digest) = path.strip_prefix("cache/digests/") {
@@ -305,6 +309,7 @@ mod tests {
             Ok(Route::Api(ApiRoute::Downloads))
         );
         assert_eq!(parse("/v1/search"), Ok(Route::Search));
+        assert_eq!(parse("/api/v1/warm"), Ok(Route::Api(ApiRoute::Warm)));
         assert_eq!(parse("/api/v1/nope"), Err(RouteError::NotFound));
         assert_eq!(parse("/api/v2/status"), Err(RouteError::NotFound));
     }

@@ -2,7 +2,8 @@
 //! `registry-mirrors`, in front of the Debian `docker-registry` seeded by
 //! skopeo: pulls, `docker rmi`, and a second pull that fetches no blob
 //! upstream. Docker falls back to Docker Hub (unreachable here) when the
-//! mirror fails, so a failed pull means the mirror failed.
+//! mirror fails, so a failed pull means the mirror failed. And a warmed
+//! image pulled by dockerd after the upstream is gone.
 
 use crate::support::docker::DockerDaemon;
 use crate::support::hub::{Hub, Kind};
@@ -175,4 +176,59 @@ async fn docker_search_through_the_mirror_asks_the_hub_search_api() {
         "{stdout}"
     );
     assert_eq!(hub.count(Kind::Search), 1, "one search reached the hub");
+}
+
+/// `pullthrough warm --server` through the admin API, then the upstream
+/// registry is killed: dockerd pulls the warmed image (every layer, from
+/// the cache alone: nothing answers upstream), and the one not warmed fails.
+#[test]
+fn docker_pulls_a_warmed_image_after_the_upstream_is_gone() {
+    if !tools_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(&tmp.path().join("registry"));
+    let [single, multi] = seed_images(&registry, tmp.path());
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, "e2e-warm-token\n").expect("token file");
+    let mirror = Mirror::builder(&registry.url())
+        .config(&format!(
+            "admin_token_file = \"{}\"\n",
+            token_file.display()
+        ))
+        .start();
+    let image = format!("{}:{}", multi.name, multi.tag);
+    let output = crate::support::cli::pullthrough(&[
+        "warm",
+        &image,
+        "--server",
+        &mirror.url(),
+        "--admin-token-file",
+        &token_file.display().to_string(),
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "warm failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(reports[0]["digest"], multi.repo_digest.as_str());
+    assert_eq!(
+        reports[0]["platforms"],
+        serde_json::json!([format!("linux/{}", host_architecture())])
+    );
+    assert!(registry.count_requests("GET", "/blobs/") > 0);
+    drop(registry);
+
+    let docker = DockerDaemon::start(&mirror.url());
+    docker.pull(&image);
+    assert_pulled(&docker, &image, &multi);
+    let not_warmed = format!("{}:{}", single.name, single.tag);
+    let pulled = docker.cli(&["pull", "--quiet", &not_warmed]);
+    assert!(
+        !pulled.status.success(),
+        "{not_warmed} was never warmed, yet pulled with the upstream gone"
+    );
+    assert!(docker.inspect(&not_warmed).is_none());
 }

@@ -33,3 +33,4 @@ mod routing;
 mod s3_tier;
 mod support;
 mod tls_auth;
+mod warm;

@@ -489,7 +489,13 @@ fn manifest(
         .header(header::ETAG, format!("\"{digest}\""))
         .header("docker-distribution-api-version", "registry/2.0");
     if head {
-        return builder.body(empty()).expect("response");
+        // Docker Hub's HEADs carry the figures too, without costing a pull.
+        let remaining = state.ratelimit_remaining.load(Ordering::Relaxed);
+        return builder
+            .header("ratelimit-limit", "100;w=21600")
+            .header("ratelimit-remaining", format!("{remaining};w=21600"))
+            .body(empty())
+            .expect("response");
     }
     let remaining = match account.and_then(|user| {
         let mut accounts = lock(&state.accounts);
