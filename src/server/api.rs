@@ -89,6 +89,7 @@ pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiErr
         ApiRoute::Downloads => json(&downloads(app)),
         ApiRoute::AllTags => json(&tags(app, None).await?),
         ApiRoute::Pulls => json(&pulls(app)),
+        ApiRoute::WarmSets => json(&warm_sets(app)),
         ApiRoute::Tag { .. }
         | ApiRoute::Digest { .. }
         | ApiRoute::Repository { .. }
@@ -254,6 +255,43 @@ pub fn downloads(app: &App) -> Vec<impl Serialize> {
 pub struct Pulls {
     pub recent: Vec<Pull>,
     pub top_repositories: Vec<TopRepository>,
+}
+
+/// One `[[warm]]` set as the page shows it: the figures are the ones its
+/// metrics carry (`pullthrough_warm_set_*`).
+#[derive(Serialize)]
+pub struct WarmSetStatus {
+    pub name: String,
+    pub images: Vec<String>,
+    pub platforms: String,
+    pub every_seconds: u64,
+    pub pin: bool,
+    /// Images fully cached at the last refresh.
+    pub ready: u64,
+    /// Unix seconds of the last refresh; `None` before the first ends.
+    pub last_refresh: Option<u64>,
+    pub pinned_bytes: u64,
+}
+
+/// `/api/v1/warm/sets`.
+pub fn warm_sets(app: &App) -> Vec<WarmSetStatus> {
+    let m = &app.metrics;
+    let get = |g: &prometheus::IntGaugeVec, set: &str| {
+        u64::try_from(g.with_label_values(&[set]).get()).unwrap_or(0)
+    };
+    app.warm_sets
+        .iter()
+        .map(|set| WarmSetStatus {
+            name: set.name.clone(),
+            images: set.images.iter().map(ToString::to_string).collect(),
+            platforms: set.platforms.to_string(),
+            every_seconds: set.every.as_secs(),
+            pin: set.pin,
+            ready: get(&m.warm_images_ready, &set.name),
+            last_refresh: Some(get(&m.warm_last_refresh, &set.name)).filter(|&t| t > 0),
+            pinned_bytes: get(&m.warm_pinned_bytes, &set.name),
+        })
+        .collect()
 }
 
 /// `/api/v1/pulls`: the latest manifest requests by tag, newest first,

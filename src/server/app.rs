@@ -57,6 +57,8 @@ pub struct App {
     pub(super) searches: super::search::SearchCache,
     /// Upstream pulls a warm leaves to clients (`warm_reserve`).
     pub(super) warm_reserve: u64,
+    /// The configured warm sets, for the page and `/api/v1/warm/sets`.
+    pub(super) warm_sets: Vec<crate::config::WarmSet>,
     /// How often a warm paused at the reserve asks again.
     pub(super) warm_poll: Duration,
 }
@@ -187,6 +189,7 @@ impl App {
                 .ok(),
             searches: Default::default(),
             warm_reserve: config.warm_reserve,
+            warm_sets: config.warm.clone(),
             warm_poll: config.timings.warm_ratelimit_poll,
         });
         if !config.warm.is_empty() {

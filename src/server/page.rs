@@ -204,11 +204,13 @@ async fn live_part(app: &App, lang: Lang, names: &[String], out: &mut String) {
     let status = api::status(app).await.ok();
     let downloads = app.core.downloads();
     let pulls = api::pulls(app);
+    let warm = api::warm_sets(app);
     let live = live::Live {
         status: status.as_ref(),
         names,
         downloads: &downloads,
         pulls: &pulls,
+        warm: &warm,
     };
     live::render(out, lang, &live);
 }

@@ -80,6 +80,8 @@ pub enum ApiRoute {
     },
     /// `POST`: warm images into the cache (`?image=…&platform=…`).
     Warm,
+    /// The configured warm sets and their readiness.
+    WarmSets,
 }
 
 impl ApiRoute {
@@ -182,6 +184,7 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         "cache/tags" => return Ok(ApiRoute::AllTags),
         "pulls" => return Ok(ApiRoute::Pulls),
         "warm" => return Ok(ApiRoute::Warm),
+        "warm/sets" => return Ok(ApiRoute::WarmSets),
         _ => {}
     }
     if let Some(digest) = path.strip_prefix("cache/digests/") {

@@ -16,12 +16,14 @@ pub struct Live<'a> {
     pub names: &'a [String],
     pub downloads: &'a [crate::fetch::DownloadView],
     pub pulls: &'a api::Pulls,
+    pub warm: &'a [api::WarmSetStatus],
 }
 
 pub fn render(out: &mut String, lang: Lang, live: &Live<'_>) {
     status_figures(out, lang, live.status);
     upstreams(out, lang, live.status, live.names);
     downloads(out, lang, live.downloads);
+    warm_sets(out, lang, live.warm);
     pulls(out, lang, &live.pulls.recent);
     top(out, lang, live.pulls);
 }
@@ -189,6 +191,43 @@ fn upstreams(out: &mut String, lang: Lang, s: Option<&api::Status>, names: &[Str
             if is_open { open } else { ok },
             esc(&rl),
             esc(&error)
+        );
+    }
+    out.push_str("</tbody></table>");
+}
+
+fn warm_sets(out: &mut String, lang: Lang, sets: &[api::WarmSetStatus]) {
+    if sets.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "<h3>{}</h3><table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+        tr(lang, "Warm sets", "预热集合"),
+        tr(lang, "set", "集合"),
+        tr(lang, "images", "镜像"),
+        tr(lang, "ready", "就绪"),
+        tr(lang, "pinned", "固定"),
+        tr(lang, "last refresh", "最近刷新"),
+    );
+    for (i, s) in sets.iter().enumerate() {
+        let all_ready = s.ready as usize == s.images.len();
+        let pinned = if s.pin {
+            human_bytes(s.pinned_bytes)
+        } else {
+            "-".to_owned()
+        };
+        let refreshed = s.last_refresh.map_or("-".to_owned(), time_of);
+        let _ = write!(
+            out,
+            "<tr><td><code>{}</code></td><td>{}</td><td id=\"warm-{i}\" class=\"{}\">{} / {}</td><td>{}</td><td>{}</td></tr>",
+            esc(&s.name),
+            esc(&s.images.join(", ")),
+            if all_ready { "ok" } else { "bad" },
+            s.ready,
+            s.images.len(),
+            esc(&pinned),
+            esc(&refreshed)
         );
     }
     out.push_str("</tbody></table>");

@@ -2,6 +2,7 @@
 //! HEADs (only what moved is fetched), and held back at `warm_reserve`.
 
 use super::{hub_config, pull_exact};
+use crate::support::client::client;
 use crate::support::hub::{Hub, Kind};
 use crate::support::mirror::Mirror;
 use crate::support::wait_until;
@@ -21,7 +22,10 @@ async fn a_set_is_warmed_at_start_and_a_moved_tag_costs_only_its_new_manifest_an
         &hub.url(),
         "[[warm]]\nname = \"base\"\nimages = [\"app:stable\"]\nevery = \"300ms\"\n",
     );
-    let mirror = Mirror::builder(&hub.url()).config(&toml).start();
+    let mirror = Mirror::builder(&hub.url())
+        .config(&toml)
+        .metrics_listener()
+        .start();
     // Listening (and ready) while the set warms in the background.
     assert_eq!(
         mirror.metric("pullthrough_warm_set_images", &[("set", "base")]),
@@ -31,6 +35,34 @@ async fn a_set_is_warmed_at_start_and_a_moved_tag_costs_only_its_new_manifest_an
         (ready(&mirror, "base") == 1.0 && hub.count(Kind::CdnGet) == 3).then_some(())
     });
     assert_eq!(hub.count(Kind::ManifestGetByDigest), 1);
+    // The API and the page show the set as its metrics do.
+    let sets = client()
+        .get(format!("{}/api/v1/warm/sets", mirror.metrics_url()))
+        .send()
+        .await
+        .expect("warm sets")
+        .bytes()
+        .await
+        .expect("body");
+    let sets: serde_json::Value = serde_json::from_slice(&sets).expect("JSON");
+    assert_eq!(sets[0]["name"], "base", "{sets}");
+    assert_eq!(sets[0]["images"], serde_json::json!(["app:stable"]));
+    assert_eq!(sets[0]["ready"], 1);
+    assert!(sets[0]["last_refresh"].as_u64().is_some(), "{sets}");
+    let page = client()
+        .get(format!("{}/", mirror.url()))
+        .header("accept-language", "en")
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("page body");
+    assert!(page.contains("Warm sets"), "the page names the warm sets");
+    assert!(
+        page.contains("<td id=\"warm-0\" class=\"ok\">1 / 1</td>"),
+        "readiness on the page"
+    );
 
     // The tag moves to a rebuild that keeps the first layer.
     let moved = hub.push_image_on("library/app", "stable", &first.layers[..1], &[9_000]);
