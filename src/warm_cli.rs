@@ -296,10 +296,19 @@ pub fn check(args: CheckArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let reports: Vec<CheckReport> = match rt.block_on(pullthrough::server::check_offline(
+    let offline = rt.block_on(pullthrough::server::check_offline(
         &config, &images, &platforms,
-    )) {
+    ));
+    let reports: Vec<CheckReport> = match offline {
         Ok(r) => r,
+        // A mirror holds the cache: ask it (a read of its cache only).
+        Err(e) if e.is_cache_in_use() => {
+            match pullthrough::admin::remote::check(&config.cache_dir, &args.images, &args.platform)
+            {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            }
+        }
         Err(e) => return fail(e),
     };
     if args.json {

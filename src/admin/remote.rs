@@ -32,6 +32,23 @@ pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
     }
 }
 
+/// `cache check` on the running mirror: `images` and `platforms` as the
+/// command line gave them.
+pub fn check(
+    dir: &Path,
+    images: &[String],
+    platforms: &[String],
+) -> Result<Vec<crate::warm::CheckReport>, AdminError> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for image in images {
+        query.append_pair("image", image);
+    }
+    for platform in platforms {
+        query.append_pair("platform", platform);
+    }
+    get(dir, &format!("/api/v1/check?{}", query.finish()))
+}
+
 fn get<T: DeserializeOwned>(dir: &Path, path: &str) -> Result<T, AdminError> {
     let unreachable = |reason: String| AdminError::Unreachable {
         dir: dir.display().to_string(),

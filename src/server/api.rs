@@ -81,8 +81,13 @@ struct Repository {
     last_used: Option<u64>,
 }
 
-pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiError> {
+pub async fn answer(
+    app: &App,
+    route: ApiRoute,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     match route {
+        ApiRoute::Check => super::warm::check_answer(app, query).await,
         ApiRoute::Status => json(&status(app).await?),
         ApiRoute::Upstreams => json(&upstreams(app)),
         ApiRoute::Repositories => json(&repositories(&tags(app, None).await?)),

@@ -94,6 +94,19 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// Another process (a running mirror) holds the cache directory.
+    pub fn is_cache_in_use(&self) -> bool {
+        matches!(
+            self,
+            StartError::Cache {
+                source: cache::CacheError::InUse,
+                ..
+            }
+        )
+    }
+}
+
 impl App {
     pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
         let metrics = Metrics::new();

@@ -263,7 +263,7 @@ pub(super) async fn route(
             if !readable {
                 return Err(ApiError::MethodNotAllowed);
             }
-            return Ok(api::answer(app, api).await?.into());
+            return Ok(api::answer(app, api, req.uri().query()).await?.into());
         }
         Route::Api(_) if !api_reads_open(app, scope) => return Err(ApiError::AdminTokenRequired),
         route => route,
@@ -325,7 +325,7 @@ pub(super) async fn route(
         Route::Search => return Ok(search::answer(app, req.uri().query()).await?.into()),
         Route::SearchPing => return Ok(search::ping().into()),
         Route::Asset(asset) => return Ok(page::asset(asset).into()),
-        Route::Api(api) => return Ok(api::answer(app, api).await?.into()),
+        Route::Api(api) => return Ok(api::answer(app, api, req.uri().query()).await?.into()),
         _ => {}
     }
     let pulled_tag = match &route {

@@ -82,6 +82,8 @@ pub enum ApiRoute {
     Warm,
     /// The configured warm sets and their readiness.
     WarmSets,
+    /// Whether images are servable from the cache alone (`cache check`).
+    Check,
 }
 
 impl ApiRoute {
@@ -185,6 +187,7 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         "pulls" => return Ok(ApiRoute::Pulls),
         "warm" => return Ok(ApiRoute::Warm),
         "warm/sets" => return Ok(ApiRoute::WarmSets),
+        "check" => return Ok(ApiRoute::Check),
         _ => {}
     }
     if let Some(digest) = path.strip_prefix("cache/digests/") {

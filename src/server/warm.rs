@@ -224,6 +224,19 @@ pub async fn check_offline(
     platforms: &Platforms,
 ) -> Result<Vec<CheckReport>, StartError> {
     let app = open_offline(config)?;
+    Ok(check_images(&app, images, platforms).await)
+}
+
+/// `GET /api/v1/check?image=…[&platform=…]`: `cache check` against the
+/// running mirror (a read: it looks at the cache only, never upstream).
+pub async fn check_answer(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let request = WarmRequest::from_query(query)?;
+    let reports = check_images(app, &request.images, &request.platforms).await;
+    let json = serde_json::to_string(&reports).unwrap_or_default();
+    Ok(super::body::json_response(StatusCode::OK, json))
+}
+
+async fn check_images(app: &App, images: &[ImageRef], platforms: &Platforms) -> Vec<CheckReport> {
     let warmer = Warmer {
         core: &app.core,
         reserve: app.warm_reserve,
@@ -246,7 +259,7 @@ pub async fn check_offline(
         };
         reports.push(report);
     }
-    Ok(reports)
+    reports
 }
 
 /// The cache as a mirror opens it, minus the warm sets (an offline

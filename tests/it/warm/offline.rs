@@ -73,4 +73,25 @@ async fn a_cache_warmed_offline_serves_the_image_with_the_upstream_gone() {
         "a tag never warmed, with the upstream gone: {}",
         other.status()
     );
+
+    // `cache check` while the mirror holds the cache: asked through it.
+    let running = tokio::task::block_in_place(|| {
+        pullthrough(
+            &[
+                &["cache", "check", "app:v1", "other:v1", "--json"][..],
+                &common,
+            ]
+            .concat(),
+        )
+    });
+    assert_eq!(
+        running.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&running.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&running.stdout).expect("JSON");
+    assert_eq!(reports[0]["servable"], true, "{reports}");
+    assert_eq!(reports[0]["blobs"], 3);
+    assert_eq!(reports[1]["servable"], false, "{reports}");
 }
