@@ -389,7 +389,7 @@ fn time_of(unix: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::time_of;
+    use super::{masked, time_of};
 
     #[test]
     fn the_page_shows_client_networks_not_machines() {
