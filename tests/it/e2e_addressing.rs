@@ -5,8 +5,10 @@
 //! by a host name per registry (`ghcr.<name>.localhost:PORT/owner/app:1`)
 //! and by path prefix (`127.0.0.1:PORT/ghcr.io/owner/app:1`,
 //! `…/docker.io/library/demo`, `…/library/demo`); Podman with a
-//! `registries.conf` mirror entry and with a plain pull from the mirror;
-//! containerd with one `_default/hosts.toml` sending every registry
+//! `registries.conf` mirror entry (the shipped
+//! deploy/clients/podman-registries.conf) and with a plain pull from it;
+//! containerd with one `_default/hosts.toml` (the shipped
+//! deploy/clients/containerd-default-hosts.toml) sending every registry
 //! through the mirror by `?ns=`. Each checks what the client stored and
 //! what each registry was asked for.
 
@@ -18,7 +20,24 @@ use crate::support::podman::Podman;
 use crate::support::registry::parse_access_line;
 use crate::support::require_tool;
 use crate::support::two_registries::TwoRegistries;
+use std::path::Path;
 use std::process::Output;
+
+/// The mirror the files under deploy/clients/ name.
+const SHIPPED_MIRROR: &str = "http://mirror.example.internal:5000";
+
+/// deploy/clients/`name`, checked to name [`SHIPPED_MIRROR`].
+fn shipped_client_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/clients")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        text.contains(SHIPPED_MIRROR.trim_start_matches("http://")),
+        "{name} names the mirror as the tests expect"
+    );
+    text
+}
 
 fn docker_present() -> bool {
     require_tool("docker-registry")
@@ -198,17 +217,12 @@ fn podman_pulls_through_a_registries_conf_mirror_and_from_the_mirror_itself() {
     setup.seed_ghcr_as("owner/app:1");
     let mirror = setup.mirror.addr.to_string();
     let dir = tempfile::tempdir().expect("tempdir");
-    // Docker Hub through the mirror's root, ghcr.io through its path
-    // prefix: as deploy/clients/podman-registries.conf sets it up.
+    // The shipped registries.conf, pointed at this mirror: Docker Hub
+    // through the mirror's root, ghcr.io through its path prefix.
+    let shipped = shipped_client_file("podman-registries.conf");
     let podman = Podman::in_dir(
         dir.path(),
-        &format!(
-            "unqualified-search-registries = []\n\
-             [[registry]]\nlocation = \"docker.io\"\n\
-             [[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n\
-             [[registry]]\nlocation = \"ghcr.io\"\n\
-             [[registry.mirror]]\nlocation = \"{mirror}/ghcr.io\"\ninsecure = true\n"
-        ),
+        &shipped.replace(SHIPPED_MIRROR.trim_start_matches("http://"), &mirror),
     );
     for (reference, image) in [
         ("docker.io/library/demo:v1", &setup.hub_image),
@@ -245,14 +259,11 @@ fn containerd_fetches_every_registry_through_one_default_hosts_toml() {
     let hosts = tempfile::tempdir().expect("tempdir");
     let default = hosts.path().join("_default");
     std::fs::create_dir_all(&default).expect("_default dir");
-    // No `server`: each registry keeps its own name, and the mirror learns
-    // it from `?ns=`.
+    // The shipped file, pointed at this mirror.
+    let shipped = shipped_client_file("containerd-default-hosts.toml");
     std::fs::write(
         default.join("hosts.toml"),
-        format!(
-            "[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            setup.mirror.url()
-        ),
+        shipped.replace(SHIPPED_MIRROR, &setup.mirror.url()),
     )
     .expect("write hosts.toml");
     let hosts_dir = hosts.path().to_str().expect("utf-8");
