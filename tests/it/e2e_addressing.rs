@@ -2,8 +2,9 @@
 //! Debian `docker-registry` upstreams standing for Docker Hub and ghcr.io
 //! that hold different images under the same name, so a wrong route shows
 //! as a wrong digest: dockerd pulling from the mirror as a plain registry
-//! by a host name per registry (`ghcr.<name>.localhost:PORT/owner/app:1`)
-//! and by path prefix (`127.0.0.1:PORT/ghcr.io/owner/app:1`,
+//! by a host name per registry (`ghcr.<name>.localhost:PORT/owner/app:1`),
+//! with Docker Hub's host name as its `registry-mirrors` entry, and as a
+//! plain registry by path prefix (`127.0.0.1:PORT/ghcr.io/owner/app:1`,
 //! `…/docker.io/library/demo`, `…/library/demo`); Podman with a
 //! `registries.conf` mirror entry (the shipped
 //! deploy/clients/podman-registries.conf) and with a plain pull from it;
@@ -125,7 +126,7 @@ fn assert_each_registry_served_its_own(setup: &TwoRegistries, ghcr_repositories:
 }
 
 #[test]
-fn docker_pulls_from_a_registry_host_name_as_if_the_mirror_were_that_registry() {
+fn docker_reaches_the_mirror_by_registry_host_names_as_that_registry_and_as_its_mirror() {
     if !docker_present() {
         return;
     }
@@ -138,7 +139,8 @@ fn docker_pulls_from_a_registry_host_name_as_if_the_mirror_were_that_registry() 
         return;
     };
     let (ghcr, hub) = (format!("{ghcr}:{port}"), format!("{hub}:{port}"));
-    let docker = DockerDaemon::start_with(&[], &[&ghcr, &hub]);
+    // Docker Hub's host name is also the daemon's registry mirror.
+    let docker = DockerDaemon::start_with(&[&format!("http://{hub}")], &[&ghcr, &hub]);
 
     assert_docker_pulled(&docker, &format!("{ghcr}/owner/app:1"), &setup.ghcr_image);
     // On the bare address this name is Docker Hub's; on ghcr's host it is
@@ -153,6 +155,9 @@ fn docker_pulls_from_a_registry_host_name_as_if_the_mirror_were_that_registry() 
         v2_paths(&hub_log).is_empty(),
         "pulls from ghcr's host reached Docker Hub's registry: {hub_log}"
     );
+    // Through `registry-mirrors` (Docker Hub itself is out of reach here:
+    // a pull that did not go through the mirror fails), then by name.
+    assert_docker_pulled(&docker, "demo:v1", &setup.hub_image);
     assert_docker_pulled(&docker, &format!("{hub}/library/demo:v1"), &setup.hub_image);
     assert_each_registry_served_its_own(&setup, &["owner/app", "library/demo"]);
 }
