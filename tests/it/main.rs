@@ -11,6 +11,7 @@ mod credential_pool;
 mod deploy_configs;
 mod deploy_haproxy;
 mod deploy_prometheus;
+mod e2e_addressing;
 mod e2e_artifacts;
 mod e2e_docker;
 mod e2e_podman;
