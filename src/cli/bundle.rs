@@ -2,7 +2,9 @@
 //! layout tars) written from a stopped cache, and read into one or into a
 //! running mirror through its admin API.
 
-use super::{offline_config, print_report, read_admin_token, runtime, CacheArgs, Failure, Outcome};
+use super::{
+    offline_config, print_report, read_admin_token, runtime, CacheArgs, Failure, Outcome, Threads,
+};
 use pullthrough::bundle;
 use pullthrough::oci::ImageName;
 use std::path::PathBuf;
@@ -83,7 +85,7 @@ fn import_remote(server: &str, args: &ImportArgs) -> Result<bundle::ImportReport
         ));
     };
     let token = read_admin_token(token_file)?;
-    runtime()?
+    runtime(Threads::One)?
         .block_on(bundle::import_remote(server, &token, &args.bundle))
         .map_err(Failure::work)
 }

@@ -2,7 +2,7 @@
 //! at or repaired from its files, or (stats, ls, check) through the admin
 //! API of the mirror running on it.
 
-use super::{offline_config, print_report, runtime, CacheArgs, Failure, Outcome};
+use super::{offline_config, print_report, runtime, CacheArgs, Failure, Outcome, Threads};
 use pullthrough::admin::{self, human_bytes, table};
 use pullthrough::oci::{ImageRef, Platforms};
 use pullthrough::warm::CheckReport;
@@ -106,7 +106,7 @@ fn check(args: CheckArgs) -> Outcome {
     let images = parse_images(&args.images)?;
     let platforms = parse_platforms(&args.platform)?;
     let config = offline_config(&args.cache, None)?;
-    let offline = runtime()?.block_on(pullthrough::server::check_offline(
+    let offline = runtime(Threads::Many)?.block_on(pullthrough::server::check_offline(
         &config, &images, &platforms,
     ));
     let reports: Vec<CheckReport> = match offline {

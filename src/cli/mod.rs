@@ -99,8 +99,22 @@ pub fn offline_config(args: &CacheArgs, max_size: Option<String>) -> Result<Conf
     load_config(args.config.as_deref(), &overrides)
 }
 
-pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Which tokio runtime a command runs on.
+pub enum Threads {
+    /// Work spread over the cores (serve, warm, cache check).
+    Many,
+    /// One thread: `import --server` streams the bundle up and reads the
+    /// answer on it, so a refusal sent before the upload ends (a 401) is
+    /// read rather than lost to the connection closing.
+    One,
+}
+
+pub fn runtime(threads: Threads) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = match threads {
+        Threads::Many => tokio::runtime::Builder::new_multi_thread(),
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder
         .enable_all()
         .build()
         .map_err(|e| Failure::work(format!("cannot start the async runtime: {e}")))

@@ -1,7 +1,7 @@
 //! `pullthrough serve`: its flags (each with an environment variable) over
 //! the config file, and the mirror run until it stops.
 
-use super::{init_logging, load_config, runtime, Failure, LogFormat, Outcome};
+use super::{init_logging, load_config, runtime, Failure, LogFormat, Outcome, Threads};
 use pullthrough::config::{AwsEnv, Config, Overrides};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,7 +68,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
         ignore_storage: false,
     };
     let config = load_config(args.config.as_deref(), &overrides)?;
-    let runtime = runtime()?;
+    let runtime = runtime(Threads::Many)?;
     // SIGHUP reloads with the same flags over the file as it is then.
     let file = args.config;
     let reload = pullthrough::server::Reload {

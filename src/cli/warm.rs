@@ -3,7 +3,9 @@
 //! the summary table or JSON, and the exit status naming what failed.
 
 use super::cache::{parse_images, parse_platforms};
-use super::{offline_config, print_report, read_admin_token, runtime, CacheArgs, Failure, Outcome};
+use super::{
+    offline_config, print_report, read_admin_token, runtime, CacheArgs, Failure, Outcome, Threads,
+};
 use pullthrough::admin::{human_bytes, table};
 use pullthrough::oci::Platforms;
 use pullthrough::server::WarmRequest;
@@ -42,7 +44,7 @@ pub fn warm(args: WarmArgs) -> Outcome {
     let images = parse_images(&args.images)?;
     let platforms = parse_platforms(&args.platform)?;
     let config = offline_config(&args.cache, None)?;
-    let rt = runtime()?;
+    let rt = runtime(Threads::Many)?;
     let tty = std::io::stderr().is_terminal();
     let progress = move |r: &ImageReport| {
         if tty {
