@@ -230,7 +230,7 @@ pub async fn check_answer(app: &App, query: Option<&str>) -> Result<Response<Bod
 }
 
 async fn check_images(app: &App, images: &[ImageRef], platforms: &Platforms) -> Vec<CheckReport> {
-    let warmer = warmer(&app);
+    let warmer = warmer(app);
     let mut reports = Vec::new();
     for image in images {
         let report = match app.target(&image.name) {
