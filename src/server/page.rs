@@ -462,11 +462,8 @@ fn repositories_section(
         tr(lang, "Cached repositories", "已缓存的仓库")
     );
     if rows.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"muted\">{}</p></section>",
-            tr(lang, "Nothing cached yet.", "暂无缓存。")
-        );
+        muted(out, None, tr(lang, "Nothing cached yet.", "暂无缓存。"));
+        out.push_str("</section>");
         return;
     }
     table_start(
@@ -530,6 +527,18 @@ fn table_start(out: &mut String, id: Option<&str>, headers: &[&str]) {
         let _ = write!(out, "<th>{header}</th>");
     }
     out.push_str("</tr></thead><tbody>");
+}
+
+/// The muted line a section shows instead of an empty table.
+fn muted(out: &mut String, id: Option<&str>, text: &str) {
+    match id {
+        Some(id) => {
+            let _ = write!(out, "<p class=\"muted\" id=\"{id}\">{text}</p>");
+        }
+        None => {
+            let _ = write!(out, "<p class=\"muted\">{text}</p>");
+        }
+    }
 }
 
 fn esc(s: &str) -> String {

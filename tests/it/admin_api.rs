@@ -6,7 +6,7 @@
 
 use crate::support::cli::{pullthrough, pullthrough_json};
 use crate::support::client::{
-    admin_token_file, client, get_text, header, oci_error_code, page_text, pull_exact,
+    admin_token_file, client, get_text, header, oci_error_code, ok_body, page_text, pull_exact,
 };
 use crate::support::hub::{Fault, Hub, Kind, Target};
 use crate::support::mirror::Mirror;
@@ -116,13 +116,10 @@ async fn a_repository_purge_forgets_its_tags_and_costs_one_fetch_per_tag_after()
     let base = mirror.url();
     pull_exact(&base, "library/app", "latest", &image).await;
     for tag in ["v2", "latest"] {
-        let r = client()
+        let manifest = client()
             .get(format!("{base}/v2/library/app/manifests/{tag}"))
-            .header("accept", ACCEPT)
-            .send()
-            .await
-            .expect("manifest");
-        assert_eq!(r.status(), 200);
+            .header("accept", ACCEPT);
+        ok_body(manifest, &format!("manifest {tag}")).await;
     }
     let url = format!("{base}/api/v1/cache/repositories/app");
     let response = client()
@@ -141,13 +138,10 @@ async fn a_repository_purge_forgets_its_tags_and_costs_one_fetch_per_tag_after()
     assert_eq!(get_text(&tags, None).await.0, 404, "no tags left");
     let before = hub.count(Kind::ManifestGetByTag) + hub.count(Kind::ManifestHeadByTag);
     for tag in ["v2", "latest"] {
-        let r = client()
+        let manifest = client()
             .get(format!("{base}/v2/library/app/manifests/{tag}"))
-            .header("accept", ACCEPT)
-            .send()
-            .await
-            .expect("manifest");
-        assert_eq!(r.status(), 200);
+            .header("accept", ACCEPT);
+        ok_body(manifest, &format!("manifest {tag}")).await;
     }
     let after = hub.count(Kind::ManifestGetByTag) + hub.count(Kind::ManifestHeadByTag);
     assert_eq!(after - before, 2, "one upstream request per purged tag");

@@ -4,7 +4,7 @@
 //! `/ui/live`, which the page's script fetches to refresh it, so there is
 //! one rendering and the script carries no copy of it.
 
-use super::{esc, stat, table_start, tr, Lang};
+use super::{esc, muted, stat, table_start, tr, Lang};
 use crate::admin::human_bytes;
 use crate::server::activity::Pull;
 use crate::server::api;
@@ -244,10 +244,10 @@ fn downloads(out: &mut String, lang: Lang, downloads: &[crate::fetch::DownloadVi
         tr(lang, "Downloads in flight", "正在下载")
     );
     if downloads.is_empty() {
-        let _ = write!(
+        muted(
             out,
-            "<p class=\"muted\" id=\"dl-none\">{}</p>",
-            tr(lang, "None right now.", "当前没有。")
+            Some("dl-none"),
+            tr(lang, "None right now.", "当前没有。"),
         );
         return;
     }
@@ -310,11 +310,7 @@ fn masked(client: &str) -> String {
 fn pulls(out: &mut String, lang: Lang, recent: &[Pull]) {
     let _ = write!(out, "<h3>{}</h3>", tr(lang, "Recent pulls", "最近拉取"));
     if recent.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"muted\">{}</p>",
-            tr(lang, "No pulls yet.", "暂无拉取。")
-        );
+        muted(out, None, tr(lang, "No pulls yet.", "暂无拉取。"));
         return;
     }
     table_start(
