@@ -38,6 +38,11 @@
 //!   when one holds the cache.
 //! - [`bundle`]: offline bundles (`export`, `import`): images as an OCI
 //!   image layout in a tar, verified blob by blob on the way in.
+//! - `main` with `cli/` (the binary, not this library): `main.rs` parses
+//!   and dispatches; `cli/mod.rs` holds what every command shares (the
+//!   cache flags, runtime, admin token, report, exit status) and one file
+//!   per command family: `serve`, `cache` (gc, stats, ls, check), `warm`,
+//!   `bundle` (export, import).
 
 #![forbid(unsafe_code)]
 

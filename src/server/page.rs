@@ -172,17 +172,8 @@ pub async fn page(
         .replace("{{langs}}", langs)
         .replace("{{version}}", env!("CARGO_PKG_VERSION"))
         .replace("{{body}}", &body);
-    let mut resp = Response::new(body::full(html));
+    let mut resp = html_response(html);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
     h.insert(
         header::REFERRER_POLICY,
@@ -221,6 +212,12 @@ pub async fn live(app: &App, headers: &HeaderMap, query: Option<&str>) -> Respon
     let lang = language(headers, query);
     let mut html = String::new();
     live_part(app, lang, &upstream_names(app), &mut html).await;
+    html_response(html)
+}
+
+/// HTML as the page and its live part are served: under the CSP, never
+/// cached (the figures are live).
+fn html_response(html: String) -> Response<Body> {
     let mut resp = Response::new(body::full(html));
     let h = resp.headers_mut();
     h.insert(
@@ -465,20 +462,19 @@ fn repositories_section(
         tr(lang, "Cached repositories", "已缓存的仓库")
     );
     if rows.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"muted\">{}</p></section>",
-            tr(lang, "Nothing cached yet.", "暂无缓存。")
-        );
+        muted(out, None, tr(lang, "Nothing cached yet.", "暂无缓存。"));
+        out.push_str("</section>");
         return;
     }
-    let _ = write!(
+    table_start(
         out,
-        "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-        tr(lang, "repository", "仓库"),
-        tr(lang, "tag", "标签"),
-        tr(lang, "size", "大小"),
-        tr(lang, "pull command", "拉取命令"),
+        None,
+        &[
+            tr(lang, "repository", "仓库"),
+            tr(lang, "tag", "标签"),
+            tr(lang, "size", "大小"),
+            tr(lang, "pull command", "拉取命令"),
+        ],
     );
     for r in rows {
         let pull = pull_command(at, names, &r.upstream, &r.repository, Some(&r.tag));
@@ -516,6 +512,35 @@ fn pull_command(
 }
 
 /// HTML text and attribute escaping.
+/// Opens a table with a header row of `headers` (already in the page's
+/// language), up to the `<tbody>` its rows go in; the caller closes it
+/// with `</tbody></table>`.
+fn table_start(out: &mut String, id: Option<&str>, headers: &[&str]) {
+    match id {
+        Some(id) => {
+            let _ = write!(out, "<table id=\"{id}\">");
+        }
+        None => out.push_str("<table>"),
+    }
+    out.push_str("<thead><tr>");
+    for header in headers {
+        let _ = write!(out, "<th>{header}</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
+}
+
+/// The muted line a section shows instead of an empty table.
+fn muted(out: &mut String, id: Option<&str>, text: &str) {
+    match id {
+        Some(id) => {
+            let _ = write!(out, "<p class=\"muted\" id=\"{id}\">{text}</p>");
+        }
+        None => {
+            let _ = write!(out, "<p class=\"muted\">{text}</p>");
+        }
+    }
+}
+
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

@@ -139,12 +139,7 @@ pub(super) fn warm_action(app: Arc<App>, query: Option<&str>) -> Result<Response
     let request = WarmRequest::from_query(query)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        let warmer = Warmer {
-            core: &app.core,
-            reserve: app.warm_reserve,
-            poll: app.warm_poll,
-            revalidate: false,
-        };
+        let warmer = warmer(&app);
         for image in &request.images {
             tracing::info!(image = %image, platforms = %request.platforms, "admin: warm");
             let report = match app.target(&image.name) {
@@ -157,11 +152,7 @@ pub(super) fn warm_action(app: Arc<App>, query: Option<&str>) -> Result<Response
                         .warm(image, &at, &request.platforms, request.referrers, &progress)
                         .await
                 }
-                Err(e) => ImageReport {
-                    image: image.text.clone(),
-                    error: Some(e),
-                    ..ImageReport::default()
-                },
+                Err(e) => ImageReport::failed(image, e),
             };
             let _ = tx.send(line(&WarmEvent::Done { image: &report })).await;
         }
@@ -181,6 +172,17 @@ pub(super) fn warm_action(app: Arc<App>, query: Option<&str>) -> Result<Response
     Ok(resp)
 }
 
+/// A warm asked for now (the API, `warm`, `cache check`): tags are asked
+/// about only when stale; the `[[warm]]` sets revalidate on their schedule.
+fn warmer(app: &App) -> Warmer<'_> {
+    Warmer {
+        core: &app.core,
+        reserve: app.warm_reserve,
+        poll: app.warm_poll,
+        revalidate: false,
+    }
+}
+
 /// `pullthrough warm --cache-dir`: the cache opened as a mirror would
 /// (it must not be in use), the images warmed in turn, the index flushed.
 pub async fn warm_offline(
@@ -189,12 +191,7 @@ pub async fn warm_offline(
     progress: &(dyn Fn(&ImageReport) + Send + Sync),
 ) -> Result<Vec<ImageReport>, StartError> {
     let app = open_offline(config)?;
-    let warmer = Warmer {
-        core: &app.core,
-        reserve: app.warm_reserve,
-        poll: app.warm_poll,
-        revalidate: false,
-    };
+    let warmer = warmer(&app);
     let mut reports = Vec::new();
     for image in &request.images {
         let report = match app.target(&image.name) {
@@ -203,11 +200,7 @@ pub async fn warm_offline(
                     .warm(image, &at, &request.platforms, request.referrers, progress)
                     .await
             }
-            Err(e) => ImageReport {
-                image: image.text.clone(),
-                error: Some(e),
-                ..ImageReport::default()
-            },
+            Err(e) => ImageReport::failed(image, e),
         };
         progress(&report);
         reports.push(report);
@@ -237,25 +230,12 @@ pub async fn check_answer(app: &App, query: Option<&str>) -> Result<Response<Bod
 }
 
 async fn check_images(app: &App, images: &[ImageRef], platforms: &Platforms) -> Vec<CheckReport> {
-    let warmer = Warmer {
-        core: &app.core,
-        reserve: app.warm_reserve,
-        poll: app.warm_poll,
-        revalidate: false,
-    };
+    let warmer = warmer(app);
     let mut reports = Vec::new();
     for image in images {
         let report = match app.target(&image.name) {
             Ok(at) => warmer.check(image, &at, platforms).await,
-            Err(e) => CheckReport {
-                image: image.text.clone(),
-                servable: false,
-                digest: None,
-                manifests: 0,
-                blobs: 0,
-                bytes: 0,
-                missing: vec![e],
-            },
+            Err(e) => CheckReport::missing(image, vec![e]),
         };
         reports.push(report);
     }

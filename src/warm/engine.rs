@@ -59,6 +59,17 @@ pub struct ImageReport {
     pub error: Option<String>,
 }
 
+impl ImageReport {
+    /// An image that could not be warmed at all (its name routes nowhere).
+    pub fn failed(image: &ImageRef, error: String) -> Self {
+        ImageReport {
+            image: image.text.clone(),
+            error: Some(error),
+            ..ImageReport::default()
+        }
+    }
+}
+
 /// Everything an image is made of, known once its manifests are cached
 /// and before any blob is fetched (so a pin set's size is known then).
 pub struct Plan {
@@ -95,6 +106,21 @@ pub struct CheckReport {
     pub bytes: u64,
     /// What is missing: `tag`, `manifest sha256:…`, `blob sha256:…`.
     pub missing: Vec<String>,
+}
+
+impl CheckReport {
+    /// Not (yet) found servable: nothing counted, `missing` saying why.
+    pub fn missing(image: &ImageRef, missing: Vec<String>) -> Self {
+        CheckReport {
+            image: image.text.clone(),
+            servable: false,
+            digest: None,
+            manifests: 0,
+            blobs: 0,
+            bytes: 0,
+            missing,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -471,15 +497,7 @@ impl Warmer<'_> {
     /// Whether an image is servable from the cache alone (the upstream is
     /// never asked).
     pub async fn check(&self, image: &ImageRef, at: &Target, platforms: &Platforms) -> CheckReport {
-        let mut report = CheckReport {
-            image: image.text.clone(),
-            servable: false,
-            digest: None,
-            manifests: 0,
-            blobs: 0,
-            bytes: 0,
-            missing: Vec::new(),
-        };
+        let mut report = CheckReport::missing(image, Vec::new());
         let top = match &image.reference {
             Reference::Tag(tag) => self.core.cached_tag(at, tag).await,
             Reference::Digest(d) => self.core.cached_manifest(d).await,

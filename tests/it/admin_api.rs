@@ -5,7 +5,9 @@
 //! `pullthrough cache ls|stats` against a running mirror and without one.
 
 use crate::support::cli::{pullthrough, pullthrough_json};
-use crate::support::client::{client, header, oci_error_code};
+use crate::support::client::{
+    admin_token_file, client, get_text, header, oci_error_code, ok_body, page_text, pull_exact,
+};
 use crate::support::hub::{Fault, Hub, Kind, Target};
 use crate::support::mirror::Mirror;
 use crate::support::{wait_until, ACCEPT};
@@ -27,44 +29,13 @@ const READS: [&str; 7] = [
 /// A mirror with the admin token, a metrics listener, and `extra` config.
 fn mirror_with_token(hub: &Hub, extra: &str) -> (Mirror, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let token_file = admin_token_file(dir.path(), TOKEN);
     let toml = format!("admin_token_file = \"{}\"\n{extra}", token_file.display());
     let mirror = Mirror::builder(&hub.url())
         .config(&toml)
         .metrics_listener()
         .start();
     (mirror, dir)
-}
-
-async fn get(url: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = client().get(url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("mirror answers");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
-}
-
-async fn pull_app(base: &str, image: &crate::support::hub::TestImage) {
-    let manifest = client()
-        .get(format!("{base}/v2/library/app/manifests/latest"))
-        .header("accept", ACCEPT)
-        .send()
-        .await
-        .expect("manifest");
-    assert_eq!(manifest.status(), 200);
-    manifest.bytes().await.expect("manifest body");
-    for (digest, _) in std::iter::once(&image.config).chain(&image.layers) {
-        let blob = client()
-            .get(format!("{base}/v2/library/app/blobs/{digest}"))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(blob.status(), 200);
-        blob.bytes().await.expect("blob body");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -78,14 +49,14 @@ async fn api_reads_follow_admin_read_and_every_action_needs_the_token() {
         ("admin_read = \"token\"\n", false, false),
     ] {
         let (mirror, _dir) = mirror_with_token(&hub, setting);
-        pull_app(&mirror.url(), &image).await;
+        pull_exact(&mirror.url(), "library/app", "latest", &image).await;
         for (base, open) in [
             (mirror.url(), main_open),
             (mirror.metrics_url(), metrics_open),
         ] {
             for path in READS {
                 let url = format!("{base}{path}");
-                let (status, body) = get(&url, None).await;
+                let (status, body) = get_text(&url, None).await;
                 let expected = if open { 200 } else { 401 };
                 assert_eq!(status, expected, "{setting:?} GET {url}: {body}");
                 if !open {
@@ -93,9 +64,9 @@ async fn api_reads_follow_admin_read_and_every_action_needs_the_token() {
                         oci_error_code(body.as_bytes()).as_deref(),
                         Some("UNAUTHORIZED")
                     );
-                    assert_eq!(get(&url, Some("wrong")).await.0, 401, "{url}");
+                    assert_eq!(get_text(&url, Some("wrong")).await.0, 401, "{url}");
                 }
-                let (status, body) = get(&url, Some(TOKEN)).await;
+                let (status, body) = get_text(&url, Some(TOKEN)).await;
                 assert_eq!(status, 200, "{setting:?} GET {url} with the token: {body}");
                 assert!(!body.contains(TOKEN), "no secret in {url}");
             }
@@ -124,7 +95,7 @@ async fn api_reads_follow_admin_read_and_every_action_needs_the_token() {
             }
         }
         // The refusals changed nothing: the page still lists the tag.
-        let (_, tags) = get(
+        let (_, tags) = get_text(
             &format!(
                 "{}/api/v1/cache/repositories/app/tags",
                 mirror.metrics_url()
@@ -143,15 +114,12 @@ async fn a_repository_purge_forgets_its_tags_and_costs_one_fetch_per_tag_after()
     hub.push_image("library/app", "v2", &[500]);
     let (mirror, _dir) = mirror_with_token(&hub, "");
     let base = mirror.url();
-    pull_app(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
     for tag in ["v2", "latest"] {
-        let r = client()
+        let manifest = client()
             .get(format!("{base}/v2/library/app/manifests/{tag}"))
-            .header("accept", ACCEPT)
-            .send()
-            .await
-            .expect("manifest");
-        assert_eq!(r.status(), 200);
+            .header("accept", ACCEPT);
+        ok_body(manifest, &format!("manifest {tag}")).await;
     }
     let url = format!("{base}/api/v1/cache/repositories/app");
     let response = client()
@@ -167,16 +135,13 @@ async fn a_repository_purge_forgets_its_tags_and_costs_one_fetch_per_tag_after()
         "{}/api/v1/cache/repositories/app/tags",
         mirror.metrics_url()
     );
-    assert_eq!(get(&tags, None).await.0, 404, "no tags left");
+    assert_eq!(get_text(&tags, None).await.0, 404, "no tags left");
     let before = hub.count(Kind::ManifestGetByTag) + hub.count(Kind::ManifestHeadByTag);
     for tag in ["v2", "latest"] {
-        let r = client()
+        let manifest = client()
             .get(format!("{base}/v2/library/app/manifests/{tag}"))
-            .header("accept", ACCEPT)
-            .send()
-            .await
-            .expect("manifest");
-        assert_eq!(r.status(), 200);
+            .header("accept", ACCEPT);
+        ok_body(manifest, &format!("manifest {tag}")).await;
     }
     let after = hub.count(Kind::ManifestGetByTag) + hub.count(Kind::ManifestHeadByTag);
     assert_eq!(after - before, 2, "one upstream request per purged tag");
@@ -246,7 +211,7 @@ async fn downloads_in_flight_show_progress_and_pulls_are_listed() {
         "{live}"
     );
     let status: Value = serde_json::from_str(
-        &get(&format!("{}/api/v1/status", mirror.metrics_url()), None)
+        &get_text(&format!("{}/api/v1/status", mirror.metrics_url()), None)
             .await
             .1,
     )
@@ -256,7 +221,7 @@ async fn downloads_in_flight_show_progress_and_pulls_are_listed() {
     // Resumed after the stall window: the client gets every byte.
     let got = transfer.await.expect("transfer");
     assert_eq!(got, bytes, "the blob's bytes");
-    let (_, after) = get(&format!("{}/api/v1/downloads", mirror.metrics_url()), None).await;
+    let (_, after) = get_text(&format!("{}/api/v1/downloads", mirror.metrics_url()), None).await;
     assert_eq!(after, "[]", "nothing in flight once done");
 
     // A second pull is a hit; both are listed, newest first.
@@ -267,7 +232,7 @@ async fn downloads_in_flight_show_progress_and_pulls_are_listed() {
         .await
         .expect("manifest");
     assert_eq!(again.status(), 200);
-    let (_, pulls) = get(&format!("{}/api/v1/pulls", mirror.metrics_url()), None).await;
+    let (_, pulls) = get_text(&format!("{}/api/v1/pulls", mirror.metrics_url()), None).await;
     let pulls: Value = serde_json::from_str(&pulls).expect("pulls JSON");
     let recent = pulls["recent"].as_array().expect("recent");
     assert_eq!(recent.len(), 2, "{pulls}");
@@ -278,14 +243,7 @@ async fn downloads_in_flight_show_progress_and_pulls_are_listed() {
     assert_eq!(recent[0]["client"], "127.0.0.1");
     assert_eq!(pulls["top_repositories"][0]["repository"], "library/app");
     assert_eq!(pulls["top_repositories"][0]["pulls"], 2, "{pulls}");
-    let page = client()
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("page body");
+    let page = page_text(&format!("{base}/"), None).await;
     assert!(
         page.contains("docker.io/library/app:latest"),
         "recent pull on the page"
@@ -301,7 +259,7 @@ async fn search_passes_through_to_docker_hub_and_the_page_finds_images() {
     let mirror = Mirror::start(&hub.url());
     let base = mirror.url();
     let host = base.trim_start_matches("http://").to_owned();
-    pull_app(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
 
     // The API answer is the hub's, byte for byte, from one hub request.
     let direct = client()
@@ -356,14 +314,7 @@ async fn search_passes_through_to_docker_hub_and_the_page_finds_images() {
 
     // The page's search box: Hub's results and the cache's, with the
     // cached tags and the pull commands.
-    let page = client()
-        .get(format!("{base}/?q=app"))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("page body");
+    let page = page_text(&format!("{base}/?q=app"), None).await;
     assert!(page.contains("id=\"hub-results\""), "{page}");
     assert!(
         page.contains(&format!("docker pull {host}/app:latest")),
@@ -377,14 +328,7 @@ async fn search_passes_through_to_docker_hub_and_the_page_finds_images() {
     assert!(page.contains("id=\"cached-results\""));
     assert!(!page.contains("library/other"), "only matches");
     assert_eq!(hub.count(Kind::Search), 1, "the same search, kept a minute");
-    let other = client()
-        .get(format!("{base}/?q=tool"))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("page body");
+    let other = page_text(&format!("{base}/?q=tool"), None).await;
     assert!(other.contains(&format!("docker pull {host}/team/apptool")));
     assert_eq!(hub.count(Kind::Search), 2, "another term asks again");
 
@@ -417,7 +361,7 @@ async fn cache_ls_and_stats_ask_the_running_mirror_and_read_the_files_without_on
     // with the read token the mirror left for it.
     let mut mirror = Mirror::start(&hub.url());
     let base = mirror.url();
-    pull_app(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
     let dir = mirror.cache_dir.to_string_lossy().into_owned();
 
     let running_stats = pullthrough_json(&["cache", "stats", "--cache-dir", &dir]);
@@ -487,7 +431,8 @@ async fn an_upstream_outage_is_its_last_error_and_the_failed_pull_is_listed() {
         .await
         .expect("answer");
     assert!(failed.status().is_server_error(), "{}", failed.status());
-    let (_, upstreams) = get(&format!("{}/api/v1/upstreams", mirror.metrics_url()), None).await;
+    let (_, upstreams) =
+        get_text(&format!("{}/api/v1/upstreams", mirror.metrics_url()), None).await;
     let upstreams: Value = serde_json::from_str(&upstreams).expect("JSON");
     let error = &upstreams[0]["last_error"];
     assert!(
@@ -495,7 +440,7 @@ async fn an_upstream_outage_is_its_last_error_and_the_failed_pull_is_listed() {
         "{upstreams}"
     );
     assert!(error["time"].as_u64().is_some(), "{upstreams}");
-    let (_, pulls) = get(&format!("{}/api/v1/pulls", mirror.metrics_url()), None).await;
+    let (_, pulls) = get_text(&format!("{}/api/v1/pulls", mirror.metrics_url()), None).await;
     let pulls: Value = serde_json::from_str(&pulls).expect("JSON");
     assert_eq!(pulls["recent"][0]["result"], "error", "{pulls}");
     assert_eq!(

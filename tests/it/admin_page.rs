@@ -4,51 +4,19 @@
 //! Chinese, under a strict Content-Security-Policy; and Chromium headless
 //! renders it (the script runs under that policy).
 
-use crate::support::client::{client, header};
+use crate::support::client::{
+    admin_token_file, answer, client, get_json, header, page_text, pull_exact,
+};
 use crate::support::hub::{Hub, Kind};
 use crate::support::metrics::sample_sum;
 use crate::support::mirror::Mirror;
 use crate::support::process::run_bounded;
-use crate::support::{require_tool, ACCEPT};
-use serde_json::Value;
+use crate::support::require_tool;
 use std::path::Path;
 use std::time::Duration;
 
 const LOOKUPS: &str = "pullthrough_cache_lookups_total";
 const SERVED: &str = "pullthrough_served_bytes_total";
-
-async fn get_json(url: String) -> Value {
-    let response = client().get(&url).send().await.expect("mirror answers");
-    assert_eq!(response.status(), 200, "GET {url}");
-    assert_eq!(
-        header(&response, "content-type").as_deref(),
-        Some("application/json")
-    );
-    let body = response.bytes().await.expect("body");
-    serde_json::from_slice(&body).expect("JSON body")
-}
-
-/// Pulls `library/app:latest` (manifest, config, layers) through the mirror.
-async fn pull(base: &str, image: &crate::support::hub::TestImage) {
-    let c = client();
-    let manifest = c
-        .get(format!("{base}/v2/library/app/manifests/latest"))
-        .header("accept", ACCEPT)
-        .send()
-        .await
-        .expect("manifest");
-    assert_eq!(manifest.status(), 200);
-    manifest.bytes().await.expect("manifest body");
-    for (digest, _) in std::iter::once(&image.config).chain(&image.layers) {
-        let blob = c
-            .get(format!("{base}/v2/library/app/blobs/{digest}"))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(blob.status(), 200);
-        blob.bytes().await.expect("blob body");
-    }
-}
 
 fn mirror_for(hub: &Hub, ghcr: &Hub) -> Mirror {
     let toml = format!(
@@ -71,11 +39,11 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
     let mirror = mirror_for(&hub, &ghcr);
     let base = mirror.url();
     // A miss, then hits.
-    pull(&base, &image).await;
-    pull(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
 
     let ops = mirror.metrics_url();
-    let status = get_json(format!("{ops}/api/v1/status")).await;
+    let status = get_json(&format!("{ops}/api/v1/status")).await;
     let metrics = mirror.metrics();
     let hits = sample_sum(&metrics, LOOKUPS, &[("result", "hit")]);
     let misses = sample_sum(&metrics, LOOKUPS, &[("result", "miss")]);
@@ -127,10 +95,10 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
     assert_eq!(names, ["docker.io", "ghcr.io"]);
     assert_eq!(status["upstreams"][0]["circuit_open"], false);
 
-    let upstreams = get_json(format!("{ops}/api/v1/upstreams")).await;
+    let upstreams = get_json(&format!("{ops}/api/v1/upstreams")).await;
     assert_eq!(upstreams.as_array().map(Vec::len), Some(2));
 
-    let repos = get_json(format!("{ops}/api/v1/cache/repositories")).await;
+    let repos = get_json(&format!("{ops}/api/v1/cache/repositories")).await;
     assert_eq!(repos[0]["upstream"], "docker.io", "{repos}");
     assert_eq!(repos[0]["repository"], "library/app", "{repos}");
     assert_eq!(repos[0]["tags"], 1, "{repos}");
@@ -138,7 +106,7 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
 
     // By the upstream's name and by the bare Hub name alike.
     for name in ["library/app", "app"] {
-        let tags = get_json(format!("{ops}/api/v1/cache/repositories/{name}/tags")).await;
+        let tags = get_json(&format!("{ops}/api/v1/cache/repositories/{name}/tags")).await;
         assert_eq!(tags[0]["tag"], "latest", "{tags}");
         assert_eq!(tags[0]["digest"], image.manifest_digest.as_str(), "{tags}");
     }
@@ -171,7 +139,7 @@ async fn the_page_has_snippets_for_this_mirror_in_english_and_chinese() {
     let image = hub.push_image("library/app", "latest", &[500]);
     let mirror = mirror_for(&hub, &ghcr);
     let base = mirror.url();
-    pull(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
     let host = base.trim_start_matches("http://");
 
     let response = client()
@@ -219,25 +187,9 @@ async fn the_page_has_snippets_for_this_mirror_in_english_and_chinese() {
     );
     assert!(html.contains("Use this mirror"));
 
-    let zh = client()
-        .get(format!("{base}/"))
-        .header("accept-language", "zh-CN,zh;q=0.9,en;q=0.5")
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("page body");
+    let zh = page_text(&format!("{base}/"), Some("zh-CN,zh;q=0.9,en;q=0.5")).await;
     assert!(zh.contains("<html lang=\"zh-CN\">") && zh.contains("使用此镜像"));
-    let en = client()
-        .get(format!("{base}/?lang=en"))
-        .header("accept-language", "zh-CN")
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("page body");
+    let en = page_text(&format!("{base}/?lang=en"), Some("zh-CN")).await;
     assert!(
         en.contains("Use this mirror"),
         "the switch wins over Accept-Language"
@@ -343,8 +295,8 @@ async fn a_real_browser_renders_the_cache_the_counts_and_the_snippets() {
     let image = hub.push_image("library/app", "latest", &[800, 1600]);
     let mirror = mirror_for(&hub, &ghcr);
     let base = mirror.url();
-    pull(&base, &image).await;
-    pull(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
     let host = base.trim_start_matches("http://").to_owned();
 
     let page = format!("{base}/");
@@ -453,23 +405,12 @@ fn require_cjk_font() {
 
 const TOKEN: &str = "s3cret-admin-token";
 
-async fn delete(url: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = client().delete(url);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = request.send().await.expect("mirror answers");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
     let hub = Hub::start().await;
     let image = hub.push_image("library/app", "latest", &[700, 900]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let token_file = admin_token_file(dir.path(), TOKEN);
     let toml = format!("admin_token_file = \"{}\"\n", token_file.display());
     let mirror = Mirror::builder(&hub.url())
         .config(&toml)
@@ -477,19 +418,19 @@ async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
         .start();
     let base = mirror.url();
     let ops = mirror.metrics_url();
-    pull(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
 
     let tag_url = format!("{base}/api/v1/cache/repositories/library/app/tags/latest");
     for token in [None, Some("wrong"), Some("")] {
-        let (status, body) = delete(&tag_url, token).await;
+        let (status, body) = answer(client().delete(&tag_url), token).await;
         assert_eq!(status, 401, "token {token:?}: {body}");
         assert!(!body.contains(TOKEN), "no secret in a body");
     }
     // Still cached after the refusals.
-    let tags = get_json(format!("{ops}/api/v1/cache/repositories/app/tags")).await;
+    let tags = get_json(&format!("{ops}/api/v1/cache/repositories/app/tags")).await;
     assert_eq!(tags[0]["tag"], "latest");
 
-    let (status, body) = delete(&tag_url, Some(TOKEN)).await;
+    let (status, body) = answer(client().delete(&tag_url), Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"removed_tags\":1"), "{body}");
     assert!(!body.contains(TOKEN));
@@ -499,27 +440,31 @@ async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
         .await
         .expect("answer");
     assert_eq!(gone.status(), 404);
-    assert_eq!(delete(&tag_url, Some(TOKEN)).await.0, 404, "already purged");
+    assert_eq!(
+        answer(client().delete(&tag_url), Some(TOKEN)).await.0,
+        404,
+        "already purged"
+    );
 
     // The tag again: one upstream fetch of it.
     let before = hub.count(Kind::ManifestGetByTag) + hub.count(Kind::ManifestHeadByTag);
-    pull(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
     let after = hub.count(Kind::ManifestGetByTag) + hub.count(Kind::ManifestHeadByTag);
     assert_eq!(after - before, 1, "one upstream request for the purged tag");
 
     // A layer by digest: freed, and fetched once again on the next pull.
     let (layer, bytes) = &image.layers[0];
     let digest_url = format!("{base}/api/v1/cache/digests/{layer}");
-    assert_eq!(delete(&digest_url, None).await.0, 401);
-    let (status, body) = delete(&digest_url, Some(TOKEN)).await;
+    assert_eq!(answer(client().delete(&digest_url), None).await.0, 401);
+    let (status, body) = answer(client().delete(&digest_url), Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains(&format!("\"freed_bytes\":{}", bytes.len())),
         "{body}"
     );
     let before = hub.count(Kind::BlobGet);
-    pull(&base, &image).await;
-    pull(&base, &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
+    pull_exact(&base, "library/app", "latest", &image).await;
     assert_eq!(
         hub.count(Kind::BlobGet) - before,
         1,
@@ -541,6 +486,6 @@ async fn without_an_admin_token_file_actions_are_refused() {
     let hub = Hub::start().await;
     let mirror = Mirror::start(&hub.url());
     let url = format!("{}/api/v1/cache/repositories/app/tags/latest", mirror.url());
-    assert_eq!(delete(&url, Some("anything")).await.0, 401);
-    assert_eq!(delete(&url, None).await.0, 401);
+    assert_eq!(answer(client().delete(&url), Some("anything")).await.0, 401);
+    assert_eq!(answer(client().delete(&url), None).await.0, 401);
 }

@@ -4,7 +4,7 @@
 //! a bundle with one flipped byte is refused and leaves nothing behind.
 
 use crate::support::cli::{pullthrough, pullthrough_json};
-use crate::support::client::{assert_manifest, client};
+use crate::support::client::{admin_token_file, client, pull_exact};
 use crate::support::docker::DockerDaemon;
 use crate::support::hub::Hub;
 use crate::support::mirror::Mirror;
@@ -124,15 +124,7 @@ fn a_bundle_carries_pulled_images_to_a_mirror_without_upstream() {
 
     // One flipped byte in a layer: refused, naming it, nothing added.
     let layer = &single.layer_digests[0];
-    let mut flipped = std::fs::read(&bundle).expect("read bundle");
-    let name = format!("blobs/sha256/{}", layer.trim_start_matches("sha256:"));
-    let header = flipped
-        .windows(name.len())
-        .position(|w| w == name.as_bytes())
-        .expect("layer entry in the bundle");
-    flipped[header + 512 + 1000] ^= 0x20;
-    let flipped_path = root.join("flipped.tar");
-    std::fs::write(&flipped_path, flipped).expect("write flipped bundle");
+    let (flipped_path, name) = flip_blob_byte(&bundle, layer, 1000);
     let refused_cache = root.join("refused-cache");
     let refused = pullthrough(&[
         "import",
@@ -196,7 +188,6 @@ fn a_bundle_carries_pulled_images_to_a_mirror_without_upstream() {
 }
 
 const TOKEN: &str = "bundle-admin-token";
-const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// `import --server`: a running mirror takes a bundle through its admin
 /// API, with the token only; a damaged one is refused and adds nothing.
@@ -208,24 +199,7 @@ async fn a_running_mirror_takes_a_bundle_through_its_admin_api() {
     let root = tmp.path();
     let source = root.join("source");
     let mut connected = Mirror::builder(&hub.url()).cache_dir(&source).start();
-    let c = client();
-    let base = connected.url();
-    let manifest = c
-        .get(format!("{base}/v2/library/carried/manifests/v1"))
-        .header("accept", ACCEPT)
-        .send()
-        .await
-        .expect("manifest");
-    assert_manifest(manifest, &image, "through the connected mirror").await;
-    for (digest, _) in std::iter::once(&image.config).chain(&image.layers) {
-        let blob = c
-            .get(format!("{base}/v2/library/carried/blobs/{digest}"))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(blob.status(), 200);
-        blob.bytes().await.expect("blob body");
-    }
+    pull_exact(&connected.url(), "library/carried", "v1", &image).await;
     connected.stop();
     let bundle = root.join("carried.tar");
     let export = [
@@ -238,8 +212,7 @@ async fn a_running_mirror_takes_a_bundle_through_its_admin_api() {
     ];
     tokio::task::block_in_place(|| pullthrough_json(&export));
 
-    let token_file = root.join("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let token_file = admin_token_file(root, TOKEN);
     let toml = format!("admin_token_file = \"{}\"\n", token_file.display());
     let offline = Mirror::builder("http://127.0.0.1:9").config(&toml).start();
     let import = |bundle: &Path, token: Option<&Path>| {
@@ -265,16 +238,8 @@ async fn a_running_mirror_takes_a_bundle_through_its_admin_api() {
     );
     assert!(!stderr.contains(TOKEN), "no secret in the error: {stderr}");
 
-    let mut flipped = std::fs::read(&bundle).expect("bundle");
     let (layer, _) = &image.layers[0];
-    let name = format!("blobs/sha256/{}", layer.trim_start_matches("sha256:"));
-    let at = flipped
-        .windows(name.len())
-        .position(|w| w == name.as_bytes())
-        .expect("layer entry");
-    flipped[at + 512 + 4096] ^= 1;
-    let flipped_path = root.join("flipped.tar");
-    std::fs::write(&flipped_path, flipped).expect("write");
+    let (flipped_path, name) = flip_blob_byte(&bundle, layer, 4096);
     let refused = import(&flipped_path, Some(&token_file));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -282,7 +247,7 @@ async fn a_running_mirror_takes_a_bundle_through_its_admin_api() {
         "{stderr}"
     );
     let blob_url = format!("{}/v2/library/carried/blobs/{layer}", offline.url());
-    let gone = c.get(&blob_url).send().await.expect("answer");
+    let gone = client().get(&blob_url).send().await.expect("answer");
     assert_ne!(gone.status(), 200, "a blob of the refused bundle is served");
 
     let accepted = import(&bundle, Some(&token_file));
@@ -291,26 +256,22 @@ async fn a_running_mirror_takes_a_bundle_through_its_admin_api() {
         "{}",
         String::from_utf8_lossy(&accepted.stderr)
     );
-    let manifest = c
-        .get(format!("{}/v2/library/carried/manifests/v1", offline.url()))
-        .header("accept", ACCEPT)
-        .send()
-        .await
-        .expect("manifest");
-    assert_manifest(manifest, &image, "after the import, with no upstream").await;
-    for (digest, bytes) in std::iter::once(&image.config).chain(&image.layers) {
-        let blob = c
-            .get(format!(
-                "{}/v2/library/carried/blobs/{digest}",
-                offline.url()
-            ))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(blob.status(), 200, "{digest}");
-        assert!(
-            blob.bytes().await.expect("body") == *bytes,
-            "{digest}: wrong bytes"
-        );
-    }
+    pull_exact(&offline.url(), "library/carried", "v1", &image).await;
+}
+
+/// A copy of `bundle` (as `flipped.tar` beside it) with one byte flipped
+/// `at` bytes into the blob `digest`, and the blob's entry name the
+/// refusal must give.
+fn flip_blob_byte(bundle: &Path, digest: &str, at: usize) -> (std::path::PathBuf, String) {
+    let mut flipped = std::fs::read(bundle).expect("read bundle");
+    let name = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let header = flipped
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .expect("blob entry in the bundle");
+    // The entry's 512-byte tar header comes before its content.
+    flipped[header + 512 + at] ^= 0x20;
+    let path = bundle.with_file_name("flipped.tar");
+    std::fs::write(&path, flipped).expect("write flipped bundle");
+    (path, name)
 }

@@ -3,7 +3,7 @@
 //! schema where the upstream has no API, filtered by artifactType, cached
 //! and served through an outage; artifacts served byte-exact.
 
-use crate::support::client::client;
+use crate::support::client::{client, ok_body};
 use crate::support::hub::{Fault, Hub, Kind, Target, OCI_MANIFEST};
 use crate::support::mirror::Mirror;
 use http::StatusCode;
@@ -112,15 +112,9 @@ async fn referrers_are_proxied_filtered_cached_and_served_through_an_outage() {
     // The signature manifest itself, byte-exact, through the mirror.
     let manifest = client()
         .get(format!("{}/v2/library/app/manifests/{sig}", mirror.url()))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(manifest.status(), StatusCode::OK);
-    assert_eq!(
-        manifest.bytes().await.expect("body").as_ref(),
-        sig_bytes.as_slice()
-    );
+        .header("accept", OCI_MANIFEST);
+    let manifest = ok_body(manifest, "signature manifest").await;
+    assert_eq!(manifest.as_ref(), sig_bytes.as_slice());
 
     // Past the TTL with the upstream down: the last answer still serves.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -245,22 +239,12 @@ async fn prefetched_referrers_answer_a_signature_check_during_an_outage() {
     assert_eq!(listed(&listed_now), vec![sig.clone()]);
     let manifest = client()
         .get(format!("{}{sig_path}", warmed.url()))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(manifest.status(), StatusCode::OK);
-    assert_eq!(
-        manifest.bytes().await.expect("body").as_ref(),
-        sig_bytes.as_slice()
-    );
-    let blob = client()
-        .get(format!("{}/v2/library/app/blobs/{payload}", warmed.url()))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(blob.status(), StatusCode::OK);
-    assert_eq!(blob.bytes().await.expect("body").as_ref(), b"signature");
+        .header("accept", OCI_MANIFEST);
+    let manifest = ok_body(manifest, "signature manifest").await;
+    assert_eq!(manifest.as_ref(), sig_bytes.as_slice());
+    let blob = client().get(format!("{}/v2/library/app/blobs/{payload}", warmed.url()));
+    let blob = ok_body(blob, "signature payload").await;
+    assert_eq!(blob.as_ref(), b"signature");
     assert_eq!(
         hub.requests().len(),
         before,

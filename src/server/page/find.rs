@@ -3,7 +3,7 @@
 //! the mirror and the cached repositories that match, each with the tags
 //! the mirror has and the pull command.
 
-use super::{esc, pull_command, tr, Address, Lang};
+use super::{esc, muted, pull_command, tr, Address, Lang};
 use crate::admin::TagRow;
 use crate::server::search::{self, SearchQuery};
 use crate::server::App;
@@ -71,15 +71,12 @@ fn cached_matches(
         tr(lang, "In this mirror's cache", "本镜像已缓存")
     );
     if found.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"muted\">{}</p>",
-            tr(
-                lang,
-                "No cached repository matches.",
-                "没有匹配的已缓存仓库。"
-            )
+        let none = tr(
+            lang,
+            "No cached repository matches.",
+            "没有匹配的已缓存仓库。",
         );
+        muted(out, None, none);
         return;
     }
     out.push_str("<ul class=\"results\" id=\"cached-results\">");
@@ -146,11 +143,7 @@ async fn hub_results(
         }
     };
     if hits.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"muted\">{}</p>",
-            tr(lang, "No results.", "没有结果。")
-        );
+        muted(out, None, tr(lang, "No results.", "没有结果。"));
         return;
     }
     out.push_str("<ul class=\"results\" id=\"hub-results\">");

@@ -4,7 +4,7 @@
 //! `/ui/live`, which the page's script fetches to refresh it, so there is
 //! one rendering and the script carries no copy of it.
 
-use super::{esc, stat, tr, Lang};
+use super::{esc, muted, stat, table_start, tr, Lang};
 use crate::admin::human_bytes;
 use crate::server::activity::Pull;
 use crate::server::api;
@@ -154,14 +154,16 @@ fn status_figures(out: &mut String, lang: Lang, s: Option<&api::Status>) {
 }
 
 fn upstreams(out: &mut String, lang: Lang, s: Option<&api::Status>, names: &[String]) {
-    let _ = write!(
+    let _ = write!(out, "<h3>{}</h3>", tr(lang, "Upstreams", "上游仓库"));
+    table_start(
         out,
-        "<h3>{}</h3><table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-        tr(lang, "Upstreams", "上游仓库"),
-        tr(lang, "registry", "仓库"),
-        tr(lang, "state", "状态"),
-        tr(lang, "rate limit remaining", "剩余拉取配额"),
-        tr(lang, "last error", "最近错误"),
+        None,
+        &[
+            tr(lang, "registry", "仓库"),
+            tr(lang, "state", "状态"),
+            tr(lang, "rate limit remaining", "剩余拉取配额"),
+            tr(lang, "last error", "最近错误"),
+        ],
     );
     let (ok, open) = (
         tr(lang, "reachable", "正常"),
@@ -200,15 +202,17 @@ fn warm_sets(out: &mut String, lang: Lang, sets: &[api::WarmSetStatus]) {
     if sets.is_empty() {
         return;
     }
-    let _ = write!(
+    let _ = write!(out, "<h3>{}</h3>", tr(lang, "Warm sets", "预热集合"));
+    table_start(
         out,
-        "<h3>{}</h3><table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-        tr(lang, "Warm sets", "预热集合"),
-        tr(lang, "set", "集合"),
-        tr(lang, "images", "镜像"),
-        tr(lang, "ready", "就绪"),
-        tr(lang, "pinned", "固定"),
-        tr(lang, "last refresh", "最近刷新"),
+        None,
+        &[
+            tr(lang, "set", "集合"),
+            tr(lang, "images", "镜像"),
+            tr(lang, "ready", "就绪"),
+            tr(lang, "pinned", "固定"),
+            tr(lang, "last refresh", "最近刷新"),
+        ],
     );
     for (i, s) in sets.iter().enumerate() {
         let all_ready = s.ready as usize == s.images.len();
@@ -240,19 +244,21 @@ fn downloads(out: &mut String, lang: Lang, downloads: &[crate::fetch::DownloadVi
         tr(lang, "Downloads in flight", "正在下载")
     );
     if downloads.is_empty() {
-        let _ = write!(
+        muted(
             out,
-            "<p class=\"muted\" id=\"dl-none\">{}</p>",
-            tr(lang, "None right now.", "当前没有。")
+            Some("dl-none"),
+            tr(lang, "None right now.", "当前没有。"),
         );
         return;
     }
-    let _ = write!(
+    table_start(
         out,
-        "<table id=\"downloads\"><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-        tr(lang, "repository", "仓库"),
-        tr(lang, "blob", "镜像层"),
-        tr(lang, "progress", "进度"),
+        Some("downloads"),
+        &[
+            tr(lang, "repository", "仓库"),
+            tr(lang, "blob", "镜像层"),
+            tr(lang, "progress", "进度"),
+        ],
     );
     for d in downloads {
         let repo = match (&d.upstream, &d.repository) {
@@ -304,20 +310,18 @@ fn masked(client: &str) -> String {
 fn pulls(out: &mut String, lang: Lang, recent: &[Pull]) {
     let _ = write!(out, "<h3>{}</h3>", tr(lang, "Recent pulls", "最近拉取"));
     if recent.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"muted\">{}</p>",
-            tr(lang, "No pulls yet.", "暂无拉取。")
-        );
+        muted(out, None, tr(lang, "No pulls yet.", "暂无拉取。"));
         return;
     }
-    let _ = write!(
+    table_start(
         out,
-        "<table id=\"pulls\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-        tr(lang, "image", "镜像"),
-        tr(lang, "client", "客户端"),
-        tr(lang, "cache", "缓存"),
-        tr(lang, "time (UTC)", "时间（UTC）"),
+        Some("pulls"),
+        &[
+            tr(lang, "image", "镜像"),
+            tr(lang, "client", "客户端"),
+            tr(lang, "cache", "缓存"),
+            tr(lang, "time (UTC)", "时间（UTC）"),
+        ],
     );
     for p in recent {
         let class = match p.result {
@@ -345,14 +349,20 @@ fn top(out: &mut String, lang: Lang, pulls: &api::Pulls) {
     }
     let _ = write!(
         out,
-        "<h3>{}</h3><table id=\"top\"><thead><tr><th>{}</th><th>{}</th></tr></thead><tbody>",
+        "<h3>{}</h3>",
         tr(
             lang,
             "Top repositories (since start)",
             "热门仓库（自启动以来）"
-        ),
-        tr(lang, "repository", "仓库"),
-        tr(lang, "pulls", "拉取次数"),
+        )
+    );
+    table_start(
+        out,
+        Some("top"),
+        &[
+            tr(lang, "repository", "仓库"),
+            tr(lang, "pulls", "拉取次数"),
+        ],
     );
     for t in &pulls.top_repositories {
         let _ = write!(

@@ -226,3 +226,86 @@ pub async fn assert_manifest(
     let body = response.bytes().await.expect("manifest body");
     assert!(body == image.manifest_bytes, "{what}: wrong manifest bytes");
 }
+
+/// Pulls `repo:reference` through the mirror at `base` as Docker would
+/// (manifest, then config and layers) and checks every byte against
+/// `image`.
+pub async fn pull_exact(base: &str, repo: &str, reference: &str, image: &super::hub::TestImage) {
+    let c = client();
+    let manifest = c
+        .get(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("accept", super::ACCEPT)
+        .send()
+        .await
+        .expect("manifest");
+    assert_manifest(manifest, image, &format!("{repo}:{reference}")).await;
+    for (digest, bytes) in std::iter::once(&image.config).chain(&image.layers) {
+        let blob = c
+            .get(format!("{base}/v2/{repo}/blobs/{digest}"))
+            .send()
+            .await
+            .expect("blob");
+        assert_eq!(blob.status(), 200, "blob {digest} of {repo}:{reference}");
+        assert!(
+            blob.bytes().await.expect("blob body") == *bytes,
+            "bytes of blob {digest} of {repo}:{reference}"
+        );
+    }
+}
+
+/// Sends `request`, with `token` as a bearer if given: the status and the
+/// body as text.
+pub async fn answer(request: reqwest::RequestBuilder, token: Option<&str>) -> (u16, String) {
+    let request = match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
+    let response = request.send().await.expect("mirror answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// `GET url` with `token` as a bearer if given: the status and the body.
+pub async fn get_text(url: &str, token: Option<&str>) -> (u16, String) {
+    answer(client().get(url), token).await
+}
+
+/// `GET url`, which must answer 200 with JSON: the parsed body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let response = client().get(url).send().await.expect("mirror answers");
+    assert_eq!(response.status(), 200, "GET {url}");
+    assert_eq!(
+        header(&response, "content-type").as_deref(),
+        Some("application/json"),
+        "GET {url}"
+    );
+    let body = response.bytes().await.expect("body");
+    serde_json::from_slice(&body).expect("JSON body")
+}
+
+/// The page (or any text) at `url`, asked for in `language` if given.
+pub async fn page_text(url: &str, language: Option<&str>) -> String {
+    let mut request = client().get(url);
+    if let Some(language) = language {
+        request = request.header("accept-language", language);
+    }
+    let response = request.send().await.expect("page");
+    response.text().await.expect("page body")
+}
+
+/// Writes `token` (with the newline an editor leaves) to `dir/admin-token`
+/// and returns the file, for a mirror's `admin_token_file` or
+/// `--admin-token-file`.
+pub fn admin_token_file(dir: &Path, token: &str) -> PathBuf {
+    let path = dir.join("admin-token");
+    std::fs::write(&path, format!("{token}\n")).expect("token file");
+    path
+}
+
+/// Sends `request`, which must answer 200: the whole body (`what` names it
+/// in a failure).
+pub async fn ok_body(request: reqwest::RequestBuilder, what: &str) -> Bytes {
+    let response = request.send().await.expect(what);
+    assert_eq!(response.status(), 200, "{what}");
+    response.bytes().await.expect(what)
+}

@@ -2,7 +2,7 @@
 
 use super::{admin_token_line, blob_bytes, done, hub_config, warm_api, TOKEN};
 use crate::support::cli::pullthrough;
-use crate::support::client::oci_error_code;
+use crate::support::client::{oci_error_code, ok_body};
 use crate::support::hub::{Hub, Kind};
 use crate::support::mirror::Mirror;
 
@@ -159,7 +159,7 @@ async fn bad_warm_requests_get_oci_errors_and_missing_images_are_named() {
             .any(|l| l.starts_with("app:nope ") && l.ends_with("FAILED")),
         "{table}"
     );
-    super::pull_exact(&mirror.url(), "library/app", "v1", &image).await;
+    crate::support::client::pull_exact(&mirror.url(), "library/app", "v1", &image).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -206,27 +206,13 @@ async fn with_referrers_a_warm_brings_the_signature_and_its_blobs() {
     hub.stop().await;
     let c = crate::support::client::client();
     let base = format!("{}/v2/library/app", mirror.url());
-    let listed = c
-        .get(format!("{base}/referrers/{}", image.manifest_digest))
-        .send()
-        .await
-        .expect("referrers");
-    assert_eq!(listed.status(), 200);
-    let listed = listed.text().await.expect("body");
+    let listed = c.get(format!("{base}/referrers/{}", image.manifest_digest));
+    let listed = String::from_utf8_lossy(&ok_body(listed, "referrers").await).into_owned();
     assert!(listed.contains(&sig_digest), "{listed}");
     let manifest = c
         .get(format!("{base}/manifests/{sig_digest}"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("signature manifest");
-    assert_eq!(manifest.status(), 200);
-    assert!(manifest.bytes().await.expect("body") == signature);
-    let blob = c
-        .get(format!("{base}/blobs/{layer}"))
-        .send()
-        .await
-        .expect("signature blob");
-    assert_eq!(blob.status(), 200);
-    assert!(blob.bytes().await.expect("body") == payload);
+        .header("accept", OCI_MANIFEST);
+    assert!(ok_body(manifest, "signature manifest").await == signature);
+    let blob = c.get(format!("{base}/blobs/{layer}"));
+    assert!(ok_body(blob, "signature blob").await == payload);
 }

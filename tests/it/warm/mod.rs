@@ -9,10 +9,9 @@ mod offline;
 mod pins;
 mod sets;
 
-use crate::support::client::client;
+use crate::support::client::{admin_token_file, client};
 use crate::support::hub::TestImage;
 use crate::support::mirror::Mirror;
-use crate::support::ACCEPT;
 use serde_json::Value;
 
 const TOKEN: &str = "warm-admin-token-for-tests";
@@ -24,8 +23,7 @@ fn hub_config(hub_url: &str, extra: &str) -> String {
 
 /// Writes the admin token into `dir`; returns the config line naming it.
 fn admin_token_line(dir: &std::path::Path) -> String {
-    let path = dir.join("admin-token");
-    std::fs::write(&path, format!("{TOKEN}\n")).expect("token file");
+    let path = admin_token_file(dir, TOKEN);
     format!("admin_token_file = \"{}\"", path.display())
 }
 
@@ -53,31 +51,6 @@ fn done(lines: &[Value]) -> Vec<Value> {
         .filter(|l| l["event"] == "done")
         .map(|l| l["image"].clone())
         .collect()
-}
-
-/// Pulls `repo:tag` through the mirror as Docker would and checks every
-/// byte against `image`.
-async fn pull_exact(base: &str, repo: &str, tag: &str, image: &TestImage) {
-    let c = client();
-    let manifest = c
-        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
-        .header("accept", ACCEPT)
-        .send()
-        .await
-        .expect("manifest");
-    crate::support::client::assert_manifest(manifest, image, &format!("{repo}:{tag}")).await;
-    for (digest, bytes) in std::iter::once(&image.config).chain(&image.layers) {
-        let blob = c
-            .get(format!("{base}/v2/{repo}/blobs/{digest}"))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(blob.status(), 200, "blob {digest} of {repo}:{tag}");
-        assert!(
-            blob.bytes().await.expect("blob body") == *bytes,
-            "bytes of blob {digest} of {repo}:{tag}"
-        );
-    }
 }
 
 /// Sum of the blob bytes an image is made of (config and layers).

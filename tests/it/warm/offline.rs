@@ -1,9 +1,9 @@
 //! `pullthrough warm --cache-dir` into a stopped cache, `cache check`, and
 //! a mirror on that cache serving the warmed image with the upstream gone.
 
-use super::{blob_bytes, hub_config, pull_exact};
+use super::{blob_bytes, hub_config};
 use crate::support::cli::{pullthrough, pullthrough_json};
-use crate::support::client::{client, config_file};
+use crate::support::client::{client, config_file, pull_exact};
 use crate::support::hub::{Hub, Kind};
 use crate::support::mirror::Mirror;
 use crate::support::ACCEPT;

@@ -3,10 +3,10 @@
 
 use super::hub_config;
 use crate::support::cli::pullthrough_json;
-use crate::support::client::{client, config_file, files_named, hex_of};
+use crate::support::client::{config_file, files_named, hex_of, pull_exact};
 use crate::support::hub::{Hub, Kind};
 use crate::support::mirror::Mirror;
-use crate::support::{next_second, wait_until, ACCEPT};
+use crate::support::{next_second, wait_until};
 use pullthrough::config::{Config, Overrides};
 use std::time::Duration;
 
@@ -14,27 +14,6 @@ const SETTLE: Duration = Duration::from_secs(20);
 
 fn cached(cache: &std::path::Path, digest: &str) -> bool {
     !files_named(cache, hex_of(digest)).is_empty()
-}
-
-async fn pull(base: &str, repo: &str, image: &crate::support::hub::TestImage) {
-    let c = client();
-    let m = c
-        .get(format!("{base}/v2/{repo}/manifests/1"))
-        .header("accept", ACCEPT)
-        .send()
-        .await
-        .expect("manifest");
-    assert_eq!(m.status(), 200);
-    m.bytes().await.expect("manifest body");
-    for (digest, bytes) in std::iter::once(&image.config).chain(&image.layers) {
-        let b = c
-            .get(format!("{base}/v2/{repo}/blobs/{digest}"))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(b.status(), 200);
-        assert!(b.bytes().await.expect("body") == *bytes);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -61,11 +40,11 @@ async fn a_pinned_set_survives_an_eviction_that_takes_everything_else() {
     // The pinned image is the least recently used: without its pin it
     // would be the first to go.
     next_second();
-    pull(&mirror.url(), "library/x1", &x1).await;
-    pull(&mirror.url(), "library/x2", &x2).await;
+    pull_exact(&mirror.url(), "library/x1", "1", &x1).await;
+    pull_exact(&mirror.url(), "library/x2", "1", &x2).await;
     next_second();
     // 1 + 0.9 + 0.9 + 1.8 MB in a 3 MiB budget: both x1 and x2 must go.
-    pull(&mirror.url(), "library/x3", &x3).await;
+    pull_exact(&mirror.url(), "library/x3", "1", &x3).await;
     wait_until("x1 and x2 evicted", SETTLE, || {
         (!cached(&mirror.cache_dir, &x1.layers[0].0) && !cached(&mirror.cache_dir, &x2.layers[0].0))
             .then_some(())

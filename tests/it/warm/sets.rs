@@ -1,8 +1,8 @@
 //! `[[warm]]` sets: warmed after start-up, refreshed on schedule with
 //! HEADs (only what moved is fetched), and held back at `warm_reserve`.
 
-use super::{hub_config, pull_exact};
-use crate::support::client::client;
+use super::hub_config;
+use crate::support::client::{get_json, page_text, pull_exact};
 use crate::support::hub::{Hub, Kind};
 use crate::support::mirror::Mirror;
 use crate::support::wait_until;
@@ -36,28 +36,12 @@ async fn a_set_is_warmed_at_start_and_a_moved_tag_costs_only_its_new_manifest_an
     });
     assert_eq!(hub.count(Kind::ManifestGetByDigest), 1);
     // The API and the page show the set as its metrics do.
-    let sets = client()
-        .get(format!("{}/api/v1/warm/sets", mirror.metrics_url()))
-        .send()
-        .await
-        .expect("warm sets")
-        .bytes()
-        .await
-        .expect("body");
-    let sets: serde_json::Value = serde_json::from_slice(&sets).expect("JSON");
+    let sets = get_json(&format!("{}/api/v1/warm/sets", mirror.metrics_url())).await;
     assert_eq!(sets[0]["name"], "base", "{sets}");
     assert_eq!(sets[0]["images"], serde_json::json!(["app:stable"]));
     assert_eq!(sets[0]["ready"], 1);
     assert!(sets[0]["last_refresh"].as_u64().is_some(), "{sets}");
-    let page = client()
-        .get(format!("{}/", mirror.url()))
-        .header("accept-language", "en")
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("page body");
+    let page = page_text(&format!("{}/", mirror.url()), Some("en")).await;
     assert!(page.contains("Warm sets"), "the page names the warm sets");
     assert!(
         page.contains("<td id=\"warm-0\" class=\"ok\">1 / 1</td>"),

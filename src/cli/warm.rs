@@ -1,18 +1,24 @@
-//! `pullthrough warm` and `pullthrough cache check` on the command line:
-//! arguments, talking to a running mirror's admin API or opening a
-//! stopped cache, progress on a terminal, the summary table or JSON, and
-//! the exit status.
+//! `pullthrough warm`: images fetched into a running mirror through its
+//! admin API or into a stopped cache directory, progress on a terminal,
+//! the summary table or JSON, and the exit status naming what failed.
 
+use super::cache::{parse_images, parse_platforms};
+use super::{
+    offline_config, print_report, read_admin_token, runtime, CacheArgs, Failure, Outcome, Threads,
+};
 use pullthrough::admin::{human_bytes, table};
-use pullthrough::config::{Config, Overrides};
-use pullthrough::oci::{ImageRef, Platforms};
+use pullthrough::oci::Platforms;
 use pullthrough::server::WarmRequest;
-use pullthrough::warm::{CheckReport, ImageReport};
+use pullthrough::warm::ImageReport;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
+#[command(
+    mut_arg("config", |a| a.help("TOML config file (upstreams, cache_dir, admin_token_file)")),
+    mut_arg("cache_dir", |a| a.help("Warm a stopped mirror's cache directory directly [default: ./pullthrough-cache]")),
+)]
 pub struct WarmArgs {
     /// Images as a pull names them: nginx:1.27, ghcr.io/owner/app@sha256:…
     #[arg(required = true, value_name = "IMAGE")]
@@ -30,79 +36,15 @@ pub struct WarmArgs {
     /// The admin token file for --server [default: admin_token_file from the config].
     #[arg(long, env = "PULLTHROUGH_ADMIN_TOKEN_FILE", value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
-    /// TOML config file (upstreams, cache_dir, admin_token_file).
-    #[arg(long, env = "PULLTHROUGH_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Warm a stopped mirror's cache directory directly [default: ./pullthrough-cache].
-    #[arg(long, env = "PULLTHROUGH_CACHE_DIR", value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
-#[derive(clap::Args)]
-pub struct CheckArgs {
-    #[arg(required = true, value_name = "IMAGE")]
-    images: Vec<String>,
-    /// Platforms an index must have cached: linux/amd64,linux/arm64 or all
-    /// [default: this machine's].
-    #[arg(long, value_name = "LIST")]
-    platform: Vec<String>,
-    #[arg(long, env = "PULLTHROUGH_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    #[arg(long, env = "PULLTHROUGH_CACHE_DIR", value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    #[arg(long)]
-    json: bool,
-}
-
-fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("pullthrough: {message}");
-    ExitCode::from(2)
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))
-}
-
-fn load(config: Option<&std::path::Path>, cache_dir: Option<PathBuf>) -> Result<Config, ExitCode> {
-    let overrides = Overrides {
-        cache_dir,
-        ignore_storage: true,
-        ..Overrides::default()
-    };
-    Config::load(config, &overrides).map_err(fail)
-}
-
-fn parse_images(images: &[String]) -> Result<Vec<ImageRef>, ExitCode> {
-    images
-        .iter()
-        .map(|i| i.parse::<ImageRef>())
-        .collect::<Result<_, _>>()
-        .map_err(fail)
-}
-
-pub fn warm(args: WarmArgs) -> ExitCode {
-    let images = match parse_images(&args.images) {
-        Ok(i) => i,
-        Err(code) => return code,
-    };
-    let platforms = match Platforms::parse_list(args.platform.iter().map(String::as_str)) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let config = match load(args.config.as_deref(), args.cache_dir.clone()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+pub fn warm(args: WarmArgs) -> Outcome {
+    let images = parse_images(&args.images)?;
+    let platforms = parse_platforms(&args.platform)?;
+    let config = offline_config(&args.cache, None)?;
+    let rt = runtime(Threads::Many)?;
     let tty = std::io::stderr().is_terminal();
     let progress = move |r: &ImageReport| {
         if tty {
@@ -126,13 +68,9 @@ pub fn warm(args: WarmArgs) -> ExitCode {
                 .clone()
                 .or(config.admin_token_file.clone());
             let Some(token_file) = token_file else {
-                return fail("--server needs the admin token: --admin-token-file, PULLTHROUGH_ADMIN_TOKEN_FILE or admin_token_file in --config");
+                return Err(Failure::setup("--server needs the admin token: --admin-token-file, PULLTHROUGH_ADMIN_TOKEN_FILE or admin_token_file in --config"));
             };
-            let token = match std::fs::read_to_string(&token_file) {
-                Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
-                Ok(_) => return fail(format!("{} is empty", token_file.display())),
-                Err(e) => return fail(format!("cannot read {}: {e}", token_file.display())),
-            };
+            let token = read_admin_token(&token_file)?;
             rt.block_on(warm_remote(server, &token, &args, &platforms, &progress))
         }
         None => {
@@ -150,18 +88,8 @@ pub fn warm(args: WarmArgs) -> ExitCode {
     if tty {
         eprintln!();
     }
-    let reports = match reports {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).unwrap_or_default()
-        );
-    } else {
-        print!("{}", render_warm(&reports));
-    }
+    let reports = reports.map_err(Failure::setup)?;
+    print_report(&reports, args.cache.json, false, |r| render_warm(r));
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| !r.ok)
@@ -174,13 +102,14 @@ pub fn warm(args: WarmArgs) -> ExitCode {
         })
         .collect();
     if failed.is_empty() {
-        ExitCode::SUCCESS
+        Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("pullthrough: could not warm: {}", failed.join(", "));
-        ExitCode::FAILURE
+        Err(Failure::work(format!(
+            "could not warm: {}",
+            failed.join(", ")
+        )))
     }
 }
-
 /// Asks a running mirror: `POST /api/v1/warm`, reading its lines as they
 /// come.
 async fn warm_remote(
@@ -277,74 +206,4 @@ fn render_warm(reports: &[ImageReport]) -> String {
         rows,
         true,
     )
-}
-
-pub fn check(args: CheckArgs) -> ExitCode {
-    let images = match parse_images(&args.images) {
-        Ok(i) => i,
-        Err(code) => return code,
-    };
-    let platforms = match Platforms::parse_list(args.platform.iter().map(String::as_str)) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let config = match load(args.config.as_deref(), args.cache_dir.clone()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let offline = rt.block_on(pullthrough::server::check_offline(
-        &config, &images, &platforms,
-    ));
-    let reports: Vec<CheckReport> = match offline {
-        Ok(r) => r,
-        // A mirror holds the cache: ask it (a read of its cache only).
-        Err(e) if e.is_cache_in_use() => {
-            match pullthrough::admin::remote::check(&config.cache_dir, &args.images, &args.platform)
-            {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            }
-        }
-        Err(e) => return fail(e),
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).unwrap_or_default()
-        );
-    } else {
-        let rows = reports
-            .iter()
-            .map(|r| {
-                vec![
-                    r.image.clone(),
-                    if r.servable {
-                        "servable".into()
-                    } else {
-                        "MISSING".into()
-                    },
-                    format!("{}", r.blobs),
-                    human_bytes(r.bytes),
-                    r.missing.join(", "),
-                ]
-            })
-            .collect();
-        print!(
-            "{}",
-            table(
-                &["IMAGE", "OFFLINE", "BLOBS", "CACHED", "MISSING"],
-                rows,
-                true
-            )
-        );
-    }
-    if reports.iter().all(|r| r.servable) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
 }
