@@ -30,6 +30,7 @@ mod eviction;
 mod index;
 mod reconcile;
 mod s3;
+mod shared_tags;
 mod sigv4;
 mod store;
 mod usage;

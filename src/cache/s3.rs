@@ -12,6 +12,12 @@
 //!   digest (so the store checks the upload too), or a multipart upload
 //!   for blobs over [`MULTIPART_THRESHOLD`].
 //! - `remove`: a DELETE of a copy that failed its digest.
+//! - `get_tag`, `put_tag`: tag mappings as small JSON objects under
+//!   `PREFIX/tags/…` ([`super::shared_tags`]), so a replica with an empty
+//!   disk answers a tag (stale, through an outage) as the others would.
+//!
+//! Manifests are stored like blobs, with their upstream media type as the
+//! object's `Content-Type`, which a GET hands back.
 //!
 //! The store failing never fails a pull: an error or timeout is counted
 //! (`tier_errors_total`), logged once when the store starts failing (and
@@ -19,7 +25,7 @@
 //! a failure, lookups and uploads skip the store rather than wait on it.
 
 use super::sigv4::{self, Signer};
-use super::CacheError;
+use super::{shared_tags, CacheError, TagKey, TagRecord};
 use crate::config::S3Settings;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -169,7 +175,10 @@ impl S3Tier {
 
     /// `PREFIX/blobs/sha256/<hex>`.
     pub fn key(&self, digest: &Digest) -> String {
-        let name = format!("blobs/{}/{}", digest.algorithm(), digest.hex());
+        self.prefixed(format!("blobs/{}/{}", digest.algorithm(), digest.hex()))
+    }
+
+    fn prefixed(&self, name: String) -> String {
         if self.settings.prefix.is_empty() {
             name
         } else {
@@ -271,6 +280,13 @@ impl S3Tier {
             _ => return Err(Self::refused(resp).await),
         }
         let len = resp.content_length();
+        // What the store says of objects stored without a type.
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| !matches!(*t, "binary/octet-stream" | "application/octet-stream"))
+            .map(str::to_owned);
         let (health, bytes) = (
             Arc::clone(&self.health),
             self.metrics.tier_bytes.with_label_values(&[NAME, "read"]),
@@ -292,7 +308,11 @@ impl S3Tier {
                 }
             })
             .boxed();
-        Ok(Some(TierBody { len, stream }))
+        Ok(Some(TierBody {
+            len,
+            media_type,
+            stream,
+        }))
     }
 
     /// Whether the object is stored, with its length.
@@ -307,7 +327,12 @@ impl S3Tier {
         }
     }
 
-    async fn upload(&self, digest: &Digest, path: PathBuf) -> Result<&'static str, Failure> {
+    async fn upload(
+        &self,
+        digest: &Digest,
+        path: PathBuf,
+        media_type: Option<&str>,
+    ) -> Result<&'static str, Failure> {
         let key = self.key(digest);
         let file = tokio::fs::File::open(&path).await?;
         let len = file.metadata().await?.len();
@@ -317,7 +342,8 @@ impl S3Tier {
         if len > MULTIPART_THRESHOLD {
             self.upload_parts(&key, file, len).await?;
         } else {
-            self.upload_whole(&key, file, len, digest).await?;
+            self.upload_whole(&key, file, len, digest, media_type)
+                .await?;
         }
         self.metrics
             .tier_bytes
@@ -334,16 +360,16 @@ impl S3Tier {
         file: tokio::fs::File,
         len: u64,
         digest: &Digest,
+        media_type: Option<&str>,
     ) -> Result<(), Failure> {
         let url = self.url(key, "")?;
         let length = len.to_string();
+        let mut headers = vec![("content-length", length.as_str())];
+        if let Some(media_type) = media_type {
+            headers.push(("content-type", media_type));
+        }
         let req = self
-            .request(
-                reqwest::Method::PUT,
-                url,
-                &[("content-length", &length)],
-                digest.hex(),
-            )
+            .request(reqwest::Method::PUT, url, &headers, digest.hex())
             .body(reqwest::Body::wrap_stream(file_stream(file, len)));
         let resp = Self::send(req, PUT_TIMEOUT).await?;
         if !resp.status().is_success() {
@@ -444,6 +470,40 @@ impl S3Tier {
         Ok(())
     }
 
+    /// A small object whole, or `None` on 404.
+    async fn get_small(&self, key: &str, max: usize) -> Result<Option<Vec<u8>>, Failure> {
+        let url = self.url(key, "")?;
+        let req = self.request(reqwest::Method::GET, url, &[], sigv4::EMPTY_SHA256);
+        let resp = Self::send(req, ANSWER_TIMEOUT).await?;
+        match resp.status() {
+            s if s.is_success() => {}
+            reqwest::StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(Self::refused(resp).await),
+        }
+        if resp.content_length().is_some_and(|l| l > max as u64) {
+            return Err(Failure(format!("{key} is larger than {max} bytes")));
+        }
+        read_small(resp).await.map(Some)
+    }
+
+    /// A small object from memory, checked by the store against its hash.
+    async fn put_small(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), Failure> {
+        let url = self.url(key, "")?;
+        let (length, hash) = (body.len().to_string(), hex::encode(Sha256::digest(&body)));
+        let headers = [
+            ("content-length", length.as_str()),
+            ("content-type", content_type),
+        ];
+        let req = self
+            .request(reqwest::Method::PUT, url, &headers, &hash)
+            .body(body);
+        let resp = Self::send(req, ANSWER_TIMEOUT).await?;
+        if !resp.status().is_success() {
+            return Err(Self::refused(resp).await);
+        }
+        Ok(())
+    }
+
     async fn delete(&self, digest: &Digest) -> Result<(), Failure> {
         let url = self.url(&self.key(digest), "")?;
         let req = self.request(reqwest::Method::DELETE, url, &[], sigv4::EMPTY_SHA256);
@@ -496,6 +556,7 @@ impl Tier for S3Tier {
         &'a self,
         digest: &'a Digest,
         path: PathBuf,
+        media_type: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), CacheError>> {
         async move {
             let uploads = |result: &str| {
@@ -511,7 +572,7 @@ impl Tier for S3Tier {
                 uploads("skipped");
                 return Ok(());
             }
-            match self.upload(digest, path).await {
+            match self.upload(digest, path, media_type).await {
                 Ok(result) => {
                     self.health.ok();
                     uploads(result);
@@ -535,6 +596,48 @@ impl Tier for S3Tier {
                 Err(Failure(e)) => self.health.fail("delete", &e),
             }
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn get_tag<'a>(&'a self, key: &'a TagKey) -> BoxFuture<'a, Option<TagRecord>> {
+        async move {
+            if self.health.skipping() {
+                return None;
+            }
+            let object = self.prefixed(shared_tags::object_name(key));
+            match self.get_small(&object, shared_tags::MAX_TAG_OBJECT).await {
+                Ok(body) => {
+                    self.health.ok();
+                    let record = shared_tags::decode(key, &body?);
+                    if record.is_none() {
+                        tracing::warn!(
+                            object,
+                            "tag object in the store is not this tag's; ignoring it"
+                        );
+                    }
+                    record
+                }
+                Err(Failure(e)) => {
+                    self.health.fail("get_tag", &e);
+                    None
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn put_tag<'a>(&'a self, key: &'a TagKey, record: &'a TagRecord) -> BoxFuture<'a, ()> {
+        async move {
+            if self.health.skipping() {
+                return;
+            }
+            let object = self.prefixed(shared_tags::object_name(key));
+            let body = shared_tags::encode(key, record);
+            match self.put_small(&object, body, "application/json").await {
+                Ok(()) => self.health.ok(),
+                Err(Failure(e)) => self.health.fail("put_tag", &e),
+            }
         }
         .boxed()
     }

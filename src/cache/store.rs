@@ -1,7 +1,7 @@
 //! The storage seams: [`ContentStore`] for the local tier readers tail, and
 //! [`Tier`] for further tiers looked up after it (see the module tour).
 
-use super::{BlobStore, CacheError, CacheUsage, TempBlob};
+use super::{BlobStore, CacheError, CacheUsage, TagKey, TagRecord, TempBlob};
 use crate::oci::Digest;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -123,6 +123,9 @@ impl ContentStore for BlobStore {
 /// Bytes a tier answered with, to be verified as they are written locally.
 pub struct TierBody {
     pub len: Option<u64>,
+    /// The media type stored with the object (a manifest's, as its
+    /// upstream served it); `None` for plain bytes.
+    pub media_type: Option<String>,
     pub stream: BoxStream<'static, Result<Bytes, CacheError>>,
 }
 
@@ -136,12 +139,18 @@ pub trait Tier: Send + Sync {
     fn get<'a>(&'a self, digest: &'a Digest)
         -> BoxFuture<'a, Result<Option<TierBody>, CacheError>>;
     /// Stores a verified local blob (called in the background after a
-    /// download from the upstream).
+    /// download from the upstream), with its media type for manifests.
     fn put<'a>(
         &'a self,
         digest: &'a Digest,
         path: PathBuf,
+        media_type: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), CacheError>>;
     /// Deletes a blob that failed verification when read from this tier.
     fn remove<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), CacheError>>;
+    /// The last mapping of a tag that any replica recorded here, so a
+    /// replica that lacks it answers the tag as the one that has it would.
+    fn get_tag<'a>(&'a self, key: &'a TagKey) -> BoxFuture<'a, Option<TagRecord>>;
+    /// Records a tag's mapping for the other replicas (in the background).
+    fn put_tag<'a>(&'a self, key: &'a TagKey, record: &'a TagRecord) -> BoxFuture<'a, ()>;
 }

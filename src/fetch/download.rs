@@ -388,7 +388,7 @@ impl BlobDownloads {
             let (tier, digest) = (Arc::clone(tier), digest.clone());
             let path = self.store.path(&digest);
             tokio::spawn(async move {
-                if let Err(e) = tier.put(&digest, path).await {
+                if let Err(e) = tier.put(&digest, path, None).await {
                     tracing::warn!(%digest, tier = tier.name(), error = %e, "tier upload failed");
                 }
             });

@@ -187,7 +187,7 @@ impl PullThrough {
             blobs: BlobDownloads::new(
                 Arc::clone(&store),
                 index.clone(),
-                tiers,
+                tiers.clone(),
                 visibility.clone(),
                 Arc::clone(&misses),
                 Arc::clone(&metrics),
@@ -196,11 +196,17 @@ impl PullThrough {
             manifests: Arc::new(Manifests::new(
                 Arc::clone(&store),
                 index.clone(),
+                tiers.clone(),
                 visibility.clone(),
                 Arc::clone(&misses),
                 Arc::clone(&metrics),
             )),
-            tags: Tags::new(index.clone(), visibility.clone(), Arc::clone(&misses)),
+            tags: Tags::new(
+                index.clone(),
+                tiers,
+                visibility.clone(),
+                Arc::clone(&misses),
+            ),
             referrers: Arc::new(Referrers::new(index.clone())),
             misses,
             index,

@@ -4,7 +4,7 @@
 //! and a store that cannot be reached never fails a pull.
 
 use crate::support::client::{client, files_named, hex_of, read_transfer, Transfer};
-use crate::support::hub::{Hub, Kind};
+use crate::support::hub::{Fault, Hub, Kind, Target};
 use crate::support::mirror::Mirror;
 use crate::support::rgw::{rgw, Rgw, ACCESS_KEY};
 use crate::support::{sha256_digest, wait_until};
@@ -131,6 +131,103 @@ async fn a_second_replica_with_an_empty_disk_pulls_from_the_bucket_not_the_upstr
         second.metric("pullthrough_tier_lookups_total", &[]),
         digests.len() as f64
     );
+}
+
+/// The manifest of `repo:tag` through `mirror`: status, content type, bytes.
+async fn get_manifest(mirror: &Mirror, repo: &str, tag: &str) -> (StatusCode, String, Vec<u8>) {
+    let response = client()
+        .get(format!("{}/v2/{repo}/manifests/{tag}", mirror.url()))
+        .header("accept", crate::support::ACCEPT)
+        .send()
+        .await
+        .expect("manifest GET");
+    let status = response.status();
+    let media_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = response.bytes().await.expect("manifest body").to_vec();
+    (status, media_type, bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_with_an_empty_disk_serves_a_tag_stale_from_the_bucket_through_an_outage() {
+    let Some(rgw) = sync(rgw) else { return };
+    let bucket = sync(|| rgw.bucket("tags"));
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[300_000, 200_000]);
+    // A zero tag_ttl: every tag request asks the upstream first, so the
+    // second replica can only answer through the outage as stale.
+    let toml = format!(
+        "{}[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntag_ttl = \"0s\"\nmax_stale = \"1h\"\n",
+        rgw_toml(rgw, &bucket),
+        hub.url()
+    );
+    let blobs: Vec<(String, bytes::Bytes)> = std::iter::once(image.config.clone())
+        .chain(image.layers.iter().cloned())
+        .collect();
+
+    let first = Mirror::builder(&hub.url()).config(&toml).start();
+    let (status, _, bytes) = get_manifest(&first, "library/app", "v1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha256_digest(&bytes), image.manifest_digest);
+    for (digest, _) in &blobs {
+        pull_verified(&first, "library/app", digest).await;
+    }
+    for digest in std::iter::once(&image.manifest_digest).chain(blobs.iter().map(|(d, _)| d)) {
+        wait_uploaded(rgw, &bucket, digest);
+    }
+    let tag_objects = sync(|| {
+        wait_until("the tag's object in the bucket", UPLOAD_WAIT, || {
+            let keys: Vec<String> = rgw
+                .keys(&bucket)
+                .into_iter()
+                .filter(|k| k.starts_with("mirror/tags/docker.io/library/app/_tags/v1/"))
+                .collect();
+            (!keys.is_empty()).then_some(keys)
+        })
+    });
+    let shared = sync(|| rgw.get_object(&bucket, &tag_objects[0])).expect("tag object");
+    let shared: serde_json::Value = serde_json::from_slice(&shared).expect("tag object JSON");
+    assert_eq!(shared["digest"], image.manifest_digest.as_str());
+    assert_eq!(shared["media_type"], image.media_type.as_str());
+
+    // Docker Hub is down; a new replica with an empty disk comes up.
+    hub.set_fault(Target::All, Fault::Status(503));
+    hub.reset_counts();
+    let second = Mirror::builder(&hub.url()).config(&toml).start();
+    let (status, media_type, bytes) = get_manifest(&second, "library/app", "v1").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the tag answered through the outage"
+    );
+    assert_eq!(bytes, image.manifest_bytes.to_vec(), "byte-exact manifest");
+    assert_eq!(media_type, image.media_type);
+    assert_eq!(
+        second.metric(
+            "pullthrough_cache_lookups_total",
+            &[("kind", "tag"), ("result", "stale")]
+        ),
+        1.0
+    );
+    for (digest, bytes) in &blobs {
+        assert!(!cached(&second, digest), "the second disk starts empty");
+        let (status, transfer) = get_blob(&second, "library/app", digest).await;
+        assert_eq!(status, StatusCode::OK, "GET {digest}");
+        assert_eq!(&transfer.bytes(), bytes);
+        assert!(
+            cached(&second, digest),
+            "{digest} in the second's local tier"
+        );
+    }
+    assert!(cached(&second, &image.manifest_digest));
+    assert_eq!(hub.count(Kind::BlobGet), 0, "no upstream blob GET");
+    assert_eq!(hub.count(Kind::CdnGet), 0, "no upstream blob bytes");
+    assert_eq!(hub.count(Kind::ManifestGetByDigest), 0);
+    assert_eq!(hub.count(Kind::ManifestGetByTag), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
