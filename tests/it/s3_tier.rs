@@ -7,6 +7,7 @@ use crate::support::client::{client, files_named, hex_of, read_transfer, Transfe
 use crate::support::hub::{Fault, Hub, Kind, Target};
 use crate::support::mirror::Mirror;
 use crate::support::rgw::{rgw, Rgw, ACCESS_KEY};
+use crate::support::tcp_proxy::{Pace, TcpProxy};
 use crate::support::{sha256_digest, wait_until};
 use http::StatusCode;
 use std::path::Path;
@@ -228,6 +229,72 @@ async fn a_replica_with_an_empty_disk_serves_a_tag_stale_from_the_bucket_through
     assert_eq!(hub.count(Kind::CdnGet), 0, "no upstream blob bytes");
     assert_eq!(hub.count(Kind::ManifestGetByDigest), 0);
     assert_eq!(hub.count(Kind::ManifestGetByTag), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_vanishing_mid_pull_leaves_the_rest_to_the_upstream() {
+    let Some(rgw) = sync(rgw) else { return };
+    let bucket = sync(|| rgw.bucket("vanish"));
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[4 * MIB]);
+    let (digest, bytes) = image.layers[0].clone();
+    let first = Mirror::builder(&hub.url())
+        .config(&rgw_toml(rgw, &bucket))
+        .start();
+    pull_verified(&first, "library/app", &digest).await;
+    wait_uploaded(rgw, &bucket, &digest);
+
+    // The second replica reaches the store through a proxy that this test
+    // kills: stopping the RGW itself would break the other tests of the
+    // run, which share it. Paced, so the pull is still running then.
+    let rgw_addr = std::net::SocketAddr::from(([127, 0, 0, 1], rgw.port));
+    let pace = Pace {
+        bytes: 64 * 1024,
+        every: Duration::from_millis(50),
+    };
+    let proxy = TcpProxy::start(rgw_addr, Some(pace)).await;
+    let second = Mirror::builder(&hub.url())
+        .config(&storage_toml(
+            &proxy.endpoint(),
+            &bucket,
+            "mirror",
+            &rgw.secret_file,
+        ))
+        .timings(|t| t.retry_backoff = Duration::from_millis(50))
+        .start();
+    hub.reset_counts();
+    let url = format!("{}/v2/library/app/blobs/{digest}", second.url());
+    let pull = tokio::spawn(async move {
+        let response = client().get(url).send().await.expect("blob GET");
+        (response.status(), read_transfer(response).await)
+    });
+    sync(|| {
+        wait_until("bytes from the store", UPLOAD_WAIT, || {
+            let read = second.metric("pullthrough_tier_bytes_total", &[("direction", "read")]);
+            (read > 0.0).then_some(())
+        })
+    });
+    proxy.kill();
+    let (status, transfer) = pull.await.expect("the pull");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(transfer.bytes(), bytes, "every byte, verified");
+    let read = second.metric("pullthrough_tier_bytes_total", &[("direction", "read")]);
+    assert!(
+        read < bytes.len() as f64,
+        "the store stopped mid-pull ({read} bytes)"
+    );
+    assert_eq!(
+        hub.count(Kind::BlobGet),
+        1,
+        "the rest came from the upstream"
+    );
+    assert_eq!(
+        second.metric("pullthrough_download_resumes_total", &[])
+            + second.metric("pullthrough_download_restarts_total", &[]),
+        1.0
+    );
+    assert!(cached(&second, &digest), "verified into the local tier");
+    assert!(second.metric("pullthrough_tier_errors_total", &[]) >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

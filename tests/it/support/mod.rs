@@ -18,6 +18,7 @@ pub mod process;
 pub mod proxies;
 pub mod registry;
 pub mod rgw;
+pub mod tcp_proxy;
 
 use sha2::{Digest as _, Sha256};
 use std::net::TcpListener;
