@@ -42,6 +42,7 @@ pub struct Metrics {
     pub tier_corrupt: IntCounterVec,
     pub tier_bytes: IntCounterVec,
     pub tier_failing: IntGaugeVec,
+    pub tier_last_error: IntGaugeVec,
     pub client_limited: IntCounterVec,
 }
 
@@ -253,6 +254,12 @@ impl Metrics {
                 &r,
                 "tier_failing",
                 "1 while a further tier is failing (lookups skip it for a few seconds at a time).",
+                &["tier"],
+            ),
+            tier_last_error: gauge_vec(
+                &r,
+                "tier_last_error_timestamp_seconds",
+                "When a further tier last failed a call (Unix seconds; 0 if never).",
                 &["tier"],
             ),
             client_limited: counter_vec(

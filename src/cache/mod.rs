@@ -40,7 +40,7 @@ pub use eviction::{evict, spawn_evictor, Budget, EvictionReport};
 pub use index::{ContentRecord, Index, TagKey, TagRecord};
 pub use reconcile::{reconcile, ReconcileReport};
 pub use s3::S3Tier;
-pub use store::{ContentStore, StoredFile, Tier};
+pub use store::{ContentStore, StoredFile, Tier, TierHealth};
 pub use usage::{CacheUsage, Lease};
 
 use crate::metrics::Metrics;

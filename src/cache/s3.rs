@@ -40,7 +40,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use url::Url;
 
-use super::store::{Tier, TierBody};
+use super::store::{Tier, TierBody, TierHealth};
 
 const NAME: &str = "s3";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,6 +84,8 @@ struct Health {
 struct HealthState {
     failing: bool,
     skip_until: Option<Instant>,
+    errors: u64,
+    last_error: Option<(u64, &'static str)>,
 }
 
 impl Health {
@@ -93,10 +95,11 @@ impl Health {
             tracing::info!(tier = NAME, "object store answering again");
             self.metrics.tier_failing.with_label_values(&[NAME]).set(0);
         }
-        *s = HealthState::default();
+        s.failing = false;
+        s.skip_until = None;
     }
 
-    fn fail(&self, op: &str, error: &str) {
+    fn fail(&self, op: &'static str, error: &str) {
         self.metrics
             .tier_errors
             .with_label_values(&[NAME, op])
@@ -115,6 +118,24 @@ impl Health {
         }
         s.failing = true;
         s.skip_until = Some(Instant::now() + COOLDOWN);
+        s.errors += 1;
+        let now = super::unix_now();
+        s.last_error = Some((now, op));
+        self.metrics
+            .tier_last_error
+            .with_label_values(&[NAME])
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    fn report(&self) -> TierHealth {
+        self.state
+            .lock()
+            .map(|s| TierHealth {
+                failing: s.failing,
+                errors: s.errors,
+                last_error: s.last_error,
+            })
+            .unwrap_or_default()
     }
 
     fn skipping(&self) -> bool {
@@ -155,6 +176,7 @@ impl S3Tier {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         metrics.tier_failing.with_label_values(&[NAME]).set(0);
+        metrics.tier_last_error.with_label_values(&[NAME]).set(0);
         Ok(S3Tier {
             client,
             signer: Signer {
@@ -519,6 +541,10 @@ impl S3Tier {
 impl Tier for S3Tier {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn health(&self) -> TierHealth {
+        self.health.report()
     }
 
     fn get<'a>(

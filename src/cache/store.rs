@@ -129,12 +129,26 @@ pub struct TierBody {
     pub stream: BoxStream<'static, Result<Bytes, CacheError>>,
 }
 
+/// How a further tier has been doing, for `/readyz`: a failing tier
+/// never makes the replica unready, but an operator should see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TierHealth {
+    /// Failing now: calls skip it for a few seconds at a time.
+    pub failing: bool,
+    /// Failed calls since start.
+    pub errors: u64,
+    /// When the last call failed (Unix seconds), and which operation.
+    pub last_error: Option<(u64, &'static str)>,
+}
+
 /// A further tier below the local one (an object store shared by
 /// replicas). Lookups that fail are logged and treated as misses: a tier
 /// is an optimisation, never a reason to fail a pull.
 pub trait Tier: Send + Sync {
     /// For logs and metric labels.
     fn name(&self) -> &'static str;
+    /// Errors so far, and whether the tier is failing now.
+    fn health(&self) -> TierHealth;
     /// The blob's bytes, or `None` if this tier does not have it.
     fn get<'a>(&'a self, digest: &'a Digest)
         -> BoxFuture<'a, Result<Option<TierBody>, CacheError>>;

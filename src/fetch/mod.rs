@@ -26,7 +26,7 @@ mod visibility;
 use accept::AcceptList;
 pub use body::{full, Body};
 
-use crate::cache::{BlobStore, CacheError, ContentStore, Index, Tier};
+use crate::cache::{BlobStore, CacheError, ContentStore, Index, Tier, TierHealth};
 use crate::config::Timings;
 use crate::metrics::Metrics;
 use crate::oci::{parse_range, Digest, RangeRequest, Reference, RepoName};
@@ -165,6 +165,7 @@ pub struct PullThrough {
     referrers: Arc<Referrers>,
     visibility: Visibility,
     misses: Arc<Misses>,
+    tiers: Vec<Arc<dyn Tier>>,
     metrics: Arc<Metrics>,
 }
 
@@ -203,12 +204,13 @@ impl PullThrough {
             )),
             tags: Tags::new(
                 index.clone(),
-                tiers,
+                tiers.clone(),
                 visibility.clone(),
                 Arc::clone(&misses),
             ),
             referrers: Arc::new(Referrers::new(index.clone())),
             misses,
+            tiers,
             index,
             store,
             visibility,
@@ -226,6 +228,11 @@ impl PullThrough {
     /// bits do not), and an index that still writes.
     pub fn is_writable(&self) -> bool {
         self.store.check_writable().is_ok() && self.index.is_healthy()
+    }
+
+    /// How each further tier has been doing (for `/readyz`).
+    pub fn tier_health(&self) -> Vec<(&'static str, TierHealth)> {
+        self.tiers.iter().map(|t| (t.name(), t.health())).collect()
     }
 
     /// Persists what is batched in memory (access times, the index), before

@@ -192,6 +192,7 @@ async fn a_replica_with_an_empty_disk_serves_a_tag_stale_from_the_bucket_through
     });
     let shared = sync(|| rgw.get_object(&bucket, &tag_objects[0])).expect("tag object");
     let shared: serde_json::Value = serde_json::from_slice(&shared).expect("tag object JSON");
+    assert_eq!(readyz(&first).await.1, "ready\ntier s3: ok errors=0\n");
     assert_eq!(shared["digest"], image.manifest_digest.as_str());
     assert_eq!(shared["media_type"], image.media_type.as_str());
 
@@ -389,6 +390,27 @@ async fn an_unreachable_store_never_fails_a_pull() {
         0.0
     );
     assert_eq!(mirror.metric("pullthrough_tier_failing", &[]), 1.0);
+    assert!(mirror.metric("pullthrough_tier_last_error_timestamp_seconds", &[]) > 0.0);
+
+    // Failing, and shown, but still ready: the upstream serves.
+    let (status, body) = readyz(&mirror).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut lines = body.lines();
+    assert_eq!(lines.next(), Some("ready"));
+    let tier = lines.next().unwrap_or_default();
+    assert!(tier.starts_with("tier s3: failing errors="), "{body}");
+    assert!(tier.contains(" last_error="), "{body}");
+    assert!(!body.contains(&port.to_string()), "no endpoint in {body}");
+}
+
+async fn readyz(mirror: &Mirror) -> (StatusCode, String) {
+    let response = client()
+        .get(format!("{}/readyz", mirror.url()))
+        .send()
+        .await
+        .expect("readyz");
+    let status = response.status();
+    (status, response.text().await.expect("readyz body"))
 }
 
 #[test]
