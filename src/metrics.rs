@@ -43,6 +43,7 @@ pub struct Metrics {
     pub tier_bytes: IntCounterVec,
     pub tier_failing: IntGaugeVec,
     pub tier_last_error: IntGaugeVec,
+    pub tier_redirects: IntCounterVec,
     pub client_limited: IntCounterVec,
 }
 
@@ -254,6 +255,12 @@ impl Metrics {
                 &r,
                 "tier_failing",
                 "1 while a further tier is failing (lookups skip it for a few seconds at a time).",
+                &["tier"],
+            ),
+            tier_redirects: counter_vec(
+                &r,
+                "tier_redirects_total",
+                "Blob GETs answered with a 307 to a presigned URL of a further tier (s3_redirect).",
                 &["tier"],
             ),
             tier_last_error: gauge_vec(

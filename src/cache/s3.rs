@@ -61,6 +61,10 @@ const MAX_UPLOADS: usize = 4;
 const COOLDOWN: Duration = Duration::from_secs(5);
 /// Error bodies are read this far for their `<Code>`.
 const ERROR_BODY_MAX: usize = 4096;
+/// How long a presigned redirect stays valid: long enough for a client
+/// to follow it at once, short enough that a leaked URL soon dies. S3
+/// checks it when the GET starts, so a slow download is not cut off.
+pub const REDIRECT_EXPIRY: Duration = Duration::from_secs(300);
 /// Read size when streaming a local file to the store.
 const FILE_CHUNK: usize = 256 * 1024;
 
@@ -653,6 +657,37 @@ impl Tier for S3Tier {
         .boxed()
     }
 
+    fn redirects(&self) -> bool {
+        self.settings.redirect
+    }
+
+    fn presign<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Option<Url>> {
+        async move {
+            if !self.settings.redirect || self.health.skipping() {
+                return None;
+            }
+            let key = self.key(digest);
+            // Only what is really there: a redirect to a 404 fails the pull.
+            let stored = match self.head(&key).await {
+                Ok(stored) => {
+                    self.health.ok();
+                    stored
+                }
+                Err(Failure(e)) => {
+                    self.health.fail("head", &e);
+                    None
+                }
+            };
+            stored?;
+            let url = self.url(&key, "").ok()?;
+            Some(
+                self.signer
+                    .presign("GET", &url, REDIRECT_EXPIRY, SystemTime::now()),
+            )
+        }
+        .boxed()
+    }
+
     fn put_tag<'a>(&'a self, key: &'a TagKey, record: &'a TagRecord) -> BoxFuture<'a, ()> {
         async move {
             if self.health.skipping() {
@@ -744,6 +779,7 @@ mod tests {
             access_key_id: "AK".into(),
             secret_access_key: Secret::new("SK".into()),
             session_token: None,
+            redirect: false,
         };
         S3Tier::new(settings, Metrics::new()).unwrap()
     }

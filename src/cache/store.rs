@@ -167,4 +167,9 @@ pub trait Tier: Send + Sync {
     fn get_tag<'a>(&'a self, key: &'a TagKey) -> BoxFuture<'a, Option<TagRecord>>;
     /// Records a tag's mapping for the other replicas (in the background).
     fn put_tag<'a>(&'a self, key: &'a TagKey, record: &'a TagRecord) -> BoxFuture<'a, ()>;
+    /// Whether clients are sent to this tier for blobs it holds.
+    fn redirects(&self) -> bool;
+    /// A short-lived URL a client may GET the blob from directly, if this
+    /// tier redirects and holds the blob.
+    fn presign<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Option<url::Url>>;
 }

@@ -30,6 +30,7 @@ pub(crate) struct FileConfig {
     pub admin_token_file: Option<PathBuf>,
     pub client_auth_max_failures: Option<u32>,
     pub storage: Option<FileStorage>,
+    pub s3_redirect: Option<bool>,
     #[serde(default)]
     pub trusted_proxies: Vec<ProxyNet>,
     pub client_rate: Option<RequestRate>,

@@ -253,6 +253,9 @@ impl PullThrough {
         digest: &Digest,
         range: Option<&str>,
     ) -> Result<Served, FetchError> {
+        if let Some(redirect) = self.blob_redirect(at, digest).await? {
+            return Ok(redirect);
+        }
         let source = match self.blobs.open(at, digest).await {
             Ok(source) => source,
             Err(FetchError::NoSpace(unclaimed)) => {
@@ -294,6 +297,35 @@ impl PullThrough {
             }
         };
         Ok(served)
+    }
+
+    /// A 307 to a presigned URL of a tier that redirects and holds the
+    /// blob; only once the blob may be served under this repository (see
+    /// `visibility`: content that came through upstream credentials is
+    /// confirmed with the upstream first, and an error is the answer).
+    async fn blob_redirect(
+        &self,
+        at: &Target,
+        digest: &Digest,
+    ) -> Result<Option<Served>, FetchError> {
+        for tier in self.tiers.iter().filter(|t| t.redirects()) {
+            let Some(url) = tier.presign(digest).await else {
+                continue;
+            };
+            self.admit_blob(at, digest, CacheOutcome::Hit).await?;
+            self.metrics
+                .tier_redirects
+                .with_label_values(&[tier.name()])
+                .inc();
+            self.count("blob", CacheOutcome::Hit);
+            let mut s = Served::new(body::empty(), CacheOutcome::Hit);
+            s.status = StatusCode::TEMPORARY_REDIRECT;
+            s.set(header::LOCATION, url.as_str());
+            s.set(header::CONTENT_LENGTH, "0");
+            s.set_digest(digest);
+            return Ok(Some(s));
+        }
+        Ok(None)
     }
 
     /// A blob's headers: from the cache, or from an upstream HEAD; never

@@ -460,3 +460,133 @@ async fn a_failing_store_is_logged_once_and_its_secret_never() {
     );
     assert!(!log.contains(secret_value), "the secret reached the log");
 }
+
+/// Pulls every blob of `image` through `mirror` (and waits for the bucket
+/// to hold them).
+async fn seed_bucket(mirror: &Mirror, rgw: &Rgw, bucket: &str, repo: &str, blobs: &[String]) {
+    for digest in blobs {
+        pull_verified(mirror, repo, digest).await;
+    }
+    for digest in blobs {
+        wait_uploaded(rgw, bucket, digest);
+    }
+}
+
+fn blob_digests(image: &crate::support::hub::TestImage) -> Vec<String> {
+    std::iter::once(image.config.0.clone())
+        .chain(image.layers.iter().map(|(d, _)| d.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redirect_mode_hands_skopeo_presigned_urls_it_follows_and_verifies() {
+    let Some(rgw) = sync(rgw) else { return };
+    if !crate::support::require_tool("skopeo") {
+        return;
+    }
+    let bucket = sync(|| rgw.bucket("redirect"));
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[700_000, 300_000]);
+    let blobs = blob_digests(&image);
+    let first = Mirror::builder(&hub.url())
+        .config(&rgw_toml(rgw, &bucket))
+        .start();
+    seed_bucket(&first, rgw, &bucket, "library/app", &blobs).await;
+
+    let second = Mirror::builder(&hub.url())
+        .config(&format!("s3_redirect = true\n{}", rgw_toml(rgw, &bucket)))
+        .start();
+    hub.reset_counts();
+    // What the mirror answers, without following it.
+    let (status, _) = get_blob(&second, "library/app", &blobs[1]).await;
+    assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
+    let response = client()
+        .get(format!(
+            "{}/v2/library/app/blobs/{}",
+            second.url(),
+            blobs[1]
+        ))
+        .send()
+        .await
+        .expect("blob GET");
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        location.starts_with(&format!("{}/", rgw.endpoint)),
+        "{location}"
+    );
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    assert!(location.contains("X-Amz-Expires=300"), "{location}");
+    assert!(!location.contains(crate::support::rgw::SECRET_KEY));
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let dest = out.path().join("image");
+    let mut command = std::process::Command::new("skopeo");
+    command
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/library/app:v1", second.addr))
+        .arg(format!("dir:{}", dest.display()));
+    let output = sync(|| crate::support::process::run_bounded(command, Duration::from_secs(120)));
+    assert!(
+        output.status.success(),
+        "skopeo copy through the redirecting mirror: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for digest in &blobs {
+        let bytes = std::fs::read(dest.join(hex_of(digest))).expect("blob in the dir: copy");
+        assert_eq!(sha256_digest(&bytes), *digest, "{digest} as skopeo got it");
+        // Straight from the store: the mirror never downloaded it.
+        assert!(!cached(&second, digest), "{digest} went through the mirror");
+    }
+    assert_eq!(hub.count(Kind::BlobGet), 0);
+    assert!(
+        second.metric("pullthrough_tier_redirects_total", &[]) >= blobs.len() as f64 + 2.0,
+        "two probes and skopeo's GETs redirected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redirect_mode_sends_private_content_only_where_the_upstream_confirms_it() {
+    let Some(rgw) = sync(rgw) else { return };
+    let bucket = sync(|| rgw.bucket("private"));
+    let hub = Hub::start().await;
+    hub.make_private("team/secret", "puller", "hunter2");
+    let image = hub.push_image("team/secret", "v1", &[200_000]);
+    hub.push_image("library/public", "v1", &[100_000]);
+    let blobs = blob_digests(&image);
+    let upstream = format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\nusername = \"puller\"\npassword = \"hunter2\"\n",
+        hub.url()
+    );
+    let first = Mirror::builder(&hub.url())
+        .config(&format!("{}{upstream}", rgw_toml(rgw, &bucket)))
+        .start();
+    seed_bucket(&first, rgw, &bucket, "team/secret", &blobs).await;
+
+    let second = Mirror::builder(&hub.url())
+        .config(&format!(
+            "s3_redirect = true\n{}{upstream}",
+            rgw_toml(rgw, &bucket)
+        ))
+        .start();
+    // Asked for under a repository that does not hold it: no redirect,
+    // and not the bytes either.
+    let response = client()
+        .get(format!(
+            "{}/v2/library/public/blobs/{}",
+            second.url(),
+            blobs[1]
+        ))
+        .send()
+        .await
+        .expect("blob GET");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(response.headers().get("location").is_none());
+    assert_eq!(second.metric("pullthrough_tier_redirects_total", &[]), 0.0);
+    // Under its own repository, once the upstream confirms it: redirected.
+    let (status, _) = get_blob(&second, "team/secret", &blobs[1]).await;
+    assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(second.metric("pullthrough_tier_redirects_total", &[]), 1.0);
+}
