@@ -590,3 +590,20 @@ async fn redirect_mode_sends_private_content_only_where_the_upstream_confirms_it
     assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
     assert_eq!(second.metric("pullthrough_tier_redirects_total", &[]), 1.0);
 }
+
+#[test]
+fn the_documented_lifecycle_rules_are_taken_by_rgw() {
+    let Some(rgw) = rgw() else { return };
+    let bucket = rgw.bucket("lifecycle");
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/s3/lifecycle.xml");
+    assert_eq!(rgw.put_lifecycle(&bucket, &rules), 200);
+    let stored = rgw.lifecycle(&bucket).expect("lifecycle read back");
+    for id in [
+        "pullthrough-content",
+        "pullthrough-tags",
+        "pullthrough-abandoned-uploads",
+    ] {
+        assert!(stored.contains(id), "{id} in {stored}");
+    }
+    assert!(stored.contains("<Days>30</Days>"), "{stored}");
+}
