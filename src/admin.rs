@@ -1,5 +1,13 @@
 //! The offline commands: `gc`, `cache stats` and `cache ls`. They open the
-//! cache directly, so they refuse to run while a server holds it.
+//! cache directly, so they refuse to run while a server holds it. With a
+//! storage configured, `bucket` adds what the shared bucket holds.
+
+mod bucket;
+
+pub use bucket::{
+    gc as gc_with_bucket, list as list_with_bucket, stats as stats_with_bucket, BucketStats,
+    GcBucket,
+};
 
 use crate::cache::{self, Budget, CacheError, ContentStore, Index};
 use crate::oci::Digest;
@@ -14,6 +22,8 @@ pub enum AdminError {
     InUse(String),
     #[error("cannot open the cache at {dir}: {source}")]
     Open { dir: String, source: CacheError },
+    #[error("cannot read the bucket: {0}")]
+    Bucket(String),
 }
 
 /// Opens a stopped mirror's cache for an offline command.
@@ -37,6 +47,9 @@ pub struct GcReport {
     pub removed_temp: u64,
     pub reconcile: cache::ReconcileReport,
     pub eviction: Option<cache::EvictionReport>,
+    /// With a storage configured: the bucket beside what is left locally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<GcBucket>,
 }
 
 /// Reconciles, then evicts down to the budget when one is set.
@@ -65,6 +78,7 @@ pub fn gc(
         removed_temp,
         reconcile,
         eviction,
+        bucket: None,
     })
 }
 
@@ -100,6 +114,18 @@ pub fn render_gc(r: &GcReport) -> String {
             );
         }
     }
+    if let Some(b) = &r.bucket {
+        for (k, v) in bucket::render(&b.stats) {
+            let _ = writeln!(out, "{k}: {v}");
+        }
+        if r.eviction.is_some() {
+            let _ = writeln!(
+                out,
+                "eviction removed local copies only: {} of them stay in the bucket",
+                b.evicted_in_bucket
+            );
+        }
+    }
     out
 }
 
@@ -112,6 +138,9 @@ pub struct Stats {
     pub repositories: u64,
     /// Unix seconds of the least recently used entry.
     pub oldest_access: Option<u64>,
+    /// With a storage configured (`cache stats` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketStats>,
 }
 
 pub fn stats(dir: &Path) -> Result<Stats, AdminError> {
@@ -148,7 +177,7 @@ pub fn stats_of(index: &Index) -> Stats {
 }
 
 pub fn render_stats(s: &Stats) -> String {
-    let rows = [
+    let mut rows = vec![
         ("bytes", format!("{} ({})", s.bytes, human_bytes(s.bytes))),
         ("blobs", s.blobs.to_string()),
         ("manifests", s.manifests.to_string()),
@@ -159,6 +188,9 @@ pub fn render_stats(s: &Stats) -> String {
             s.oldest_access.map_or_else(|| "-".to_owned(), ago),
         ),
     ];
+    if let Some(b) = &s.bucket {
+        rows.extend(bucket::render(b));
+    }
     table(
         &["", ""],
         rows.iter()
@@ -181,6 +213,10 @@ pub struct TagRow {
     pub size: u64,
     /// Unix seconds when the tag's manifest was last served.
     pub last_used: Option<u64>,
+    /// With a storage configured (`cache ls` only): `local`,
+    /// `local+bucket` or `bucket`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<&'static str>,
 }
 
 pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
@@ -208,6 +244,7 @@ pub fn list_of(store: &dyn ContentStore, index: &Index, repo: Option<&str>) -> V
             digest: record.digest.to_string(),
             size,
             last_used,
+            location: None,
         };
         rows.push((row, record.checked_at));
     }
@@ -267,31 +304,36 @@ pub fn render_list(rows: &[TagRow]) -> String {
     if rows.is_empty() {
         return "no cached tags\n".to_owned();
     }
+    let located = rows.iter().any(|r| r.location.is_some());
     let body = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.upstream.clone(),
                 r.repository.clone(),
                 r.tag.clone(),
                 r.digest.get(..19).unwrap_or(&r.digest).to_owned(),
                 human_bytes(r.size),
                 r.last_used.map_or_else(|| "-".to_owned(), ago),
-            ]
+            ];
+            if located {
+                row.push(r.location.unwrap_or("-").to_owned());
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "UPSTREAM",
-            "REPOSITORY",
-            "TAG",
-            "DIGEST",
-            "SIZE",
-            "LAST USED",
-        ],
-        body,
-        true,
-    )
+    let mut header = vec![
+        "UPSTREAM",
+        "REPOSITORY",
+        "TAG",
+        "DIGEST",
+        "SIZE",
+        "LAST USED",
+    ];
+    if located {
+        header.push("WHERE");
+    }
+    table(&header, body, true)
 }
 
 /// Left-aligned columns separated by two spaces.

@@ -83,7 +83,8 @@ enum CacheCommand {
 
 #[derive(clap::Args)]
 struct CacheArgs {
-    /// TOML config file (for cache_dir).
+    /// TOML config file (for cache_dir, max_size, and a storage whose bucket
+    /// is listed beside the local tier).
     #[arg(long, env = "PULLTHROUGH_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Cache directory [default: ./pullthrough-cache].
@@ -214,8 +215,9 @@ fn main() -> ExitCode {
             let overrides = Overrides {
                 cache_dir: args.cache.cache_dir,
                 max_size: args.max_size,
-                // The offline commands look at the local tier only.
-                ignore_storage: true,
+                // Eviction is local only; a storage the config names is
+                // listed to say what stays in the bucket.
+                aws: AwsEnv::from_process(),
                 ..Overrides::default()
             };
             let config = match load_config(args.cache.config.as_deref(), &overrides) {
@@ -228,7 +230,13 @@ fn main() -> ExitCode {
                 .map(|u| u.tag_ttl)
                 .max()
                 .unwrap_or_default();
-            let result = admin::gc(&config.cache_dir, config.max_size, protect, args.dry_run);
+            let result = admin::gc_with_bucket(
+                &config.cache_dir,
+                config.max_size,
+                protect,
+                args.dry_run,
+                config.storage.as_ref(),
+            );
             print_or_fail(result, args.cache.json, admin::render_gc)
         }
         Command::Cache { command } => {
@@ -239,7 +247,7 @@ fn main() -> ExitCode {
             };
             let overrides = Overrides {
                 cache_dir: args.cache_dir,
-                ignore_storage: true,
+                aws: AwsEnv::from_process(),
                 ..Overrides::default()
             };
             let config = match load_config(args.config.as_deref(), &overrides) {
@@ -248,12 +256,16 @@ fn main() -> ExitCode {
             };
             match repo {
                 None => print_or_fail(
-                    admin::stats(&config.cache_dir),
+                    admin::stats_with_bucket(&config.cache_dir, config.storage.as_ref()),
                     args.json,
                     admin::render_stats,
                 ),
                 Some(repo) => print_or_fail(
-                    admin::list(&config.cache_dir, repo.as_deref()),
+                    admin::list_with_bucket(
+                        &config.cache_dir,
+                        repo.as_deref(),
+                        config.storage.as_ref(),
+                    ),
                     args.json,
                     |rows| admin::render_list(rows),
                 ),

@@ -26,6 +26,7 @@
 //! own SigV4 over the same reqwest client stack as the upstreams.
 
 mod blobs;
+mod bucket;
 mod eviction;
 mod index;
 mod reconcile;
@@ -36,6 +37,7 @@ mod store;
 mod usage;
 
 pub use blobs::{BlobStore, TempBlob};
+pub use bucket::{Bucket, BucketInventory};
 pub use eviction::{evict, spawn_evictor, Budget, EvictionReport};
 pub use index::{ContentRecord, Index, TagKey, TagRecord};
 pub use reconcile::{reconcile, ReconcileReport};

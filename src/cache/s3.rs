@@ -530,6 +530,56 @@ impl S3Tier {
         Ok(())
     }
 
+    /// One page of a ListObjectsV2 of the keys under `PREFIX/<under>`,
+    /// after `token`: the raw XML (see [`super::bucket`]).
+    pub(super) async fn list_page(
+        &self,
+        under: &str,
+        token: Option<&str>,
+    ) -> Result<Vec<u8>, String> {
+        let prefix = self.prefixed(under.to_owned());
+        let mut query = format!("list-type=2&prefix={}", sigv4::uri_encode(&prefix, false));
+        if let Some(token) = token {
+            query.push_str(&format!(
+                "&continuation-token={}",
+                sigv4::uri_encode(token, false)
+            ));
+        }
+        let url = self.url("", &query).map_err(|f| f.0)?;
+        let req = self.request(reqwest::Method::GET, url, &[], sigv4::EMPTY_SHA256);
+        let resp = Self::send(req, ANSWER_TIMEOUT).await.map_err(|f| f.0)?;
+        if !resp.status().is_success() {
+            return Err(Self::refused(resp).await.0);
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = tokio::time::timeout(READ_TIMEOUT, stream.next())
+            .await
+            .map_err(|_| "the listing stalled".to_owned())?
+        {
+            body.extend_from_slice(&chunk.map_err(|e| Failure::from(e).0)?);
+            // 1,000 keys a page, a few hundred bytes each.
+            if body.len() > 8 * 1024 * 1024 {
+                return Err("the listing page is too long".into());
+            }
+        }
+        Ok(body)
+    }
+
+    /// A tag object's mapping, read directly (for the offline commands).
+    pub(super) async fn read_tag(&self, object: &str, key: &TagKey) -> Option<TagRecord> {
+        let body = self
+            .get_small(object, shared_tags::MAX_TAG_OBJECT)
+            .await
+            .ok()??;
+        shared_tags::decode(key, &body)
+    }
+
+    /// The tier's prefix, with a trailing `/` unless empty.
+    pub(super) fn prefix_dir(&self) -> String {
+        self.prefixed(String::new())
+    }
+
     async fn delete(&self, digest: &Digest) -> Result<(), Failure> {
         let url = self.url(&self.key(digest), "")?;
         let req = self.request(reqwest::Method::DELETE, url, &[], sigv4::EMPTY_SHA256);

@@ -3,6 +3,7 @@
 //! object is never served as complete and is replaced from the upstream,
 //! and a store that cannot be reached never fails a pull.
 
+use crate::support::cli::pullthrough_json;
 use crate::support::client::{client, files_named, hex_of, read_transfer, Transfer};
 use crate::support::hub::{Fault, Hub, Kind, Target};
 use crate::support::mirror::Mirror;
@@ -606,4 +607,97 @@ fn the_documented_lifecycle_rules_are_taken_by_rgw() {
         assert!(stored.contains(id), "{id} in {stored}");
     }
     assert!(stored.contains("<Days>30</Days>"), "{stored}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_commands_say_what_is_local_and_what_is_only_in_the_bucket() {
+    let Some(rgw) = sync(rgw) else { return };
+    let bucket = sync(|| rgw.bucket("offline"));
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[150_000, 250_000]);
+    let blobs = blob_digests(&image);
+    let mut first = Mirror::builder(&hub.url())
+        .config(&rgw_toml(rgw, &bucket))
+        .start();
+    let (status, _, _) = get_manifest(&first, "library/app", "v1").await;
+    assert_eq!(status, StatusCode::OK);
+    seed_bucket(&first, rgw, &bucket, "library/app", &blobs).await;
+    wait_uploaded(rgw, &bucket, &image.manifest_digest);
+    sync(|| {
+        wait_until("the tag object", UPLOAD_WAIT, || {
+            rgw.keys(&bucket)
+                .iter()
+                .any(|k| k.contains("/_tags/v1/"))
+                .then_some(())
+        })
+    });
+    // A second replica that pulled one layer only.
+    let mut second = Mirror::builder(&hub.url())
+        .config(&rgw_toml(rgw, &bucket))
+        .start();
+    pull_verified(&second, "library/app", &blobs[1]).await;
+    sync(|| {
+        first.stop();
+        second.stop();
+    });
+
+    let config = |m: &Mirror| m.root.join("pullthrough.toml").display().to_string();
+    let dir = |m: &Mirror| m.cache_dir.display().to_string();
+    let stats = sync(|| {
+        pullthrough_json(&[
+            "cache",
+            "stats",
+            "--config",
+            &config(&second),
+            "--cache-dir",
+            &dir(&second),
+        ])
+    });
+    let b = &stats["bucket"];
+    assert_eq!(b["objects"], 4, "manifest, config, two layers: {stats}");
+    assert_eq!(b["only_in_bucket"], 3, "{stats}");
+    assert_eq!(b["only_local"], 0, "{stats}");
+    assert_eq!(b["tags"], 1, "{stats}");
+    assert_eq!(stats["blobs"], 1, "{stats}");
+
+    let rows = sync(|| {
+        pullthrough_json(&[
+            "cache",
+            "ls",
+            "--config",
+            &config(&second),
+            "--cache-dir",
+            &dir(&second),
+        ])
+    });
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["tag"], "v1");
+    assert_eq!(rows[0]["digest"], image.manifest_digest.as_str());
+    assert_eq!(rows[0]["location"], "bucket", "{rows}");
+    let rows = sync(|| {
+        pullthrough_json(&[
+            "cache",
+            "ls",
+            "--config",
+            &config(&first),
+            "--cache-dir",
+            &dir(&first),
+        ])
+    });
+    assert_eq!(rows[0]["location"], "local+bucket", "{rows}");
+
+    let report = sync(|| {
+        pullthrough_json(&[
+            "gc",
+            "--config",
+            &config(&first),
+            "--cache-dir",
+            &dir(&first),
+        ])
+    });
+    assert_eq!(report["bucket"]["objects"], 4, "{report}");
+    assert_eq!(report["bucket"]["only_in_bucket"], 0, "{report}");
+    // Without a storage, the old output: nothing about a bucket.
+    let plain = sync(|| pullthrough_json(&["cache", "stats", "--cache-dir", &dir(&first)]));
+    assert!(plain.get("bucket").is_none(), "{plain}");
 }
