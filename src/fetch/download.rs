@@ -494,7 +494,9 @@ impl BlobDownloads {
             });
         }
         let (store, index, digest) = (Arc::clone(&self.store), self.index.clone(), digest.clone());
-        let private = at.upstream.has_credentials();
+        // Bytes from a shared tier are of unknown origin: another replica
+        // may have fetched them with credentials.
+        let private = !from_upstream || at.upstream.has_credentials();
         cache::blocking(move || {
             store.commit(temp, &digest)?;
             let record = ContentRecord {

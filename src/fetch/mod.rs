@@ -264,7 +264,7 @@ impl PullThrough {
             Err(e) => return Err(e),
         };
         let outcome = source.outcome;
-        self.admit_blob(at, digest, outcome).await?;
+        self.admit_blob(at, digest).await?;
         self.count("blob", outcome);
         let metrics = Arc::clone(&self.metrics);
         let served = match source.total {
@@ -312,7 +312,7 @@ impl PullThrough {
             let Some(url) = tier.presign(digest).await else {
                 continue;
             };
-            self.admit_blob(at, digest, CacheOutcome::Hit).await?;
+            self.admit_blob(at, digest).await?;
             self.metrics
                 .tier_redirects
                 .with_label_values(&[tier.name()])
@@ -333,7 +333,7 @@ impl PullThrough {
     pub async fn blob_head(&self, at: &Target, digest: &Digest) -> Result<Served, FetchError> {
         let (len, outcome) = match self.blobs.open_cached(digest).await? {
             Some(source) => {
-                self.admit_blob(at, digest, CacheOutcome::Hit).await?;
+                self.admit_blob(at, digest).await?;
                 (source.total, CacheOutcome::Hit)
             }
             None => {
@@ -372,7 +372,7 @@ impl PullThrough {
                 // resolved to needs no check; a digest may have been cached
                 // through another.
                 self.visibility
-                    .admit(&at.upstream, &at.repo, digest, found.1, || async {
+                    .admit(&at.upstream, &at.repo, digest, || async {
                         at.upstream
                             .head_manifest(&at.repo, reference, &accept)
                             .await
@@ -466,17 +466,12 @@ impl PullThrough {
             .inc();
     }
 
-    /// Checks that a blob obtained as `outcome` may be served under the
+    /// Checks that a blob, however obtained, may be served under the
     /// target (see `visibility`), confirming with a blob HEAD when unknown.
-    async fn admit_blob(
-        &self,
-        at: &Target,
-        digest: &Digest,
-        outcome: CacheOutcome,
-    ) -> Result<(), FetchError> {
+    async fn admit_blob(&self, at: &Target, digest: &Digest) -> Result<(), FetchError> {
         Ok(self
             .visibility
-            .admit(&at.upstream, &at.repo, digest, outcome, || async {
+            .admit(&at.upstream, &at.repo, digest, || async {
                 at.upstream.head_blob(&at.repo, digest).await.map(|_| ())
             })
             .await?)

@@ -590,6 +590,19 @@ async fn redirect_mode_sends_private_content_only_where_the_upstream_confirms_it
     let (status, _) = get_blob(&second, "team/secret", &blobs[1]).await;
     assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
     assert_eq!(second.metric("pullthrough_tier_redirects_total", &[]), 1.0);
+
+    // Without redirects, bytes from the bucket are held to the same rule:
+    // another replica fetched them with credentials, for another repository.
+    let third = Mirror::builder(&hub.url())
+        .config(&format!("{}{upstream}", rgw_toml(rgw, &bucket)))
+        .start();
+    let (status, transfer) = get_blob(&third, "library/public", &blobs[1]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        !matches!(&transfer, Transfer::Complete(b) if sha256_digest(b) == blobs[1]),
+        "the private layer was served under another repository"
+    );
+    pull_verified(&third, "team/secret", &blobs[1]).await;
 }
 
 #[test]
