@@ -61,6 +61,9 @@ fn check_route(path: &str) {
         // The page, its assets and the admin API: fixed paths, or names and
         // digests validated like the registry routes'.
         Route::Page => Some("/".to_owned()),
+        Route::Live => Some("/ui/live".to_owned()),
+        Route::Search => Some("/v1/search".to_owned()),
+        Route::SearchPing => Some("/v1/_ping".to_owned()),
         Route::Asset(_) => {
             assert!(path.starts_with("/ui/"), "asset route from {path:?}");
             None

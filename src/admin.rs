@@ -1,8 +1,11 @@
-//! The offline commands: `gc`, `cache stats` and `cache ls`. They open the
-//! cache directly, so they refuse to run while a server holds it. With a
+//! The cache commands: `gc`, `cache stats` and `cache ls`. They open the
+//! cache directly; while a running mirror holds it, `gc` refuses and
+//! `cache stats|ls` ask that mirror's admin API instead (`remote`). With a
 //! storage configured, `bucket` adds what the shared bucket holds.
 
+pub mod address;
 mod bucket;
+pub mod remote;
 
 pub use bucket::{
     gc as gc_with_bucket, list as list_with_bucket, stats as stats_with_bucket, BucketStats,
@@ -11,7 +14,8 @@ pub use bucket::{
 
 use crate::cache::{self, Budget, CacheError, ContentStore, Index};
 use crate::oci::Digest;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -24,6 +28,14 @@ pub enum AdminError {
     Open { dir: String, source: CacheError },
     #[error("cannot read the bucket: {0}")]
     Bucket(String),
+    #[error("the cache at {dir} is in use by a running pullthrough, whose admin API cannot be reached: {reason}")]
+    Unreachable { dir: String, reason: String },
+    #[error("the running pullthrough at {url} answered HTTP {status}{hint}")]
+    Remote {
+        url: String,
+        status: u16,
+        hint: &'static str,
+    },
 }
 
 /// Opens a stopped mirror's cache for an offline command.
@@ -52,14 +64,20 @@ pub struct GcReport {
     pub bucket: Option<GcBucket>,
 }
 
-/// Reconciles, then evicts down to the budget when one is set.
+/// What eviction must keep, found from an open cache (pinned warm sets).
+pub type PinnedDigests<'a> = &'a dyn Fn(&dyn ContentStore, &Index) -> HashSet<String>;
+
+/// Reconciles, then evicts down to the budget when one is set, keeping
+/// what `pinned` names.
 pub fn gc(
     dir: &Path,
     max_size: Option<u64>,
     protect_recent: Duration,
     dry_run: bool,
+    pinned: PinnedDigests<'_>,
 ) -> Result<GcReport, AdminError> {
     let (store, index) = open_cache(dir, max_size)?;
+    store.usage().set_pinned(pinned(&store, &index));
     let removed_temp = store.clear_temp(dry_run).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot empty tmp/");
         0
@@ -129,7 +147,7 @@ pub fn render_gc(r: &GcReport) -> String {
     out
 }
 
-#[derive(Serialize, Default, Clone, Debug)]
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
 pub struct Stats {
     pub bytes: u64,
     pub blobs: u64,
@@ -141,6 +159,23 @@ pub struct Stats {
     /// With a storage configured (`cache stats` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bucket: Option<BucketStats>,
+}
+
+/// `cache stats`: from the files, or from the running mirror that holds
+/// them.
+pub fn stats_here_or_running(dir: &Path) -> Result<Stats, AdminError> {
+    match stats(dir) {
+        Err(AdminError::InUse(_)) => remote::stats(dir),
+        other => other,
+    }
+}
+
+/// `cache ls`, the same way.
+pub fn list_here_or_running(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
+    match list(dir, repo) {
+        Err(AdminError::InUse(_)) => remote::list(dir, repo),
+        other => other,
+    }
 }
 
 pub fn stats(dir: &Path) -> Result<Stats, AdminError> {
@@ -203,7 +238,7 @@ pub fn render_stats(s: &Stats) -> String {
 /// The most of a manifest `image_size` reads to find what it references.
 const MANIFEST_READ_LIMIT: u64 = 4 * 1024 * 1024;
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct TagRow {
     pub upstream: String,
     pub repository: String,
@@ -216,7 +251,7 @@ pub struct TagRow {
     /// With a storage configured (`cache ls` only): `local`,
     /// `local+bucket` or `bucket`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub location: Option<&'static str>,
+    pub location: Option<String>,
 }
 
 pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
@@ -317,7 +352,7 @@ pub fn render_list(rows: &[TagRow]) -> String {
                 r.last_used.map_or_else(|| "-".to_owned(), ago),
             ];
             if located {
-                row.push(r.location.unwrap_or("-").to_owned());
+                row.push(r.location.clone().unwrap_or_else(|| "-".to_owned()));
             }
             row
         })
@@ -337,7 +372,7 @@ pub fn render_list(rows: &[TagRow]) -> String {
 }
 
 /// Left-aligned columns separated by two spaces.
-fn table(header: &[&str], rows: Vec<Vec<String>>, with_header: bool) -> String {
+pub fn table(header: &[&str], rows: Vec<Vec<String>>, with_header: bool) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -68,6 +68,21 @@ impl<K: Hash + Eq + Clone, S> Flights<K, S> {
     pub fn len(&self) -> usize {
         self.table.lock().map(|t| t.len()).unwrap_or(0)
     }
+
+    /// Every flight in the air with its latest state (for a status view).
+    pub fn snapshot(&self) -> Vec<(K, S)>
+    where
+        S: Clone,
+    {
+        self.table
+            .lock()
+            .map(|t| {
+                t.iter()
+                    .map(|(k, rx)| (k.clone(), rx.borrow().clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl<K: Hash + Eq, S> Flight<K, S> {

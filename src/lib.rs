@@ -3,8 +3,8 @@
 //! # Layout
 //!
 //! The layers, each depending only on those below it:
-//! `oci` → `config` → `coalesce`, `cache`, `upstream` → `fetch` → `server`
-//! → `main`.
+//! `oci` → `config` → `coalesce`, `cache`, `upstream` → `fetch` → `warm`
+//! → `server` → `main`.
 //!
 //! - [`oci`]: names, references, digests, media types, ranges, error bodies.
 //! - [`config`]: the validated configuration (file schema, typed values,
@@ -22,12 +22,20 @@
 //!   lookup, downloads tailed by readers and resumed when their source
 //!   breaks, verification, tag and referrers freshness, the memory of
 //!   misses, visibility of private content.
+//! - [`warm`]: warming images into the cache (`pullthrough warm`, the
+//!   admin API's warm action), `cache check`, and the `[[warm]]` sets:
+//!   start-up warm, scheduled revalidation, pins, the rate-limit reserve.
 //! - [`server`]: listeners (idle timeouts, HTTP/2 limits), routing by host,
 //!   `?ns=` or prefix, per-client limits, handlers (which call only the
-//!   core), the page and admin API, the error → HTTP mapping, reload and
-//!   graceful shutdown; `server::run` serves bound listeners in-process.
+//!   core), the page (`page/`: live figures, search box, snippets), the
+//!   admin API (`api`, fed by `activity`: recent pulls, top repositories,
+//!   hourly figures), Docker Hub search passed through (`search`), the
+//!   error → HTTP mapping, reload and graceful shutdown; `server::run`
+//!   serves bound listeners in-process.
 //! - [`metrics`]: one Prometheus registry per running mirror.
-//! - [`admin`]: the offline `gc` and `cache stats|ls` commands.
+//! - [`admin`]: the `gc` and `cache stats|ls` commands; the latter ask a
+//!   running mirror's API (`admin::remote`, found by `admin::address`)
+//!   when one holds the cache.
 //! - [`bundle`]: offline bundles (`export`, `import`): images as an OCI
 //!   image layout in a tar, verified blob by blob on the way in.
 
@@ -43,6 +51,7 @@ pub mod metrics;
 pub mod oci;
 pub mod server;
 pub(crate) mod upstream;
+pub mod warm;
 
 /// Thin wrappers over crate-private parsers for the fuzz targets in
 /// `fuzz/` and the stable fuzz smoke test (`tests/it/fuzz_smoke.rs`), which

@@ -9,6 +9,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod warm_cli;
+
 /// A pull-through cache for container registries: set it as a registry
 /// mirror and every image layer is fetched from the upstream once.
 #[derive(Parser)]
@@ -25,7 +27,12 @@ enum Command {
     /// Repair the cache and evict down to max_size, offline (stop the
     /// server first); prints what it removed and freed.
     Gc(GcArgs),
-    /// Inspect the cache, offline.
+    /// Fetch images with all their blobs into a running mirror (--server)
+    /// or a stopped cache directory; exits non-zero naming each image it
+    /// could not warm.
+    Warm(warm_cli::WarmArgs),
+    /// Inspect the cache: from its files, or through the admin API of the
+    /// mirror running on it.
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
@@ -72,6 +79,9 @@ struct ImportArgs {
 enum CacheCommand {
     /// Totals: bytes, blobs, manifests, tags, oldest access.
     Stats(CacheArgs),
+    /// Whether each image is fully servable with the upstream down (exit
+    /// status 0 when all are).
+    Check(warm_cli::CheckArgs),
     /// Cached repositories and tags with sizes and last use.
     Ls {
         /// Only this repository (e.g. library/ubuntu or ubuntu).
@@ -230,18 +240,31 @@ fn main() -> ExitCode {
                 .map(|u| u.tag_ttl)
                 .max()
                 .unwrap_or_default();
+            let pinned = match pullthrough::server::offline_pins(&config) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("pullthrough: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let result = admin::gc_with_bucket(
                 &config.cache_dir,
                 config.max_size,
                 protect,
                 args.dry_run,
+                &pinned,
                 config.storage.as_ref(),
             );
             print_or_fail(result, args.cache.json, admin::render_gc)
         }
+        Command::Warm(args) => {
+            init_logging(LogFormat::Text, "warn");
+            warm_cli::warm(args)
+        }
         Command::Cache { command } => {
             init_logging(LogFormat::Text, "warn");
             let (args, repo) = match command {
+                CacheCommand::Check(args) => return warm_cli::check(args),
                 CacheCommand::Stats(args) => (args, None),
                 CacheCommand::Ls { repo, args } => (args, Some(repo)),
             };
@@ -282,7 +305,7 @@ fn export(args: ExportArgs) -> ExitCode {
     };
     let mut images = Vec::new();
     for name in &args.images {
-        match name.parse::<pullthrough::oci::ImageRef>() {
+        match name.parse::<pullthrough::oci::ImageName>() {
             Ok(image) => images.push(image),
             Err(e) => {
                 eprintln!("pullthrough: {name}: {e}");
@@ -436,8 +459,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let file = args.config.clone();
-    let reload: pullthrough::server::Reload =
-        Box::new(move || Config::load(file.as_deref(), &overrides));
+    let reload = pullthrough::server::Reload {
+        file: file.clone(),
+        load: Box::new(move || Config::load(file.as_deref(), &overrides)),
+    };
     match runtime.block_on(pullthrough::server::serve(config, Some(reload))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

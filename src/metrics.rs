@@ -45,6 +45,10 @@ pub struct Metrics {
     pub tier_last_error: IntGaugeVec,
     pub tier_redirects: IntCounterVec,
     pub client_limited: IntCounterVec,
+    pub warm_images: IntGaugeVec,
+    pub warm_images_ready: IntGaugeVec,
+    pub warm_last_refresh: IntGaugeVec,
+    pub warm_pinned_bytes: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -185,6 +189,30 @@ impl Metrics {
             cache_entries: gauge(&r, "cache_entries", "Blobs and manifests in the cache."),
             evictions: counter(&r, "cache_evictions_total", "Cache entries evicted."),
             evicted_bytes: counter(&r, "cache_evicted_bytes_total", "Bytes freed by eviction."),
+            warm_images: gauge_vec(
+                &r,
+                "warm_set_images",
+                "Images in each configured warm set.",
+                &["set"],
+            ),
+            warm_images_ready: gauge_vec(
+                &r,
+                "warm_set_images_ready",
+                "Images of each warm set fully cached at its last refresh.",
+                &["set"],
+            ),
+            warm_last_refresh: gauge_vec(
+                &r,
+                "warm_set_last_refresh_timestamp_seconds",
+                "Unix time each warm set last finished a refresh.",
+                &["set"],
+            ),
+            warm_pinned_bytes: gauge_vec(
+                &r,
+                "warm_pinned_bytes",
+                "Bytes each pinned warm set keeps from eviction.",
+                &["set"],
+            ),
             ratelimit_limit: gauge_vec(
                 &r,
                 "upstream_ratelimit_limit",

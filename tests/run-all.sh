@@ -34,6 +34,9 @@ missing=()
 for prog in "${!needs[@]}"; do
   command -v "$prog" >/dev/null 2>&1 || missing+=("${needs[$prog]}")
 done
+# The Chinese page's screenshot needs a CJK font (Chromium finds fonts
+# through fontconfig; without one the page renders as boxes).
+fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fonts-noto-cjk)
 # Debian's own python3 needs PyYAML for the deploy checks.
 /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 sudo=""

@@ -1,10 +1,10 @@
 //! What `gc` and `cache stats|ls` add when the config names a storage:
 //! what the bucket holds, what is only there, and what is only local.
 
-use super::{open_cache, AdminError, GcReport, Stats, TagRow};
+use super::{open_cache, AdminError, GcReport, PinnedDigests, Stats, TagRow};
 use crate::cache::{Bucket, BucketInventory, Index};
 use crate::config::S3Settings;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Where a tag's manifest is.
@@ -13,16 +13,21 @@ pub const BOTH: &str = "local+bucket";
 pub const BUCKET: &str = "bucket";
 
 /// The bucket beside the local tier.
-#[derive(Serialize, Default, Clone, Debug)]
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
 pub struct BucketStats {
     /// Content objects (blobs and manifests) and their bytes.
     pub objects: u64,
     pub bytes: u64,
-    /// In the bucket, not on this disk: one bucket GET away.
-    pub only_in_bucket: u64,
-    pub only_in_bucket_bytes: u64,
+    /// In the bucket, not on this disk: one bucket GET away. The three
+    /// comparisons need the index, so they are left out while a running
+    /// mirror holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_in_bucket: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_in_bucket_bytes: Option<u64>,
     /// On this disk, not in the bucket (not uploaded, or expired there).
-    pub only_local: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_local: Option<u64>,
     /// Tag mappings shared through the bucket.
     pub tags: u64,
 }
@@ -32,38 +37,58 @@ fn inventory(settings: &S3Settings) -> Result<BucketInventory, AdminError> {
     bucket.inventory().map_err(AdminError::Bucket)
 }
 
-fn compare(index: &Index, inventory: &BucketInventory) -> BucketStats {
-    // The index names content by hex.
-    let local: std::collections::HashSet<String> = index.contents().map(|(hex, _)| hex).collect();
-    let mut s = BucketStats {
+fn totals(inventory: &BucketInventory) -> BucketStats {
+    BucketStats {
         objects: inventory.content.len() as u64,
         bytes: inventory.bytes(),
         tags: inventory.tags.len() as u64,
         ..BucketStats::default()
-    };
+    }
+}
+
+fn compare(index: &Index, inventory: &BucketInventory) -> BucketStats {
+    // The index names content by hex.
+    let local: std::collections::HashSet<String> = index.contents().map(|(hex, _)| hex).collect();
+    let (mut only, mut only_bytes) = (0, 0);
     for (digest, size) in &inventory.content {
         if !local.contains(digest.hex()) {
-            s.only_in_bucket += 1;
-            s.only_in_bucket_bytes += size;
+            only += 1;
+            only_bytes += size;
         }
     }
     let shared: std::collections::HashSet<&str> =
         inventory.content.keys().map(|d| d.hex()).collect();
-    s.only_local = local
+    let only_local = local
         .iter()
         .filter(|hex| !shared.contains(hex.as_str()))
         .count() as u64;
-    s
+    BucketStats {
+        only_in_bucket: Some(only),
+        only_in_bucket_bytes: Some(only_bytes),
+        only_local: Some(only_local),
+        ..totals(inventory)
+    }
 }
 
-/// `cache stats`, with the bucket when `storage` is set.
+/// `cache stats` (from the files, or from the running mirror that holds
+/// them), with the bucket when `storage` is set.
 pub fn stats(dir: &Path, storage: Option<&S3Settings>) -> Result<Stats, AdminError> {
-    let (_store, index) = open_cache(dir, None)?;
-    let mut stats = super::stats_of(&index);
-    if let Some(settings) = storage {
-        stats.bucket = Some(compare(&index, &inventory(settings)?));
+    let Some(settings) = storage else {
+        return super::stats_here_or_running(dir);
+    };
+    match open_cache(dir, None) {
+        Ok((_store, index)) => {
+            let mut stats = super::stats_of(&index);
+            stats.bucket = Some(compare(&index, &inventory(settings)?));
+            Ok(stats)
+        }
+        Err(AdminError::InUse(_)) => {
+            let mut stats = super::remote::stats(dir)?;
+            stats.bucket = Some(totals(&inventory(settings)?));
+            Ok(stats)
+        }
+        Err(e) => Err(e),
     }
-    Ok(stats)
 }
 
 /// `cache ls`: local tags marked `local` or `local+bucket` (the manifest
@@ -74,8 +99,7 @@ pub fn list(
     repo: Option<&str>,
     storage: Option<&S3Settings>,
 ) -> Result<Vec<TagRow>, AdminError> {
-    let (store, index) = open_cache(dir, None)?;
-    let mut rows = super::list_of(&store, &index, repo);
+    let mut rows = super::list_here_or_running(dir, repo)?;
     let Some(settings) = storage else {
         return Ok(rows);
     };
@@ -86,7 +110,7 @@ pub fn list(
             .digest
             .parse()
             .is_ok_and(|d| inventory.content.contains_key(&d));
-        row.location = Some(if shared { BOTH } else { LOCAL });
+        row.location = Some(if shared { BOTH } else { LOCAL }.to_owned());
     }
     let mut seen: std::collections::HashSet<(String, String, String)> = rows
         .iter()
@@ -113,7 +137,7 @@ pub fn list(
             size: inventory.content.get(&record.digest).copied().unwrap_or(0),
             digest: record.digest.to_string(),
             last_used: None,
-            location: Some(BUCKET),
+            location: Some(BUCKET.to_owned()),
         });
     }
     Ok(rows)
@@ -134,9 +158,10 @@ pub fn gc(
     max_size: Option<u64>,
     protect_recent: std::time::Duration,
     dry_run: bool,
+    pinned: PinnedDigests<'_>,
     storage: Option<&S3Settings>,
 ) -> Result<GcReport, AdminError> {
-    let mut report = super::gc(dir, max_size, protect_recent, dry_run)?;
+    let mut report = super::gc(dir, max_size, protect_recent, dry_run, pinned)?;
     let Some(settings) = storage else {
         return Ok(report);
     };
@@ -165,9 +190,16 @@ pub fn render(s: &BucketStats) -> Vec<(&'static str, String)> {
         ),
         (
             "only in bucket",
-            format!("{} ({})", s.only_in_bucket, size(s.only_in_bucket_bytes)),
+            match (s.only_in_bucket, s.only_in_bucket_bytes) {
+                (Some(n), Some(b)) => format!("{n} ({})", size(b)),
+                _ => "- (a running mirror holds the index)".to_owned(),
+            },
         ),
-        ("only local", s.only_local.to_string()),
+        (
+            "only local",
+            s.only_local
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        ),
         ("bucket tags", s.tags.to_string()),
     ]
 }

@@ -5,7 +5,7 @@ use super::layout::{self, Closure, Descriptor, LayoutIndex, IMAGE_NAME, REF_NAME
 use super::tar::TarWriter;
 use super::BundleError;
 use crate::cache::{ContentStore, Index, TagRecord};
-use crate::oci::{Digest, ImageRef, Reference};
+use crate::oci::{Digest, ImageName, Reference};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -34,7 +34,11 @@ pub struct ExportReport {
 
 /// Writes `images` from the cache in `dir` to `output` (`-` for stdout).
 /// A file appears only complete: it is written beside and renamed.
-pub fn export(dir: &Path, images: &[ImageRef], output: &Path) -> Result<ExportReport, BundleError> {
+pub fn export(
+    dir: &Path,
+    images: &[ImageName],
+    output: &Path,
+) -> Result<ExportReport, BundleError> {
     let (store, index) = crate::admin::open_cache(dir, None)?;
     let mut found = Vec::new();
     for image in images {
@@ -90,7 +94,7 @@ pub fn export(dir: &Path, images: &[ImageRef], output: &Path) -> Result<ExportRe
     })
 }
 
-type Found<'a> = (&'a ImageRef, Digest, String, Closure);
+type Found<'a> = (&'a ImageName, Digest, String, Closure);
 
 fn write(
     store: &dyn ContentStore,
@@ -138,7 +142,7 @@ fn write(
     Ok(bytes)
 }
 
-fn top_descriptor(image: &ImageRef, digest: &Digest, media_type: &str, c: &Closure) -> Descriptor {
+fn top_descriptor(image: &ImageName, digest: &Digest, media_type: &str, c: &Closure) -> Descriptor {
     let mut annotations = BTreeMap::new();
     annotations.insert(IMAGE_NAME.to_owned(), image.to_string());
     if let Reference::Tag(tag) = &image.reference {
@@ -157,7 +161,7 @@ fn top_descriptor(image: &ImageRef, digest: &Digest, media_type: &str, c: &Closu
 /// The manifest a reference names in the cache. A tag cached for several
 /// kinds of client (an index for one, a single manifest for another)
 /// gives the index: it carries every platform the cache holds.
-fn resolve(index: &Index, image: &ImageRef) -> Result<Digest, BundleError> {
+fn resolve(index: &Index, image: &ImageName) -> Result<Digest, BundleError> {
     let tag = match &image.reference {
         Reference::Digest(d) => return Ok(d.clone()),
         Reference::Tag(tag) => tag,

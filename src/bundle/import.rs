@@ -8,7 +8,7 @@ use super::tar::TarReader;
 use super::BundleError;
 use crate::cache::{unix_now, ContentRecord, ContentStore, Index, TagKey, TagRecord};
 use crate::fetch::accept::classes_taking;
-use crate::oci::{Digest, DigestWriter, ImageRef, Reference, MAX_MANIFEST_BYTES};
+use crate::oci::{Digest, DigestWriter, ImageName, Reference, MAX_MANIFEST_BYTES};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
@@ -108,7 +108,7 @@ fn import_checked(
     }
     let layout_index = layout_index.ok_or(BundleError::NoIndex)?;
     // Every image proves complete before any tag is written.
-    let mut images: Vec<(Option<ImageRef>, Digest, Closure)> = Vec::new();
+    let mut images: Vec<(Option<ImageName>, Digest, Closure)> = Vec::new();
     for entry in &layout_index.manifests {
         let digest = layout::parse_digest(&entry.digest)
             .map_err(|e| BundleError::BadIndex(e.to_string()))?;
@@ -218,7 +218,7 @@ fn store_blob<R: Read>(
     }
 }
 
-fn name_of(annotations: &std::collections::BTreeMap<String, String>) -> Option<ImageRef> {
+fn name_of(annotations: &std::collections::BTreeMap<String, String>) -> Option<ImageName> {
     if let Some(name) = annotations.get(IMAGE_NAME) {
         return name.parse().ok();
     }
@@ -234,7 +234,7 @@ fn name_of(annotations: &std::collections::BTreeMap<String, String>) -> Option<I
 /// its top manifest.
 fn record(
     index: &Index,
-    name: Option<&ImageRef>,
+    name: Option<&ImageName>,
     closure: &Closure,
     now: u64,
 ) -> Result<(), BundleError> {

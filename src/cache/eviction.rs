@@ -1,7 +1,7 @@
 //! Keeping the cache within its byte budget: when usage crosses the
 //! high-water mark, least-recently-used content goes until usage is under
-//! the low-water mark. Blobs being served and manifests of recently served
-//! tags stay.
+//! the low-water mark. Blobs being served, manifests of recently served
+//! tags and pinned warm sets stay.
 
 use super::{unix_now, BlobStore, ContentStore, Index};
 use crate::oci::Digest;
@@ -70,7 +70,7 @@ pub fn evict(
         if report.freed_bytes >= target {
             break;
         }
-        if store.usage().is_leased(&hex) {
+        if store.usage().is_leased(&hex) || store.usage().is_pinned(&hex) {
             continue;
         }
         if is_manifest && now.saturating_sub(last_access) < budget.protect_recent.as_secs() {

@@ -22,6 +22,8 @@ pub struct CacheUsage {
     accessed: Mutex<HashMap<String, u64>>,
     /// Open readers per digest hex.
     leases: Mutex<HashMap<String, usize>>,
+    /// Digest hexes of pinned warm sets: never evicted.
+    pinned: Mutex<HashSet<String>>,
     /// Usage above which a new blob wakes the evictor (0: no budget).
     high_water: AtomicU64,
     over_budget: tokio::sync::Notify,
@@ -87,6 +89,21 @@ impl CacheUsage {
             metrics,
             ..CacheUsage::default()
         }
+    }
+
+    /// Replaces the pinned set (digest hexes, or `sha256:`-prefixed).
+    pub fn set_pinned(&self, digests: HashSet<String>) {
+        let hexes = digests
+            .into_iter()
+            .map(|d| d.strip_prefix("sha256:").map(str::to_owned).unwrap_or(d))
+            .collect();
+        if let Ok(mut pinned) = self.pinned.lock() {
+            *pinned = hexes;
+        }
+    }
+
+    pub fn is_pinned(&self, hex: &str) -> bool {
+        self.pinned.lock().is_ok_and(|p| p.contains(hex))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -28,6 +28,7 @@ pub(crate) struct FileConfig {
     pub htpasswd_file: Option<PathBuf>,
     pub bearer_tokens_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
+    pub admin_read: Option<super::values::AdminRead>,
     pub client_auth_max_failures: Option<u32>,
     pub storage: Option<FileStorage>,
     pub s3_redirect: Option<bool>,
@@ -42,6 +43,9 @@ pub(crate) struct FileConfig {
     pub unlimited_clients: Vec<ProxyNet>,
     #[serde(default)]
     pub upstream: Vec<FileUpstream>,
+    #[serde(default)]
+    pub warm: Vec<super::warm::FileWarm>,
+    pub warm_reserve: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

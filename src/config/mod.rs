@@ -4,18 +4,21 @@
 //! - [`values`]: typed values (sizes, durations, patterns, networks).
 //! - `file`: the file's schema.
 //! - `upstream`: one `[[upstream]]` entry resolved, credentials included.
+//! - `warm`: the `[[warm]]` sets.
 
 pub(crate) mod file;
 mod storage;
 mod upstream;
 mod values;
+mod warm;
 
 pub use storage::{AwsEnv, S3Settings};
 pub use upstream::{Credentials, Secret, UpstreamSettings};
 pub use values::{
-    normalise_host, AddressFamily, ByteRate, ByteSize, HostPatterns, HumanDuration, PatternSet,
-    ProxyNet, ProxyUrl, RequestRate, TlsFiles,
+    normalise_host, AddressFamily, AdminRead, ByteRate, ByteSize, HostPatterns, HumanDuration,
+    PatternSet, ProxyNet, ProxyUrl, RequestRate, TlsFiles,
 };
+pub use warm::WarmSet;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,6 +63,9 @@ pub struct Config {
     /// The token the admin API's actions (purges) require, as
     /// `Authorization: Bearer`; without it, actions are refused.
     pub admin_token_file: Option<PathBuf>,
+    /// Who may read `/api/v1/`; `None`: open on the metrics listener,
+    /// the token on the main one.
+    pub admin_read: Option<AdminRead>,
     /// Failed authentication attempts a client address may make within a
     /// minute before it gets 429 without its credentials being checked.
     pub client_auth_max_failures: u32,
@@ -68,6 +74,10 @@ pub struct Config {
     pub storage: Option<S3Settings>,
     /// What one client address (and all together) may use.
     pub limits: ClientLimits,
+    /// Images fetched at start-up and kept fresh (`[[warm]]`).
+    pub warm: Vec<WarmSet>,
+    /// Upstream pulls (`ratelimit-remaining`) a warm leaves to clients.
+    pub warm_reserve: u64,
     /// Internal timings, not in the file: tests shorten them instead of
     /// sleeping through the production values.
     pub timings: Timings,
@@ -111,6 +121,9 @@ pub struct Timings {
     /// A token exchange (connect, headers and body) ends within this;
     /// Docker Hub answers in well under a second.
     pub token_timeout: Duration,
+    /// How often a warm paused at `warm_reserve` asks again (a free HEAD)
+    /// whether the upstream's window allows.
+    pub warm_ratelimit_poll: Duration,
 }
 
 impl Default for Timings {
@@ -123,6 +136,7 @@ impl Default for Timings {
             stall_window: Duration::from_secs(10),
             abandon_after: Duration::from_secs(60),
             token_timeout: Duration::from_secs(10),
+            warm_ratelimit_poll: Duration::from_secs(60),
         }
     }
 }
@@ -315,12 +329,16 @@ impl Config {
             total_bandwidth: parsed.total_bandwidth.map(|b| b.0),
             unlimited: parsed.unlimited_clients,
         };
+        let warm = warm::resolve(parsed.warm)?;
         Ok(Config {
+            warm,
+            warm_reserve: parsed.warm_reserve.unwrap_or(warm::DEFAULT_RESERVE),
             storage,
             limits,
             htpasswd_file: parsed.htpasswd_file,
             bearer_tokens_file: parsed.bearer_tokens_file,
             admin_token_file: parsed.admin_token_file,
+            admin_read: parsed.admin_read,
             client_auth_max_failures: parsed.client_auth_max_failures.unwrap_or(10),
             tls,
             max_size: max_size.map(|b| b.0),

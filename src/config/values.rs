@@ -369,6 +369,16 @@ impl AddressFamily {
     }
 }
 
+/// Who may read the admin API (`admin_read`): anyone who reaches it, or
+/// only callers with the admin token. Unset, reads are open on the
+/// metrics listener and need the token on the main one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRead {
+    Open,
+    Token,
+}
+
 /// An address or CIDR block, e.g. `10.0.0.0/8` or `::1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]

@@ -126,6 +126,8 @@ pub struct BlobDownloads {
     visibility: Visibility,
     misses: Arc<Misses>,
     flights: Flights<Digest, Progress>,
+    /// What each running download is for, for the status view.
+    running: Mutex<HashMap<Digest, Running>>,
     /// Download slots per upstream (by name).
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// How long a download goes on with nobody reading it.
@@ -162,6 +164,7 @@ impl BlobDownloads {
             tiers,
             visibility,
             flights: Flights::default(),
+            running: Mutex::default(),
             metrics,
             make_room_wait: timings.make_room_wait,
             resume_timings: (timings.stall_window, timings.retry_backoff),
@@ -170,6 +173,37 @@ impl BlobDownloads {
 
     pub fn in_flight(&self) -> usize {
         self.flights.len()
+    }
+
+    /// The downloads in flight with their progress, oldest first.
+    pub fn in_flight_detail(&self) -> Vec<DownloadView> {
+        let running = match self.running.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut out: Vec<DownloadView> = self
+            .flights
+            .snapshot()
+            .into_iter()
+            .map(|(digest, progress)| {
+                let (written, total) = match progress {
+                    Progress::Streaming { total, written, .. } => (written, total),
+                    Progress::Complete { total, .. } => (total, Some(total)),
+                    Progress::Connecting | Progress::Failed(_) => (0, None),
+                };
+                let of = running.get(&digest);
+                DownloadView {
+                    upstream: of.map(|r| r.upstream.clone()),
+                    repository: of.map(|r| r.repository.clone()),
+                    started: of.map(|r| r.started),
+                    digest,
+                    written,
+                    total,
+                }
+            })
+            .collect();
+        out.sort_by_key(|d| d.started);
+        out
     }
 
     /// The cached blob, or the (possibly just started) download of it,
@@ -302,7 +336,9 @@ impl BlobDownloads {
             return;
         };
         self.metrics.downloads_in_flight.inc();
+        let shown = RunningEntry::new(&self.running, &at, &digest);
         let result = self.download(&at, &digest, &flight).await;
+        drop(shown);
         self.metrics.downloads_in_flight.dec();
         match result {
             Ok((file, total, from_upstream)) => {
@@ -533,4 +569,57 @@ async fn write_batch(
         Ok(hasher)
     })
     .await?)
+}
+
+/// A download as the status view shows it.
+pub struct DownloadView {
+    pub digest: Digest,
+    /// `None` while it waits for a download slot.
+    pub upstream: Option<String>,
+    pub repository: Option<String>,
+    /// Unix seconds when it started.
+    pub started: Option<u64>,
+    pub written: u64,
+    /// The length the source announced, if it did.
+    pub total: Option<u64>,
+}
+
+struct Running {
+    upstream: String,
+    repository: String,
+    started: u64,
+}
+
+/// A running download's entry in the status view, removed however the
+/// download ends.
+struct RunningEntry<'a> {
+    table: &'a Mutex<HashMap<Digest, Running>>,
+    digest: Digest,
+}
+
+impl<'a> RunningEntry<'a> {
+    fn new(table: &'a Mutex<HashMap<Digest, Running>>, at: &Target, digest: &Digest) -> Self {
+        if let Ok(mut t) = table.lock() {
+            t.insert(
+                digest.clone(),
+                Running {
+                    upstream: at.upstream.name().to_owned(),
+                    repository: at.upstream.upstream_name(&at.repo).as_str().to_owned(),
+                    started: unix_now(),
+                },
+            );
+        }
+        RunningEntry {
+            table,
+            digest: digest.clone(),
+        }
+    }
+}
+
+impl Drop for RunningEntry<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.remove(&self.digest);
+        }
+    }
 }

@@ -11,13 +11,17 @@
 //! - `visibility`: which repositories may see content fetched with
 //!   upstream credentials.
 //! - `accept`: Accept lists and their classes.
+//! - `prefetch`: what warming asks: manifests and blobs made present,
+//!   cached-only lookups, pins.
 
 pub(crate) mod accept;
 mod body;
 mod download;
+pub use download::DownloadView;
 mod inventory;
 mod manifest;
 mod misses;
+mod prefetch;
 mod referrers;
 mod resume;
 mod tags;
@@ -25,6 +29,7 @@ mod visibility;
 
 use accept::AcceptList;
 pub use body::{full, Body};
+pub use manifest::Manifest;
 
 use crate::cache::{BlobStore, CacheError, ContentStore, Index, Tier, TierHealth};
 use crate::config::Timings;
@@ -221,6 +226,11 @@ impl PullThrough {
     /// Blob downloads running now.
     pub fn downloads_in_flight(&self) -> usize {
         self.blobs.in_flight()
+    }
+
+    /// Blob downloads running now, with their progress.
+    pub fn downloads(&self) -> Vec<DownloadView> {
+        self.blobs.in_flight_detail()
     }
 
     /// Whether new content could be written now (for readiness): a file

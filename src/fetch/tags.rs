@@ -90,6 +90,19 @@ impl Tags {
         tag: &Tag,
         list: AcceptList,
     ) -> Result<(Arc<Manifest>, CacheOutcome), FetchError> {
+        self.resolve_with(manifests, at, tag, list, false).await
+    }
+
+    /// `resolve`; with `revalidate` (a scheduled warm refresh) a mapping
+    /// still fresh is asked about all the same (an immutable tag is not).
+    pub async fn resolve_with(
+        &self,
+        manifests: &Manifests,
+        at: &Target,
+        tag: &Tag,
+        list: AcceptList,
+        revalidate: bool,
+    ) -> Result<(Arc<Manifest>, CacheOutcome), FetchError> {
         let key = TagKey {
             upstream: at.upstream.name().to_owned(),
             repo: at.upstream.upstream_name(&at.repo),
@@ -97,14 +110,18 @@ impl Tags {
             accept: list.class(),
         };
         let fresh_key = key.clone();
-        if let Some(fresh) = self.fresh.get(&fresh_key).await {
+        if revalidate {
+            self.fresh.invalidate(&fresh_key).await;
+        } else if let Some(fresh) = self.fresh.get(&fresh_key).await {
             return Ok((fresh.manifest.clone(), served_as(&fresh, CacheOutcome::Hit)));
         }
         // Remembered before the flight ends, so nobody arriving in between
         // revalidates again.
         let resolve = || {
             Box::pin(async {
-                let resolved = self.revalidate(manifests, at, tag, &key, &list).await?;
+                let resolved = self
+                    .revalidate(manifests, at, tag, &key, &list, revalidate)
+                    .await?;
                 self.fresh
                     .insert(fresh_key.clone(), resolved.0.clone())
                     .await;
@@ -129,6 +146,7 @@ impl Tags {
         tag: &Tag,
         key: &TagKey,
         list: &AcceptList,
+        force: bool,
     ) -> Result<(FreshTag, CacheOutcome), FetchError> {
         let accept = &list.header();
         let upstream = &at.upstream;
@@ -148,7 +166,7 @@ impl Tags {
         if let Some(record) = &recorded {
             let age = Duration::from_secs(now.saturating_sub(record.checked_at));
             let immutable = upstream.is_immutable_tag(tag.as_str());
-            if age < ttl || immutable {
+            if (age < ttl && !force) || immutable {
                 if let Some(m) = manifests.cached(&record.digest).await? {
                     let fresh_for = if immutable { ttl } else { ttl - age };
                     let fresh = FreshTag {
@@ -283,7 +301,14 @@ impl Tags {
         now: u64,
         error: &UpstreamError,
     ) -> Result<Option<FreshTag>, FetchError> {
-        let Some(record) = recorded else {
+        // No mapping for this kind of client: a warm records its tags for a
+        // client that takes every kind, and that mapping serves any client
+        // that takes its media type while the upstream is away.
+        let fallback = match recorded {
+            Some(_) => None,
+            None => self.warmed_mapping(key).await?,
+        };
+        let Some(record) = recorded.or(fallback.as_ref()) else {
             return Ok(None);
         };
         let upstream = &at.upstream;
@@ -310,6 +335,39 @@ impl Tags {
             stale: true,
         }))
     }
+}
+
+impl Tags {
+    /// The mapping recorded for `key`'s tag under the every-kind class,
+    /// if the client of `key` takes its media type.
+    async fn warmed_mapping(&self, key: &TagKey) -> Result<Option<TagRecord>, FetchError> {
+        let class = AcceptList::all().class();
+        if key.accept == class {
+            return Ok(None);
+        }
+        let warm_key = TagKey {
+            accept: class,
+            ..key.clone()
+        };
+        let (index, k) = (self.index.clone(), warm_key);
+        let record = cache::blocking(move || index.tag(&k)).await?;
+        Ok(record.filter(|r| accept_class_takes(&key.accept, &r.media_type)))
+    }
+}
+
+/// Whether a class (`AcceptList::class`) takes a media type.
+fn accept_class_takes(class: &str, media_type: &str) -> bool {
+    if class == "w" {
+        return true;
+    }
+    let Ok(bits) = u32::from_str_radix(class, 16) else {
+        return false;
+    };
+    let media_type = media_type.split(';').next().unwrap_or("").trim();
+    crate::oci::MANIFEST_MEDIA_TYPES
+        .iter()
+        .position(|t| t.eq_ignore_ascii_case(media_type))
+        .is_some_and(|i| bits & (1 << i) != 0)
 }
 
 /// An entry made during an outage counts as stale whoever serves it.

@@ -1,19 +1,22 @@
-//! Image references as people type them (`nginx:1.27`,
-//! `ghcr.io/owner/app@sha256:…`), resolved the way `docker pull` does:
+//! Image references (`nginx:1.27`, `ghcr.io/owner/app@sha256:…`) resolved
+//! to a registry and repository the way `docker pull` does:
 //! a first component with a dot, a colon or `localhost` is a registry,
 //! anything else is on Docker Hub, where one-component names live under
 //! `library/`.
 
-use super::name::{NameError, Reference, RepoName, Tag};
+use super::image_ref::{ImageError, ImageRef};
+use super::name::{Reference, RepoName};
 use std::fmt;
 use std::str::FromStr;
 
 /// Docker Hub's canonical name; its aliases are folded into it.
 pub const DOCKER_HUB: &str = "docker.io";
 
+/// An [`ImageRef`] resolved to its registry and the repository as that
+/// registry names it: what the cache's tag mappings are keyed by.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ImageRef {
-    /// Registry name, e.g. `docker.io`, `ghcr.io`, `localhost:5000`.
+pub struct ImageName {
+    /// Registry name, e.g. `docker.io`, `ghcr.io`, `localhost` (a port cannot be named: a registry with one is reached through a configured upstream name).
     pub registry: String,
     /// As the registry knows it (`library/nginx` on Docker Hub).
     pub repo: RepoName,
@@ -21,13 +24,11 @@ pub struct ImageRef {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ImageRefError {
-    #[error("image reference is empty")]
-    Empty,
+pub enum ImageNameError {
     #[error("{0:?} is not a valid registry name")]
     Registry(String),
     #[error(transparent)]
-    Name(#[from] NameError),
+    Image(#[from] ImageError),
 }
 
 fn is_registry(component: &str) -> bool {
@@ -41,25 +42,19 @@ fn is_hub_alias(registry: &str) -> bool {
     )
 }
 
-impl FromStr for ImageRef {
-    type Err = ImageRefError;
+impl FromStr for ImageName {
+    type Err = ImageNameError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(ImageRefError::Empty);
-        }
-        let (name, digest) = match s.split_once('@') {
-            Some((name, digest)) => (name, Some(digest)),
-            None => (s, None),
-        };
-        // A tag's colon comes after the last slash; a registry's port
-        // comes before it.
-        let slash = name.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match name[slash..].rfind(':') {
-            Some(i) => (&name[..slash + i], Some(&name[slash + i + 1..])),
-            None => (name, None),
-        };
+        let image: ImageRef = s.trim().parse()?;
+        ImageName::resolve(&image)
+    }
+}
+
+impl ImageName {
+    /// Splits a reference's registry off its name, as a pull would.
+    pub fn resolve(image: &ImageRef) -> Result<ImageName, ImageNameError> {
+        let name = image.name.as_str();
         let (registry, path) = match name.split_once('/') {
             Some((first, rest)) if is_registry(first) => (first.to_ascii_lowercase(), rest),
             _ => (DOCKER_HUB.to_owned(), name),
@@ -68,31 +63,33 @@ impl FromStr for ImageRef {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
         if !valid_registry || registry.len() > 255 {
-            return Err(ImageRefError::Registry(registry.chars().take(64).collect()));
+            return Err(ImageNameError::Registry(
+                registry.chars().take(64).collect(),
+            ));
         }
         let registry = if is_hub_alias(&registry) {
             DOCKER_HUB.to_owned()
         } else {
             registry
         };
-        let mut repo: RepoName = path.parse()?;
+        let mut repo: RepoName = path.parse().map_err(|source| {
+            ImageNameError::Image(ImageError::Name {
+                image: image.text.clone(),
+                source,
+            })
+        })?;
         if registry == DOCKER_HUB {
             repo = repo.with_library_prefix();
         }
-        let reference = match (digest, tag) {
-            (Some(d), _) => Reference::Digest(d.parse().map_err(NameError::from)?),
-            (None, Some(t)) => Reference::Tag(t.parse()?),
-            (None, None) => Reference::Tag(Tag::latest()),
-        };
-        Ok(ImageRef {
+        Ok(ImageName {
             registry,
             repo,
-            reference,
+            reference: image.reference.clone(),
         })
     }
 }
 
-impl fmt::Display for ImageRef {
+impl fmt::Display for ImageName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sep = match self.reference {
             Reference::Tag(_) => ':',
@@ -107,7 +104,7 @@ mod tests {
     use super::*;
 
     fn parsed(s: &str) -> String {
-        s.parse::<ImageRef>()
+        s.parse::<ImageName>()
             .map(|r| r.to_string())
             .unwrap_or_else(|e| e.to_string())
     }
@@ -122,7 +119,7 @@ mod tests {
             "docker.io/library/nginx:1"
         );
         assert_eq!(parsed("ghcr.io/owner/app:v1"), "ghcr.io/owner/app:v1");
-        assert_eq!(parsed("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(parsed("localhost/app"), "localhost/app:latest");
         let digest = format!("sha256:{}", "a".repeat(64));
         assert_eq!(
             parsed(&format!("ghcr.io/owner/app@{digest}")),
@@ -144,7 +141,7 @@ mod tests {
             "x@sha256:zz",
             "bad$host.io/x",
         ] {
-            assert!(bad.parse::<ImageRef>().is_err(), "{bad:?} accepted");
+            assert!(bad.parse::<ImageName>().is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -1,15 +1,17 @@
 //! The OCI distribution vocabulary: repository names, references, digests,
-//! media types and the error body, validated before anything else happens.
+//! media types, image references as users type them and the error body, validated before anything else happens.
 
 mod digest;
 mod error;
 mod image;
+mod image_ref;
 mod name;
 mod range;
 
 pub use digest::{Digest, DigestError, DigestWriter};
 pub use error::{ErrorBody, ErrorCode};
-pub use image::{ImageRef, ImageRefError, DOCKER_HUB};
+pub use image::{ImageName, ImageNameError, DOCKER_HUB};
+pub use image_ref::{ImageError, ImageRef, Platform, Platforms};
 pub use name::{NameError, Reference, RepoName, Tag};
 pub use range::{parse_range, ByteSpan, RangeRequest};
 

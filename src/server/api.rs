@@ -2,6 +2,7 @@
 //! Counters come from the same metric handles `/metrics` renders, so the
 //! two always agree; cache contents come from the core's inventory.
 
+use super::activity::{Pull, TopRepository, Totals, UpstreamFailure, TOP_REPOSITORIES};
 use super::body::{self, Body};
 use super::error::{ApiError, Subject};
 use super::routes::ApiRoute;
@@ -22,6 +23,8 @@ pub struct Status {
     pub cache: CacheStatus,
     pub lookups: Lookups,
     pub bytes_served: BytesServed,
+    /// The same counters' growth over the last hour (to within a minute).
+    pub last_hour: Totals,
     pub downloads_in_flight: u64,
     pub upstreams: Vec<UpstreamStatus>,
 }
@@ -36,6 +39,8 @@ pub struct CacheStatus {
     pub manifests: u64,
     pub tags: u64,
     pub repositories: u64,
+    /// Unix seconds of the least recently used entry.
+    pub oldest_access: Option<u64>,
 }
 
 /// `pullthrough_cache_lookups_total` summed over kinds: `hits` and
@@ -62,6 +67,7 @@ pub struct UpstreamStatus {
     /// The upstream's last `ratelimit-*` figures; `None` until it sent any.
     pub ratelimit_limit: Option<u64>,
     pub ratelimit_remaining: Option<u64>,
+    pub last_error: Option<UpstreamFailure>,
 }
 
 #[derive(Serialize)]
@@ -75,14 +81,25 @@ struct Repository {
     last_used: Option<u64>,
 }
 
-pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiError> {
+pub async fn answer(
+    app: &App,
+    route: ApiRoute,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     match route {
+        ApiRoute::Check => super::warm::check_answer(app, query).await,
         ApiRoute::Status => json(&status(app).await?),
         ApiRoute::Upstreams => json(&upstreams(app)),
         ApiRoute::Repositories => json(&repositories(&tags(app, None).await?)),
-        ApiRoute::Tag { .. } | ApiRoute::Digest { .. } | ApiRoute::Import => {
-            Err(ApiError::MethodNotAllowed)
-        }
+        ApiRoute::Downloads => json(&downloads(app)),
+        ApiRoute::AllTags => json(&tags(app, None).await?),
+        ApiRoute::Pulls => json(&pulls(app)),
+        ApiRoute::WarmSets => json(&warm_sets(app)),
+        ApiRoute::Tag { .. }
+        | ApiRoute::Digest { .. }
+        | ApiRoute::Repository { .. }
+        | ApiRoute::Import
+        | ApiRoute::Warm => Err(ApiError::MethodNotAllowed),
         ApiRoute::RepositoryTags { name } => {
             let rows = tags(app, Some(&name)).await?;
             if rows.is_empty() {
@@ -96,10 +113,24 @@ pub async fn answer(app: &App, route: ApiRoute) -> Result<Response<Body>, ApiErr
 /// `Authorization: Bearer <admin token>`, compared by hash in constant
 /// time. No token configured: nobody is an admin.
 pub fn is_admin(app: &App, headers: &http::HeaderMap) -> bool {
+    app.admin_token
+        .as_ref()
+        .is_some_and(|want| bearer_matches(headers, want))
+}
+
+/// The admin token, or the read token the mirror left for `cache ls|stats`:
+/// either opens the reads.
+pub fn may_read(app: &App, headers: &http::HeaderMap) -> bool {
     use sha2::Digest as _;
-    let Some(want) = &app.admin_token else {
-        return false;
-    };
+    is_admin(app, headers)
+        || app.cli_read_token.as_ref().is_some_and(|token| {
+            let want: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+            bearer_matches(headers, &want)
+        })
+}
+
+fn bearer_matches(headers: &http::HeaderMap, want: &[u8; 32]) -> bool {
+    use sha2::Digest as _;
     let Some(given) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -158,7 +189,122 @@ pub async fn act(
                 freed_bytes: Some(freed),
             })
         }
+        ApiRoute::Repository { name } => {
+            let upstream = query.and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "upstream")
+                    .map(|(_, v)| v.into_owned())
+            });
+            purge_repository(app, &name, upstream).await
+        }
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Forgets every cached tag of a repository (of one upstream with
+/// `upstream`); its content goes with eviction or by digest.
+async fn purge_repository(
+    app: &App,
+    name: &RepoName,
+    upstream: Option<String>,
+) -> Result<Response<Body>, ApiError> {
+    let rows = tags(app, Some(name)).await?;
+    let mut removed = 0;
+    for row in rows
+        .into_iter()
+        .filter(|r| upstream.as_ref().is_none_or(|u| *u == r.upstream))
+    {
+        removed += app
+            .core
+            .purge_tag(Some(row.upstream), row.repository, row.tag)
+            .await
+            .map_err(cache_error)?;
+    }
+    if removed == 0 {
+        return Err(ApiError::Route(super::routes::RouteError::NotFound));
+    }
+    tracing::info!(repository = %name, tags = removed, "admin: purged repository");
+    json(&Purged {
+        removed_tags: Some(removed),
+        freed_bytes: None,
+    })
+}
+
+#[derive(Serialize)]
+struct Download {
+    digest: String,
+    upstream: Option<String>,
+    repository: Option<String>,
+    started: Option<u64>,
+    bytes: u64,
+    total: Option<u64>,
+}
+
+/// `/api/v1/downloads`: blob downloads in flight, oldest first.
+pub fn downloads(app: &App) -> Vec<impl Serialize> {
+    app.core
+        .downloads()
+        .into_iter()
+        .map(|d| Download {
+            digest: d.digest.to_string(),
+            upstream: d.upstream,
+            repository: d.repository,
+            started: d.started,
+            bytes: d.written,
+            total: d.total,
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+pub struct Pulls {
+    pub recent: Vec<Pull>,
+    pub top_repositories: Vec<TopRepository>,
+}
+
+/// One `[[warm]]` set as the page shows it: the figures are the ones its
+/// metrics carry (`pullthrough_warm_set_*`).
+#[derive(Serialize)]
+pub struct WarmSetStatus {
+    pub name: String,
+    pub images: Vec<String>,
+    pub platforms: String,
+    pub every_seconds: u64,
+    pub pin: bool,
+    /// Images fully cached at the last refresh.
+    pub ready: u64,
+    /// Unix seconds of the last refresh; `None` before the first ends.
+    pub last_refresh: Option<u64>,
+    pub pinned_bytes: u64,
+}
+
+/// `/api/v1/warm/sets`.
+pub fn warm_sets(app: &App) -> Vec<WarmSetStatus> {
+    let m = &app.metrics;
+    let get = |g: &prometheus::IntGaugeVec, set: &str| {
+        u64::try_from(g.with_label_values(&[set]).get()).unwrap_or(0)
+    };
+    app.warm_sets
+        .iter()
+        .map(|set| WarmSetStatus {
+            name: set.name.clone(),
+            images: set.images.iter().map(ToString::to_string).collect(),
+            platforms: set.platforms.to_string(),
+            every_seconds: set.every.as_secs(),
+            pin: set.pin,
+            ready: get(&m.warm_images_ready, &set.name),
+            last_refresh: Some(get(&m.warm_last_refresh, &set.name)).filter(|&t| t > 0),
+            pinned_bytes: get(&m.warm_pinned_bytes, &set.name),
+        })
+        .collect()
+}
+
+/// `/api/v1/pulls`: the latest manifest requests by tag, newest first,
+/// and the repositories pulled most since start.
+pub fn pulls(app: &App) -> Pulls {
+    Pulls {
+        recent: app.activity.recent_pulls(),
+        top_repositories: app.activity.top_repositories(TOP_REPOSITORIES),
     }
 }
 
@@ -177,6 +323,7 @@ pub async fn status(app: &App) -> Result<Status, ApiError> {
             manifests: stats.manifests,
             tags: stats.tags,
             repositories: stats.repositories,
+            oldest_access: stats.oldest_access,
         },
         lookups: Lookups {
             hits: by_result.get("hit").copied().unwrap_or(0),
@@ -187,6 +334,9 @@ pub async fn status(app: &App) -> Result<Status, ApiError> {
             cache: served.get("cache").copied().unwrap_or(0),
             upstream: served.get("upstream").copied().unwrap_or(0),
         },
+        last_hour: app
+            .activity
+            .last_hour(std::time::Instant::now(), Totals::of(m)),
         downloads_in_flight: app.core.downloads_in_flight() as u64,
         upstreams: upstreams(app),
     })
@@ -203,6 +353,7 @@ pub fn upstreams(app: &App) -> Vec<UpstreamStatus> {
             // Remaining 0 with a known limit is real: the limit is spent.
             ratelimit_remaining: seen(u.rate_limit.limit.load(Ordering::Relaxed))
                 .map(|_| u.rate_limit.remaining.load(Ordering::Relaxed)),
+            last_error: app.activity.last_failure(u.name()),
         })
         .collect()
 }
@@ -236,7 +387,7 @@ fn repositories(rows: &[TagRow]) -> Vec<Repository> {
 
 /// A counter vector's values summed by one label, read from the same
 /// collectors `/metrics` gathers.
-fn sum_by_label(
+pub(super) fn sum_by_label(
     families: Vec<prometheus::proto::MetricFamily>,
     label: &str,
 ) -> BTreeMap<String, u64> {

@@ -44,6 +44,23 @@ pub struct App {
     /// SHA-256 of the admin token (`admin_token_file`); `None`: actions
     /// are refused. Only the hash is kept, and compared.
     pub(super) admin_token: Option<[u8; 32]>,
+    /// Who may read `/api/v1/` (see `Config::admin_read`).
+    pub(super) admin_read: Option<crate::config::AdminRead>,
+    /// Recent pulls, top repositories, hourly figures, upstream errors.
+    pub(super) activity: Arc<super::activity::Activity>,
+    /// Where the running mirror leaves its admin address for the CLI.
+    pub(super) cache_dir: PathBuf,
+    /// Opens API reads for `cache ls|stats` (see `admin::address`);
+    /// `None` if no random bytes could be had.
+    pub(super) cli_read_token: Option<String>,
+    /// Docker Hub search answers, kept briefly.
+    pub(super) searches: super::search::SearchCache,
+    /// Upstream pulls a warm leaves to clients (`warm_reserve`).
+    pub(super) warm_reserve: u64,
+    /// The configured warm sets, for the page and `/api/v1/warm/sets`.
+    pub(super) warm_sets: Vec<crate::config::WarmSet>,
+    /// How often a warm paused at the reserve asks again.
+    pub(super) warm_poll: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +85,26 @@ pub enum StartError {
     ClientAuth(#[from] client_auth::ClientAuthError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] super::tls::TlsError),
+    #[error(transparent)]
+    Pins(#[from] crate::warm::PinError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl StartError {
+    /// Another process (a running mirror) holds the cache directory.
+    pub fn is_cache_in_use(&self) -> bool {
+        matches!(
+            self,
+            StartError::Cache {
+                source: cache::CacheError::InUse,
+                ..
+            }
+        )
+    }
 }
 
 impl App {
@@ -105,6 +137,19 @@ impl App {
             Some(path) => Some(load_admin_token(path)?),
             None => None,
         };
+        // Known before serving only as far as the cache holds the pinned
+        // images' manifests; the background warm checks the rest.
+        let pins =
+            crate::warm::known_pins(&store, &index, &config.warm, config.max_size, &|name| {
+                super::warm::upstream_repo(&upstreams, name)
+            })?;
+        if pins.bytes() > 0 {
+            tracing::info!(
+                bytes = pins.bytes(),
+                "pinned warm sets known from the cache"
+            );
+        }
+        store.usage().set_pinned(pins.digests());
         spawn_maintenance(&store, &index, config);
         let private = config.upstreams.iter().any(|u| !u.credentials.is_empty());
         let mut tiers: Vec<Arc<dyn cache::Tier>> = Vec::new();
@@ -128,6 +173,8 @@ impl App {
             Arc::clone(&metrics),
         );
         let limits = Limits::new(config.limits.clone(), Arc::clone(&metrics));
+        let activity = Arc::new(super::activity::Activity::default());
+        super::activity::spawn_sampler(Arc::clone(&activity), Arc::clone(&metrics));
         let app = Arc::new(App {
             limits: RwLock::new(Arc::new(limits)),
             private,
@@ -147,14 +194,36 @@ impl App {
             max_size: config.max_size,
             tls: config.tls.is_some(),
             admin_token,
+            admin_read: config.admin_read,
+            activity,
+            cache_dir: config.cache_dir.clone(),
+            cli_read_token: crate::admin::address::new_read_token()
+                .inspect_err(|error| tracing::warn!(%error, "no read token for cache ls|stats"))
+                .ok(),
+            searches: Default::default(),
+            warm_reserve: config.warm_reserve,
+            warm_sets: config.warm.clone(),
+            warm_poll: config.timings.warm_ratelimit_poll,
         });
+        if !config.warm.is_empty() {
+            crate::warm::spawn_sets(
+                Arc::clone(&app),
+                config.warm.clone(),
+                crate::warm::SetOptions {
+                    max_size: config.max_size,
+                    reserve: config.warm_reserve,
+                    poll: config.timings.warm_ratelimit_poll,
+                },
+                pins,
+            );
+        }
         Ok(app)
     }
 }
 
 /// The upstreams a config names; with `running`, an upstream whose
 /// settings did not change is kept as it is (tokens, circuit state).
-fn build_upstreams(
+pub(super) fn build_upstreams(
     config: &Config,
     running: Option<&Upstreams>,
     metrics: &Arc<Metrics>,

@@ -2,6 +2,7 @@
 //! handler, picking the upstream, and one access-log line per request.
 
 use super::access::{self, AccessLine};
+use super::activity::Pull;
 use super::body::Body;
 use super::client_auth::Verdict;
 use super::error::ApiError;
@@ -11,8 +12,11 @@ use super::ops;
 use super::routes::{self, ApiRoute, Route};
 use super::select::select;
 use super::App;
-use super::{api, page};
+use super::{api, page, search, warm};
+use crate::config::AdminRead;
+use crate::fetch::FetchError;
 use crate::metrics::status_class;
+use crate::oci::Reference;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
@@ -191,12 +195,23 @@ fn client_addr(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         .unwrap_or(peer)
 }
 
+/// Whether `/api/v1/` reads need no token on this listener: `admin_read`
+/// says, and unset it is open on the metrics listener only (the one for
+/// scrapers and dashboards, usually not exposed).
+fn api_reads_open(app: &App, scope: Scope) -> bool {
+    match app.admin_read {
+        Some(AdminRead::Open) => true,
+        Some(AdminRead::Token) => false,
+        None => scope == Scope::OperationsOnly,
+    }
+}
+
 fn is_trusted_proxy(app: &App, peer: IpAddr) -> bool {
     app.trusted_proxies.iter().any(|p| p.contains(peer))
 }
 
 pub(super) async fn route(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     scope: Scope,
     client: IpAddr,
@@ -232,13 +247,25 @@ pub(super) async fn route(
                 return Err(ApiError::MethodNotAllowed);
             }
             if !api::is_admin(app, req.headers()) {
-                return Err(ApiError::Unauthorized);
+                return Err(ApiError::AdminTokenRequired);
             }
             if matches!(api, ApiRoute::Import) {
                 return Ok(api::import(app, req.into_body()).await?.into());
             }
+            if api == ApiRoute::Warm {
+                return Ok(warm::warm_action(Arc::clone(app), req.uri().query())?.into());
+            }
             return Ok(api::act(app, api, req.uri().query()).await?.into());
         }
+        // A read with a token is the admin's (or `cache ls`'s), like an
+        // action: no client credentials besides.
+        Route::Api(api) if api::may_read(app, req.headers()) => {
+            if !readable {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            return Ok(api::answer(app, api, req.uri().query()).await?.into());
+        }
+        Route::Api(_) if !api_reads_open(app, scope) => return Err(ApiError::AdminTokenRequired),
         route => route,
     };
     if let Some(auth) = &app.client_auth {
@@ -257,6 +284,9 @@ pub(super) async fn route(
             | Route::Readyz
             | Route::Metrics
             | Route::Page
+            | Route::Live
+            | Route::Search
+            | Route::SearchPing
             | Route::Asset(_)
             | Route::Api(_) => ApiError::MethodNotAllowed,
             _ => ApiError::ReadOnly,
@@ -272,6 +302,9 @@ pub(super) async fn route(
         | Route::Readyz
         | Route::Metrics
         | Route::Page
+        | Route::Live
+        | Route::Search
+        | Route::SearchPing
         | Route::Asset(_)
         | Route::Api(_) => None,
     };
@@ -284,10 +317,24 @@ pub(super) async fn route(
                 .await
                 .into());
         }
+        Route::Live => {
+            return Ok(page::live(app, req.headers(), req.uri().query())
+                .await
+                .into())
+        }
+        Route::Search => return Ok(search::answer(app, req.uri().query()).await?.into()),
+        Route::SearchPing => return Ok(search::ping().into()),
         Route::Asset(asset) => return Ok(page::asset(asset).into()),
-        Route::Api(api) => return Ok(api::answer(app, api).await?.into()),
+        Route::Api(api) => return Ok(api::answer(app, api, req.uri().query()).await?.into()),
         _ => {}
     }
+    let pulled_tag = match &route {
+        Route::Manifest {
+            reference: Reference::Tag(tag),
+            ..
+        } => Some(tag.as_str().to_owned()),
+        _ => None,
+    };
     // One snapshot for the whole request: a reload meanwhile does not
     // change the upstream under it.
     let upstreams = app.upstreams();
@@ -312,8 +359,33 @@ pub(super) async fn route(
         (Route::Metrics, _) => Ok(ops::metrics_response(app).into()),
         _ => Ok(handlers::base().into()),
     };
+    if let Err(ApiError::Fetch {
+        source: FetchError::Upstream(e),
+        origin: Some(origin),
+        ..
+    }) = &handled
+    {
+        if !e.is_about_repository() {
+            app.activity.record_failure(&origin.registry, e.to_string());
+        }
+    }
     // Errors from the chosen upstream name it too.
     let mut handled = handled.unwrap_or_else(|e| e.into_response().into());
+    if let (Some(tag), Some(at)) = (pulled_tag, &target) {
+        app.activity.record_pull(Pull {
+            upstream: at.upstream.name().to_owned(),
+            repository: at.upstream.upstream_name(&at.repo).as_str().to_owned(),
+            tag,
+            client: client.to_string(),
+            result: match handled.outcome {
+                Some(outcome) if handled.response.status().is_success() => outcome.as_str(),
+                _ if handled.response.status().is_success() => "hit",
+                _ => "error",
+            },
+            status: handled.response.status().as_u16(),
+            time: crate::cache::unix_now(),
+        });
+    }
     // The distribution spec asks a proxy to say which namespace answered.
     if let Some(ns) = selected
         .ns
@@ -360,6 +432,8 @@ fn route_label(path: &str) -> &'static str {
         "/metrics" => "metrics",
         "/" => "page",
         "/ui/app.js" | "/ui/app.css" => "asset",
+        "/ui/live" => "page",
+        "/v1/search" | "/v1/_ping" => "search",
         p if p.starts_with("/api/") => "api",
         p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifest",
         p if p.starts_with("/v2/") && p.contains("/blobs/") => "blob",

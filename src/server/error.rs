@@ -34,6 +34,14 @@ pub enum ApiError {
     ReadOnly,
     #[error("authentication required")]
     Unauthorized,
+    /// The admin API without (or with a wrong) admin token.
+    #[error("this needs the mirror's admin token (Authorization: Bearer <admin token>)")]
+    AdminTokenRequired,
+    #[error("a search needs q=<term> (1 to 255 characters), and numbers for n and page")]
+    SearchQuery,
+    /// `/v1/search` with no upstream that has a search API.
+    #[error("no configured registry has a search API (Docker Hub's is used when docker.io is configured)")]
+    SearchUnsupported,
     #[error("the mirror is serving as many requests as it may; retry shortly")]
     Busy,
     #[error("too many failed authentication attempts from this address; retry later")]
@@ -50,6 +58,9 @@ pub enum ApiError {
     Denied(String),
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
+    /// A warm request naming no image, or one that does not parse.
+    #[error("{0}")]
+    InvalidImage(String),
     #[error("{source}")]
     Fetch {
         source: FetchError,
@@ -90,12 +101,17 @@ impl ApiError {
             ApiError::UnknownRegistry(_) | ApiError::HostServesAnotherRegistry { .. } => {
                 (StatusCode::NOT_FOUND, ErrorCode::NameUnknown)
             }
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Unauthorized | ApiError::AdminTokenRequired => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
+            }
+            ApiError::SearchUnsupported => (StatusCode::NOT_FOUND, ErrorCode::Unsupported),
+            ApiError::SearchQuery => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::TooManyAuthFailures => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            ApiError::InvalidImage(_) => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
             ApiError::ClientLimited(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
@@ -176,6 +192,12 @@ impl ApiError {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"pullthrough\""),
+            );
+        }
+        if matches!(self, ApiError::AdminTokenRequired) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"pullthrough-admin\""),
             );
         }
         if matches!(self, ApiError::ReadOnly | ApiError::MethodNotAllowed) {

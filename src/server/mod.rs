@@ -6,6 +6,7 @@
 //! in (bind from the config, stop on SIGTERM or SIGINT).
 
 mod access;
+mod activity;
 mod api;
 mod app;
 mod body;
@@ -19,15 +20,18 @@ mod listener;
 mod ops;
 mod page;
 mod routes;
+mod search;
 mod select;
 mod tls;
 mod upload;
+mod warm;
 
 pub use crate::oci::{parse_range, ByteSpan, RangeRequest};
 pub use app::{App, StartError};
 pub use error::ApiError;
 pub use routes::{parse as parse_route, Route, RouteError};
 pub use tls::TlsFiles;
+pub use warm::{check_offline, offline_pins, warm_offline, WarmRequest};
 
 use crate::config::Config;
 use dispatch::Scope;
@@ -37,7 +41,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -67,8 +71,19 @@ impl Listeners {
     }
 }
 
-/// Reads the configuration again, for a reload.
-pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+/// How a running mirror gets a new configuration.
+pub struct Reload {
+    /// Reads the configuration again.
+    pub load: Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>,
+    /// The config file: a change to it reloads as SIGHUP does.
+    pub file: Option<std::path::PathBuf>,
+}
+
+/// How often the config file is looked at: a `stat`, cheap enough to do
+/// often, so an edit applies within seconds.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+/// How long a changed config file must stay as it is before it is read.
+const CONFIG_SETTLE: Duration = Duration::from_millis(500);
 
 /// Opens the cache, binds the config's addresses and serves until SIGTERM
 /// or SIGINT, then drains within the grace period. With `reload`, SIGHUP
@@ -97,6 +112,7 @@ pub async fn run(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    let admin_address = leave_admin_address(&app, &listeners);
     let tls = match listeners.tls {
         Some(files) => Some(tls::acceptor(files, app.tls_poll)?),
         None => None,
@@ -144,34 +160,102 @@ pub async fn run(
         }
     }
     app.drain(deadline).await;
+    if let Some(address) = admin_address {
+        crate::admin::address::remove(&app.cache_dir, &address);
+    }
     Ok(())
 }
 
-#[cfg(unix)]
+/// What a file looks like from outside: a change of either means it was
+/// written (an editor's rename gives a new mtime too).
+fn fingerprint(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+/// The next SIGHUP; `false` when no more can come.
+async fn hangup(signals: &mut Option<tokio::signal::unix::Signal>) -> bool {
+    match signals.as_mut() {
+        Some(s) => s.recv().await.is_some(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells `pullthrough cache ls|stats` where and how to ask: the metrics
+/// listener when there is one (plain HTTP), else the main one.
+fn leave_admin_address(
+    app: &App,
+    listeners: &Listeners,
+) -> Option<crate::admin::address::AdminAddress> {
+    let (addr, tls) = match &listeners.metrics {
+        Some(metrics) => (metrics.local_addr().ok()?, false),
+        None => (listeners.main.local_addr().ok()?, listeners.tls.is_some()),
+    };
+    let url = crate::admin::address::local_url(addr, tls);
+    let token = app.cli_read_token.as_deref()?;
+    match crate::admin::address::write(&app.cache_dir, &url, token) {
+        Ok(address) => Some(address),
+        Err(error) => {
+            tracing::warn!(%error, "cannot leave the admin address in the cache directory; cache ls|stats will not reach this mirror");
+            None
+        }
+    }
+}
+
 fn spawn_reload_on_sighup(app: Arc<App>, reload: Reload) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; config reload is off");
-        return;
+    let mut signals = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            tracing::warn!("cannot listen for SIGHUP; only a changed config file reloads");
+            None
+        }
     };
     tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
+        let mut seen = reload.file.as_deref().and_then(fingerprint);
+        loop {
+            let why = tokio::select! {
+                received = hangup(&mut signals) => {
+                    if !received {
+                        return;
+                    }
+                    "SIGHUP"
+                }
+                _ = tokio::time::sleep(CONFIG_POLL), if reload.file.is_some() => {
+                    let now = reload.file.as_deref().and_then(fingerprint);
+                    // A file that vanished (mid-rename) is no new config.
+                    if now == seen || now.is_none() {
+                        continue;
+                    }
+                    // Let the writer finish (editors write in steps); a
+                    // SIGHUP sent after the edit meanwhile is this reload.
+                    tokio::select! {
+                        received = hangup(&mut signals) => {
+                            if !received {
+                                return;
+                            }
+                        }
+                        _ = tokio::time::sleep(CONFIG_SETTLE) => {}
+                    }
+                    "config file changed"
+                }
+            };
+            // What this reload reads is what was seen: a SIGHUP after an
+            // edit must not be followed by a second reload of the same file.
+            seen = reload.file.as_deref().and_then(fingerprint);
             // Reading the files is quick and rare; the runtime can spare it.
-            let applied = reload()
+            let applied = (reload.load)()
                 .map_err(|e| e.to_string())
                 .and_then(|config| app.reload(&config));
             match applied {
-                Ok(()) => tracing::info!("config reloaded (SIGHUP)"),
+                Ok(()) => tracing::info!(trigger = why, "config reloaded"),
                 Err(error) => {
-                    tracing::warn!(%error, "config not reloaded; the running config stays")
+                    tracing::warn!(trigger = why, %error, "config not reloaded; the running config stays")
                 }
             }
         }
     });
 }
-
-#[cfg(not(unix))]
-fn spawn_reload_on_sighup(_app: Arc<App>, _reload: Reload) {}
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

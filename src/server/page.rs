@@ -1,10 +1,13 @@
-//! The page at `/`: status, "use this mirror" snippets and the cached
-//! repositories, rendered here (so it is complete without script, and a
-//! test or `curl` sees the snippets) in English or Simplified Chinese.
-//! One small script (`/ui/app.js`) adds copy buttons and refreshes the
-//! figures from `/api/v1/status`; it and the stylesheet are served as
-//! separate embedded paths so the Content-Security-Policy needs no inline
-//! code at all.
+//! The page at `/`: status, "use this mirror" snippets, image search and
+//! the cached repositories, rendered here (so it is complete without
+//! script, and a test or `curl` sees the snippets) in English or
+//! Simplified Chinese. One small script (`/ui/app.js`) adds copy buttons
+//! and refreshes the live part from `/ui/live`; it and the stylesheet are
+//! served as separate embedded paths so the Content-Security-Policy needs
+//! no inline code at all.
+
+mod find;
+mod live;
 
 use super::api;
 use super::body::{self, Body};
@@ -19,9 +22,9 @@ const SCRIPT: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/app.css");
 
 /// Nothing but our own script, style and API; no framing (clickjacking),
-/// no forms, no plugins.
+/// no plugins; the one form (search) comes back here.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// How clients reach this mirror, as the browser did.
 pub struct Address {
@@ -133,17 +136,22 @@ pub async fn page(
     query: Option<&str>,
 ) -> Response<Body> {
     let lang = language(headers, query);
-    // The page still renders (with what it can say) if the index cannot
-    // be read; the API reports the error itself.
-    let status = api::status(app).await.ok();
     let rows = api::tags(app, None).await.unwrap_or_default();
-    let names: Vec<String> = app
-        .upstreams()
-        .iter()
-        .map(|u| u.name().to_owned())
-        .collect();
+    let names = upstream_names(app);
     let mut body = String::new();
-    status_section(&mut body, lang, status.as_ref(), &names);
+    let _ = write!(
+        body,
+        "<section id=\"status\"><h2>{}</h2><div id=\"live\" data-lang=\"{}\">",
+        tr(lang, "Status", "状态"),
+        tr(lang, "en", "zh")
+    );
+    live_part(app, lang, &names, &mut body).await;
+    let _ = write!(
+        body,
+        "</div><p class=\"muted\">{} <span id=\"st-updated\">-</span></p></section>",
+        tr(lang, "Updated:", "更新时间：")
+    );
+    find::section(app, &mut body, lang, at, &names, &rows, query).await;
     usage_section(&mut body, lang, at, &names);
     repositories_section(&mut body, lang, at, &names, &rows);
     let langs = match lang {
@@ -183,6 +191,50 @@ pub async fn page(
     resp
 }
 
+fn upstream_names(app: &App) -> Vec<String> {
+    app.upstreams()
+        .iter()
+        .map(|u| u.name().to_owned())
+        .collect()
+}
+
+async fn live_part(app: &App, lang: Lang, names: &[String], out: &mut String) {
+    // The page still renders (with what it can say) if the index cannot
+    // be read; the API reports the error itself.
+    let status = api::status(app).await.ok();
+    let downloads = app.core.downloads();
+    let pulls = api::pulls(app);
+    let warm = api::warm_sets(app);
+    let live = live::Live {
+        status: status.as_ref(),
+        names,
+        downloads: &downloads,
+        pulls: &pulls,
+        warm: &warm,
+    };
+    live::render(out, lang, &live);
+}
+
+/// `/ui/live`: the page's live part alone, in the page's language, for
+/// its script to put in place.
+pub async fn live(app: &App, headers: &HeaderMap, query: Option<&str>) -> Response<Body> {
+    let lang = language(headers, query);
+    let mut html = String::new();
+    live_part(app, lang, &upstream_names(app), &mut html).await;
+    let mut resp = Response::new(body::full(html));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 pub fn asset(asset: Asset) -> Response<Body> {
     let (text, kind) = match asset {
         Asset::Script => (SCRIPT, "text/javascript; charset=utf-8"),
@@ -210,130 +262,6 @@ fn stat(out: &mut String, id: &str, value: &str, label: &str) {
         "<div class=\"stat\"><b id=\"{id}\">{}</b><span>{}</span></div>",
         esc(value),
         esc(label)
-    );
-}
-
-fn status_section(out: &mut String, lang: Lang, s: Option<&api::Status>, names: &[String]) {
-    let _ = write!(
-        out,
-        "<section id=\"status\"><h2>{}</h2><div class=\"grid\">",
-        tr(lang, "Status", "状态")
-    );
-    let n = |f: &dyn Fn(&api::Status) -> u64| s.map_or("-".to_owned(), |s| f(s).to_string());
-    let used = s.map_or("-".to_owned(), |s| match s.cache.max_size {
-        Some(max) => format!("{} / {}", human_bytes(s.cache.bytes), human_bytes(max)),
-        None => human_bytes(s.cache.bytes),
-    });
-    let pct = s
-        .and_then(|s| {
-            s.cache
-                .max_size
-                .map(|m| (s.cache.bytes as f64 * 100.0 / m.max(1) as f64).min(100.0))
-        })
-        .unwrap_or(0.0);
-    let _ = write!(
-        out,
-        "<div class=\"stat\"><b id=\"st-bytes\">{}</b><span>{}</span><div class=\"bar\"><i id=\"st-bar\" data-pct=\"{pct:.0}\"></i></div></div>",
-        esc(&used),
-        tr(lang, "cache used", "缓存占用")
-    );
-    type Count = fn(&api::Status) -> u64;
-    let counts: [(&str, Count, &str, &str); 6] = [
-        ("st-blobs", |s| s.cache.blobs, "blobs", "镜像层 (blob)"),
-        (
-            "st-manifests",
-            |s| s.cache.manifests,
-            "manifests",
-            "清单 (manifest)",
-        ),
-        ("st-tags", |s| s.cache.tags, "tags", "标签"),
-        (
-            "st-repositories",
-            |s| s.cache.repositories,
-            "repositories",
-            "仓库",
-        ),
-        ("st-hits", |s| s.lookups.hits, "cache hits", "缓存命中"),
-        (
-            "st-misses",
-            |s| s.lookups.misses,
-            "cache misses",
-            "缓存未命中",
-        ),
-    ];
-    for (id, count, en, zh) in counts {
-        stat(out, id, &n(&count), tr(lang, en, zh));
-    }
-    let ratio = s.map_or("-".to_owned(), |s| {
-        let total = s.lookups.hits + s.lookups.misses;
-        if total == 0 {
-            "-".to_owned()
-        } else {
-            format!("{:.1}%", s.lookups.hits as f64 * 100.0 / total as f64)
-        }
-    });
-    stat(out, "st-ratio", &ratio, tr(lang, "hit ratio", "命中率"));
-    let bytes = |f: &dyn Fn(&api::Status) -> u64| s.map_or("-".to_owned(), |s| human_bytes(f(s)));
-    let amounts: [(&str, Count, &str, &str); 2] = [
-        (
-            "st-from-cache",
-            |s| s.bytes_served.cache,
-            "served from cache (saved)",
-            "从缓存提供（节省）",
-        ),
-        (
-            "st-from-upstream",
-            |s| s.bytes_served.upstream,
-            "fetched from upstream",
-            "从上游拉取",
-        ),
-    ];
-    for (id, amount, en, zh) in amounts {
-        stat(out, id, &bytes(&amount), tr(lang, en, zh));
-    }
-    stat(
-        out,
-        "st-downloads",
-        &n(&|s| s.downloads_in_flight),
-        tr(lang, "downloads in flight", "正在下载"),
-    );
-    out.push_str("</div>");
-    let _ = write!(
-        out,
-        "<h3>{}</h3><table><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-        tr(lang, "Upstreams", "上游仓库"),
-        tr(lang, "registry", "仓库"),
-        tr(lang, "state", "状态"),
-        tr(lang, "rate limit remaining", "剩余拉取配额"),
-    );
-    let (ok, open) = (
-        tr(lang, "reachable", "正常"),
-        tr(lang, "failing (circuit open)", "故障（熔断中）"),
-    );
-    for (i, name) in names.iter().enumerate() {
-        let u = s.and_then(|s| s.upstreams.get(i));
-        let is_open = u.is_some_and(|u| u.circuit_open);
-        let rl = u
-            .and_then(|u| {
-                Some(format!(
-                    "{} / {}",
-                    u.ratelimit_remaining?, u.ratelimit_limit?
-                ))
-            })
-            .unwrap_or_else(|| "-".to_owned());
-        let _ = write!(
-            out,
-            "<tr><td><code>{}</code></td><td id=\"up-{i}\" class=\"{}\" data-closed=\"{ok}\" data-open=\"{open}\">{}</td><td id=\"up-rl-{i}\">{}</td></tr>",
-            esc(name),
-            if is_open { "bad" } else { "ok" },
-            if is_open { open } else { ok },
-            esc(&rl)
-        );
-    }
-    let _ = write!(
-        out,
-        "</tbody></table><p class=\"muted\">{} <span id=\"st-updated\">-</span></p></section>",
-        tr(lang, "Updated:", "更新时间：")
     );
 }
 
@@ -552,15 +480,8 @@ fn repositories_section(
         tr(lang, "size", "大小"),
         tr(lang, "pull command", "拉取命令"),
     );
-    let default = names.first().map(String::as_str);
     for r in rows {
-        // Hub's `library/` and the default upstream need no prefix.
-        let name = if Some(r.upstream.as_str()) == default {
-            r.repository.clone()
-        } else {
-            format!("{}/{}", r.upstream, r.repository)
-        };
-        let pull = format!("docker pull {}/{name}:{}", at.host, r.tag);
+        let pull = pull_command(at, names, &r.upstream, &r.repository, Some(&r.tag));
         let _ = write!(
             out,
             "<tr><td><code>{}/{}</code></td><td><code>{}</code></td><td>{}</td><td><code class=\"pull\">{}</code></td></tr>",
@@ -572,6 +493,26 @@ fn repositories_section(
         );
     }
     out.push_str("</tbody></table></section>");
+}
+
+/// `docker pull` through this mirror: the default upstream needs no
+/// prefix, the others go by their name as the first path component.
+fn pull_command(
+    at: &Address,
+    names: &[String],
+    upstream: &str,
+    repository: &str,
+    tag: Option<&str>,
+) -> String {
+    let name = if names.first().map(String::as_str) == Some(upstream) {
+        repository.to_owned()
+    } else {
+        format!("{upstream}/{repository}")
+    };
+    match tag {
+        Some(tag) => format!("docker pull {}/{name}:{tag}", at.host),
+        None => format!("docker pull {}/{name}", at.host),
+    }
 }
 
 /// HTML text and attribute escaping.

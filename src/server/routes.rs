@@ -28,6 +28,13 @@ pub enum Route {
     Metrics,
     /// `/`: the status and usage page.
     Page,
+    /// `/ui/live`: the page's live figures, rendered, for its script.
+    Live,
+    /// `/v1/search?q=`: Docker Hub's search API through the mirror, as
+    /// `docker search <mirror>/<term>` asks for it.
+    Search,
+    /// `/v1/_ping`: what the Docker daemon checks before it searches.
+    SearchPing,
     /// The page's script and stylesheet, embedded in the binary.
     Asset(Asset),
     /// The admin API under `/api/v1/`.
@@ -61,6 +68,22 @@ pub enum ApiRoute {
     },
     /// `POST`: add a bundle (an OCI layout tar) to the cache.
     Import,
+    /// Every cached tag (what `cache ls` lists).
+    AllTags,
+    /// Blob downloads in flight, with progress.
+    Downloads,
+    /// Recent pulls and the most pulled repositories.
+    Pulls,
+    /// `DELETE`: forget every cached tag of a repository.
+    Repository {
+        name: RepoName,
+    },
+    /// `POST`: warm images into the cache (`?image=…&platform=…`).
+    Warm,
+    /// The configured warm sets and their readiness.
+    WarmSets,
+    /// Whether images are servable from the cache alone (`cache check`).
+    Check,
 }
 
 impl ApiRoute {
@@ -68,14 +91,18 @@ impl ApiRoute {
     pub fn is_action(&self) -> bool {
         matches!(
             self,
-            ApiRoute::Tag { .. } | ApiRoute::Digest { .. } | ApiRoute::Import
+            ApiRoute::Tag { .. }
+                | ApiRoute::Digest { .. }
+                | ApiRoute::Repository { .. }
+                | ApiRoute::Import
+                | ApiRoute::Warm
         )
     }
 
     /// The one method an action is taken with.
     pub fn action_method(&self) -> http::Method {
         match self {
-            ApiRoute::Import => http::Method::POST,
+            ApiRoute::Import | ApiRoute::Warm => http::Method::POST,
             _ => http::Method::DELETE,
         }
     }
@@ -102,6 +129,9 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         "/" => return Ok(Route::Page),
         "/ui/app.js" => return Ok(Route::Asset(Asset::Script)),
         "/ui/app.css" => return Ok(Route::Asset(Asset::Style)),
+        "/ui/live" => return Ok(Route::Live),
+        "/v1/search" => return Ok(Route::Search),
+        "/v1/_ping" => return Ok(Route::SearchPing),
         _ => {}
     }
     if let Some(api) = path.strip_prefix("/api/v1/") {
@@ -152,6 +182,12 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         "upstreams" => return Ok(ApiRoute::Upstreams),
         "cache/repositories" => return Ok(ApiRoute::Repositories),
         "import" => return Ok(ApiRoute::Import),
+        "downloads" => return Ok(ApiRoute::Downloads),
+        "cache/tags" => return Ok(ApiRoute::AllTags),
+        "pulls" => return Ok(ApiRoute::Pulls),
+        "warm" => return Ok(ApiRoute::Warm),
+        "warm/sets" => return Ok(ApiRoute::WarmSets),
+        "check" => return Ok(ApiRoute::Check),
         _ => {}
     }
     if let Some(digest) = path.strip_prefix("cache/digests/") {
@@ -168,7 +204,11 @@ fn parse_api(path: &str) -> Result<ApiRoute, RouteError> {
         return Ok(ApiRoute::RepositoryTags { name });
     }
     // Names contain '/', tags never do: split from the right.
-    let (name, tag) = rest.rsplit_once("/tags/").ok_or(RouteError::NotFound)?;
+    let Some((name, tag)) = rest.rsplit_once("/tags/") else {
+        return Ok(ApiRoute::Repository {
+            name: rest.parse().map_err(RouteError::Name)?,
+        });
+    };
     Ok(ApiRoute::Tag {
         name: name.parse().map_err(RouteError::Name)?,
         tag: tag.parse().map_err(RouteError::Reference)?,
@@ -266,6 +306,16 @@ mod tests {
             parse("/api/v1/cache/digests/nope"),
             Err(RouteError::Digest(_))
         ));
+        assert!(matches!(
+            parse("/api/v1/cache/repositories/library/app"),
+            Ok(Route::Api(ApiRoute::Repository { ref name })) if name.as_str() == "library/app"
+        ));
+        assert_eq!(
+            parse("/api/v1/downloads"),
+            Ok(Route::Api(ApiRoute::Downloads))
+        );
+        assert_eq!(parse("/v1/search"), Ok(Route::Search));
+        assert_eq!(parse("/api/v1/warm"), Ok(Route::Api(ApiRoute::Warm)));
         assert_eq!(parse("/api/v1/nope"), Err(RouteError::NotFound));
         assert_eq!(parse("/api/v2/status"), Err(RouteError::NotFound));
     }

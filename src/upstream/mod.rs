@@ -5,6 +5,7 @@ pub(crate) mod auth;
 mod breaker;
 mod egress;
 mod pool;
+mod search;
 
 use crate::config::Timings;
 pub use crate::config::UpstreamSettings;

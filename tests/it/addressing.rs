@@ -3,11 +3,14 @@
 //! is, before `?ns=`, before a path prefix, before the default; and Docker
 //! Hub's `library/` rule after a prefix is stripped. In-process against two
 //! Hub stand-ins, with the host named in `Host` (HTTP/1.1) or in the
-//! HTTP/2 authority; then skopeo pulling from a host name of its own.
+//! HTTP/2 authority; then skopeo pulling from a host name of its own, and
+//! deploy/subdomains.toml served on one TLS listener with one wildcard
+//! certificate.
 
 use crate::support::client::{
     assert_manifest, client, error_of, header, read_transfer, REQUEST_TIMEOUT,
 };
+use crate::support::hosts::HostsLine;
 use crate::support::hub::{Hub, Site, TestImage};
 use crate::support::mirror::Mirror;
 use crate::support::process::run_bounded;
@@ -227,41 +230,6 @@ async fn the_http2_authority_selects_the_upstream_as_host_does() {
     }
 }
 
-/// Adds `127.0.0.1 <name>` to /etc/hosts for as long as it lives (Go's
-/// resolver, which skopeo uses, does not map `*.localhost` to loopback by
-/// itself); only its own line is removed again.
-struct HostsLine {
-    line: String,
-}
-
-impl HostsLine {
-    fn add(name: &str) -> Option<HostsLine> {
-        let line = format!("127.0.0.1 {name} # pullthrough test {}", std::process::id());
-        let hosts = std::fs::read_to_string("/etc/hosts").ok()?;
-        let mut text = hosts;
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(&line);
-        text.push('\n');
-        std::fs::write("/etc/hosts", text).ok()?;
-        Some(HostsLine { line })
-    }
-}
-
-impl Drop for HostsLine {
-    fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string("/etc/hosts") {
-            let kept: String = text
-                .lines()
-                .filter(|l| *l != self.line)
-                .map(|l| format!("{l}\n"))
-                .collect();
-            let _ = std::fs::write("/etc/hosts", kept);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn skopeo_pulls_from_a_registry_host_name_as_if_the_mirror_were_that_registry() {
     if !require_tool("skopeo") {
@@ -269,11 +237,7 @@ async fn skopeo_pulls_from_a_registry_host_name_as_if_the_mirror_were_that_regis
     }
     let t = TwoHubs::start().await;
     let name = format!("ghcr.pt{}.localhost", std::process::id());
-    let Some(_hosts) = HostsLine::add(&name) else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("cannot add {name} to /etc/hosts (CI=true)");
-        }
-        eprintln!("skipping: cannot write /etc/hosts");
+    let Some(_hosts) = HostsLine::add_or_skip(&[&name]) else {
         return;
     };
     let out = tempfile::tempdir().expect("tempdir");
@@ -343,4 +307,115 @@ fn the_example_subdomain_config_names_the_usual_registries() {
     // The bare name selects none: it takes prefixes, ns and the default.
     assert_eq!(select("mirror.example.com"), None);
     assert_eq!(config.upstreams[0].name, "docker.io");
+}
+
+/// deploy/subdomains.toml as shipped, its TLS files and upstream URLs
+/// pointed at a wildcard certificate from a test CA and the two stand-ins:
+/// one listener, one certificate, verified under every name, each
+/// subdomain serving its registry and the bare name taking prefixes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_subdomain_example_serves_every_registry_on_one_listener_with_a_wildcard_certificate() {
+    if !require_tool("openssl") {
+        return;
+    }
+    let hub = Hub::start().await;
+    let ghcr = Hub::start().await;
+    ghcr.push_image("scratch", "x", &[1]);
+    let on_hub = hub.push_image("library/app", "latest", &[1200]);
+    let on_ghcr = ghcr.push_image("owner/app", "1", &[2200]);
+    let ca = tokio::task::block_in_place(crate::tls_auth::TestCa::new);
+    let (cert, key) = tokio::task::block_in_place(|| {
+        ca.issue_for(
+            "wildcard",
+            "2001",
+            "DNS:mirror.example.com,DNS:*.mirror.example.com",
+        )
+    });
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/subdomains.toml");
+    let shipped = std::fs::read_to_string(&path).expect("deploy/subdomains.toml");
+    let edits = [
+        (
+            "/etc/pullthrough/tls/fullchain.pem",
+            cert.display().to_string(),
+        ),
+        (
+            "/etc/pullthrough/tls/privkey.pem",
+            key.display().to_string(),
+        ),
+        ("https://registry-1.docker.io", hub.url()),
+        ("https://ghcr.io\"", format!("{}\"", ghcr.url())),
+    ];
+    let mut toml = shipped.clone();
+    for (from, to) in &edits {
+        assert_eq!(
+            shipped.matches(from).count(),
+            1,
+            "{from} in subdomains.toml"
+        );
+        toml = toml.replace(from, to);
+    }
+    let mirror = Mirror::builder(&hub.url()).config(&toml).start();
+    let port = mirror.addr.port();
+    let names = [
+        "docker.mirror.example.com",
+        "ghcr.mirror.example.com",
+        "mirror.example.com",
+    ];
+    let ca_pem = std::fs::read(ca.ca_file()).expect("CA file");
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).expect("CA"))
+        .timeout(REQUEST_TIMEOUT);
+    for name in names {
+        builder = builder.resolve(name, mirror.addr);
+    }
+    let tls = builder.build().expect("TLS client");
+    for (name, path, image) in [
+        (
+            "docker.mirror.example.com",
+            "/v2/library/app/manifests/latest",
+            &on_hub,
+        ),
+        (
+            "ghcr.mirror.example.com",
+            "/v2/owner/app/manifests/1",
+            &on_ghcr,
+        ),
+        (
+            "mirror.example.com",
+            "/v2/ghcr.io/owner/app/manifests/1",
+            &on_ghcr,
+        ),
+        ("mirror.example.com", "/v2/app/manifests/latest", &on_hub),
+    ] {
+        let url = format!("https://{name}:{port}{path}");
+        let response = tls
+            .get(&url)
+            .header("accept", ACCEPT)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url} (verified against the wildcard): {e}"));
+        assert_manifest(response, image, &url).await;
+    }
+    // A name the certificate does not cover fails the handshake.
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).expect("CA"))
+        .resolve("mirror.example.org", mirror.addr)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("TLS client");
+    let refused = other
+        .get(format!("https://mirror.example.org:{port}/v2/"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "a name outside the wildcard was accepted");
+    for path in TwoHubs::registry_paths(&ghcr) {
+        assert!(
+            path == "/v2/" || path.starts_with("/v2/owner/app/"),
+            "ghcr asked for {path}"
+        );
+    }
 }

@@ -56,7 +56,11 @@ fn mirror_for(hub: &Hub, ghcr: &Hub) -> Mirror {
         hub.url(),
         ghcr.url()
     );
-    Mirror::builder(&hub.url()).config(&toml).start()
+    // API reads are open on the metrics listener (the default).
+    Mirror::builder(&hub.url())
+        .config(&toml)
+        .metrics_listener()
+        .start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -70,7 +74,8 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
     pull(&base, &image).await;
     pull(&base, &image).await;
 
-    let status = get_json(format!("{base}/api/v1/status")).await;
+    let ops = mirror.metrics_url();
+    let status = get_json(format!("{ops}/api/v1/status")).await;
     let metrics = mirror.metrics();
     let hits = sample_sum(&metrics, LOOKUPS, &[("result", "hit")]);
     let misses = sample_sum(&metrics, LOOKUPS, &[("result", "miss")]);
@@ -89,6 +94,19 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
         status["bytes_served"]["upstream"].as_f64(),
         Some(sample_sum(&metrics, SERVED, &[("source", "upstream")]))
     );
+    // Within the first hour, the last hour is everything since start.
+    let hour = &status["last_hour"];
+    assert_eq!(hour["hits"].as_f64(), Some(hits), "{status}");
+    assert_eq!(hour["misses"].as_f64(), Some(misses), "{status}");
+    assert_eq!(
+        hour["bytes_from_cache"].as_f64(),
+        Some(sample_sum(&metrics, SERVED, &[("source", "cache")]))
+    );
+    assert_eq!(
+        hour["bytes_from_upstream"].as_f64(),
+        Some(sample_sum(&metrics, SERVED, &[("source", "upstream")]))
+    );
+    assert!(hour["bytes_from_upstream"].as_u64() > Some(0), "{status}");
     assert_eq!(status["cache"]["tags"], 1, "{status}");
     assert_eq!(status["cache"]["blobs"], 3, "{status}");
     assert_eq!(status["cache"]["manifests"], 1, "{status}");
@@ -109,10 +127,10 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
     assert_eq!(names, ["docker.io", "ghcr.io"]);
     assert_eq!(status["upstreams"][0]["circuit_open"], false);
 
-    let upstreams = get_json(format!("{base}/api/v1/upstreams")).await;
+    let upstreams = get_json(format!("{ops}/api/v1/upstreams")).await;
     assert_eq!(upstreams.as_array().map(Vec::len), Some(2));
 
-    let repos = get_json(format!("{base}/api/v1/cache/repositories")).await;
+    let repos = get_json(format!("{ops}/api/v1/cache/repositories")).await;
     assert_eq!(repos[0]["upstream"], "docker.io", "{repos}");
     assert_eq!(repos[0]["repository"], "library/app", "{repos}");
     assert_eq!(repos[0]["tags"], 1, "{repos}");
@@ -120,20 +138,20 @@ async fn status_after_pulls_equals_the_metrics_and_tags_are_listed() {
 
     // By the upstream's name and by the bare Hub name alike.
     for name in ["library/app", "app"] {
-        let tags = get_json(format!("{base}/api/v1/cache/repositories/{name}/tags")).await;
+        let tags = get_json(format!("{ops}/api/v1/cache/repositories/{name}/tags")).await;
         assert_eq!(tags[0]["tag"], "latest", "{tags}");
         assert_eq!(tags[0]["digest"], image.manifest_digest.as_str(), "{tags}");
     }
     let unknown = client()
-        .get(format!("{base}/api/v1/cache/repositories/nothing/tags"))
+        .get(format!("{ops}/api/v1/cache/repositories/nothing/tags"))
         .send()
         .await
         .expect("answer");
     assert_eq!(unknown.status(), 404);
 
-    // The API is read-only for now; the registry stays read-only.
+    // Reads are not written to; the registry stays read-only.
     let delete = client()
-        .delete(format!("{base}/api/v1/status"))
+        .delete(format!("{ops}/api/v1/status"))
         .send()
         .await
         .expect("answer");
@@ -265,8 +283,9 @@ async fn a_trusted_proxy_names_the_mirror_address() {
 }
 
 /// Chromium headless on `url`: the DOM after the page's script has run
-/// (virtual time lets its first `/api/v1/status` poll complete), and a
-/// screenshot kept under `target/` as a CI artifact.
+/// (virtual time lets its first `/ui/live` poll complete), and a
+/// screenshot of the top of the page kept under `target/` as a CI
+/// artifact (`docs/page.png`, in the README, is the English one).
 fn browser_dom(url: &str, screenshot: &str) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let run = |extra: &[String]| {
@@ -295,7 +314,7 @@ fn browser_dom(url: &str, screenshot: &str) -> String {
     let shot = dir.join(screenshot);
     let taken = run(&[
         format!("--screenshot={}", shot.display()),
-        "--window-size=1280,2400".to_owned(),
+        "--window-size=1100,1300".to_owned(),
         "--hide-scrollbars".to_owned(),
     ]);
     assert!(
@@ -345,12 +364,22 @@ async fn a_real_browser_renders_the_cache_the_counts_and_the_snippets() {
         Some(misses.to_string()),
         "misses as /metrics"
     );
-    // The script ran under the CSP: it polled the API and showed the copy
-    // buttons it wires up.
+    // The script ran under the CSP: it refreshed the live part from
+    // /ui/live and showed the copy buttons it wires up.
     assert_ne!(
         text_of(&dom, "st-updated").as_deref(),
         Some("-"),
-        "the script polled the API"
+        "the script refreshed the live part"
+    );
+    assert!(
+        dom.contains("Recent pulls") && dom.contains("id=\"pulls\""),
+        "recent pulls"
+    );
+    assert!(dom.contains("id=\"top\""), "top repositories");
+    assert_eq!(
+        text_of(&dom, "st-hour-hits"),
+        Some(hits.to_string()),
+        "last hour's hits as /metrics (all within the hour)"
     );
     assert!(
         !dom.contains("hidden=\"\" data-done"),
@@ -366,16 +395,60 @@ async fn a_real_browser_renders_the_cache_the_counts_and_the_snippets() {
         "daemon.json"
     );
 
+    // The Chinese page, checked the same way; its screenshot needs a CJK
+    // font (tests/run-all.sh installs fonts-noto-cjk).
+    require_cjk_font();
     let page = format!("{base}/?lang=zh");
     let zh = tokio::task::spawn_blocking(move || browser_dom(&page, "page-zh.png"))
         .await
         .expect("browser");
     assert!(
-        zh.contains("使用此镜像") && zh.contains("已缓存的仓库"),
+        zh.contains("<html lang=\"zh-CN\">")
+            && zh.contains("使用此镜像")
+            && zh.contains("已缓存的仓库"),
         "the Chinese page"
     );
+    assert!(
+        zh.contains("缓存命中") && zh.contains("最近拉取"),
+        "Chinese labels"
+    );
+    assert_eq!(
+        text_of(&zh, "st-hits"),
+        Some(hits.to_string()),
+        "hits as /metrics"
+    );
+    assert_eq!(
+        text_of(&zh, "st-misses"),
+        Some(misses.to_string()),
+        "misses as /metrics"
+    );
+    assert_ne!(
+        text_of(&zh, "st-updated").as_deref(),
+        Some("-"),
+        "the script ran"
+    );
+    assert!(!zh.contains("hidden=\"\" data-done"), "copy buttons shown");
+    assert!(
+        zh.contains("docker.io/library/app"),
+        "the cached repository"
+    );
+    assert!(zh.contains(&format!("docker pull {host}/library/app:latest")));
     assert!(zh.contains(&format!("\"registry-mirrors\": [\"http://{host}\"]")));
-    assert_eq!(text_of(&zh, "st-hits"), Some(hits.to_string()));
+}
+
+/// Fontconfig must know a font with Chinese glyphs, or the Chinese
+/// screenshot shows boxes: under `CI=true` its absence fails the test.
+fn require_cjk_font() {
+    let mut command = std::process::Command::new("fc-list");
+    command.arg(":lang=zh");
+    let listed = run_bounded(command, Duration::from_secs(30));
+    if listed.status.success() && !listed.stdout.is_empty() {
+        return;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("no CJK font (fonts-noto-cjk) and CI=true: the Chinese screenshot would show boxes");
+    }
+    eprintln!("no CJK font installed (fonts-noto-cjk); the Chinese screenshot shows boxes");
 }
 
 const TOKEN: &str = "s3cret-admin-token";
@@ -398,8 +471,12 @@ async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
     let toml = format!("admin_token_file = \"{}\"\n", token_file.display());
-    let mirror = Mirror::builder(&hub.url()).config(&toml).start();
+    let mirror = Mirror::builder(&hub.url())
+        .config(&toml)
+        .metrics_listener()
+        .start();
     let base = mirror.url();
+    let ops = mirror.metrics_url();
     pull(&base, &image).await;
 
     let tag_url = format!("{base}/api/v1/cache/repositories/library/app/tags/latest");
@@ -409,7 +486,7 @@ async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
         assert!(!body.contains(TOKEN), "no secret in a body");
     }
     // Still cached after the refusals.
-    let tags = get_json(format!("{base}/api/v1/cache/repositories/app/tags")).await;
+    let tags = get_json(format!("{ops}/api/v1/cache/repositories/app/tags")).await;
     assert_eq!(tags[0]["tag"], "latest");
 
     let (status, body) = delete(&tag_url, Some(TOKEN)).await;
@@ -417,7 +494,7 @@ async fn purges_need_the_admin_token_and_cost_one_upstream_fetch_after() {
     assert!(body.contains("\"removed_tags\":1"), "{body}");
     assert!(!body.contains(TOKEN));
     let gone = client()
-        .get(format!("{base}/api/v1/cache/repositories/app/tags"))
+        .get(format!("{ops}/api/v1/cache/repositories/app/tags"))
         .send()
         .await
         .expect("answer");

@@ -346,7 +346,7 @@ fn blob_larger_than_max_size_streams_through_uncached() {
 /// After pulls, `cache stats` and `cache ls` (offline) count what the
 /// cache holds; while the server runs, `gc` and `cache stats` refuse.
 #[test]
-fn cache_stats_and_ls_describe_pulled_images_and_refuse_a_running_server() {
+fn cache_stats_and_ls_describe_pulled_images_and_gc_refuses_a_running_server() {
     if !tools_present() {
         return;
     }
@@ -378,11 +378,11 @@ fn cache_stats_and_ls_describe_pulled_images_and_refuse_a_running_server() {
         .status
         .success());
 
+    // `cache stats|ls` ask the running mirror (tested in admin_api); gc
+    // needs the cache to itself.
     for args in [
         vec!["gc", "--cache-dir", &dir],
         vec!["gc", "--cache-dir", &dir, "--dry-run"],
-        vec!["cache", "stats", "--cache-dir", &dir],
-        vec!["cache", "ls", "--cache-dir", &dir],
     ] {
         let output = pullthrough(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -2,7 +2,8 @@
 //! -c, systemd-analyze, docker-compose config, kubernetes-validate) and by
 //! the real pullthrough binary: config files it must accept, the container
 //! health probe run against a live mirror, metric names the dashboard and
-//! alerts use that the binary really exports.
+//! alerts use that the binary really exports; the example setups
+//! (subdomains, path prefix, egress proxies) say what they do.
 
 use crate::support::deploy::{
     self, deploy_path, read_deploy, referenced_metrics, require_python_yaml, run_tool,
@@ -574,13 +575,17 @@ fn kubernetes_manifests_pass_schema_validation() {
     }
 }
 
-/// deploy/pullthrough.toml and the ConfigMap's copy are accepted by the real
-/// binary (unknown keys stop start-up), and the container health probe
+/// deploy/pullthrough.toml, the ConfigMap's copy and the example setups
+/// without TLS files are accepted by the real binary (unknown keys stop start-up), and the container health probe
 /// script answers from a live mirror.
 #[test]
 fn shipped_config_files_start_the_binary_and_the_health_probe_works() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut configs = vec![deploy_path("pullthrough.toml")];
+    let mut configs = vec![
+        deploy_path("pullthrough.toml"),
+        deploy_path("path-prefix.toml"),
+        deploy_path("egress-proxy.toml"),
+    ];
     if require_python_yaml() {
         let configmap = yaml_document("kubernetes/configmap.yaml");
         let text = configmap["data"]["pullthrough.toml"]
@@ -812,6 +817,17 @@ fn client_configs_parse_and_name_the_mirror() {
     assert!(caps.iter().any(|c| c.as_str() == Some("pull")));
     assert!(caps.iter().any(|c| c.as_str() == Some("resolve")));
 
+    // The `_default` variant: every registry through the mirror, no server.
+    let default: toml::Value =
+        toml::from_str(&read_deploy("clients/containerd-default-hosts.toml"))
+            .expect("_default hosts.toml");
+    assert!(default.get("server").is_none(), "{default}");
+    let caps = default["host"][mirror]["capabilities"]
+        .as_array()
+        .expect("[host.\"mirror\"] capabilities");
+    assert!(caps.iter().any(|c| c.as_str() == Some("pull")));
+    assert!(caps.iter().any(|c| c.as_str() == Some("resolve")));
+
     let podman: toml::Value =
         toml::from_str(&read_deploy("clients/podman-registries.conf")).expect("registries.conf");
     let registries = podman["registry"].as_array().expect("[[registry]]");
@@ -837,6 +853,90 @@ fn client_configs_parse_and_name_the_mirror() {
             );
         }
     }
+}
+
+/// deploy/`rel` as the binary loads it.
+fn load_deploy_config(rel: &str) -> pullthrough::config::Config {
+    pullthrough::config::Config::load(Some(&deploy_path(rel)), &Default::default())
+        .unwrap_or_else(|e| panic!("deploy/{rel}: {e}"))
+}
+
+#[test]
+fn the_path_prefix_example_serves_each_registry_its_comments_name_and_no_other() {
+    let config = load_deploy_config("path-prefix.toml");
+    let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names[0], "docker.io", "Docker Hub is the default");
+    assert!(
+        config.upstreams.iter().all(|u| u.hosts.is_empty()),
+        "one host name: no upstream is selected by host"
+    );
+    let text = read_deploy("path-prefix.toml");
+    let prefixed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .flat_map(|l| l.split("mirror.example.internal:5000/").skip(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.split_once('/'))
+        .map(|(first, _)| first)
+        .filter(|first| first.contains('.'))
+        .collect();
+    assert!(prefixed.len() >= 4, "{prefixed:?}");
+    for registry in prefixed {
+        assert!(
+            names.contains(&registry),
+            "the comments pull from {registry}, not configured"
+        );
+    }
+    // A registry it does not list: refused without going anywhere.
+    let mirror = Mirror::builder(NO_UPSTREAM)
+        .config_file(&deploy_path("path-prefix.toml"))
+        .process()
+        .start();
+    let (status, body) = deploy::get(mirror.addr, "/v2/example.org/app/manifests/1").expect("GET");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("NAME_UNKNOWN") && body.contains("example.org"),
+        "{body}"
+    );
+}
+
+#[test]
+fn the_egress_example_gives_each_upstream_its_proxy_and_never_logs_the_password() {
+    let config = load_deploy_config("egress-proxy.toml");
+    let proxy_of = |name: &str| {
+        let upstream = config
+            .upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .unwrap_or_else(|| panic!("no upstream {name}"));
+        upstream.proxy.as_ref().map(|p| p.redacted())
+    };
+    assert_eq!(
+        proxy_of("docker.io").as_deref(),
+        Some("http://<credentials>@proxy.corp.example:3128")
+    );
+    assert_eq!(
+        proxy_of("ghcr.io").as_deref(),
+        Some("socks5h://<credentials>@socks.corp.example:1080")
+    );
+    assert_eq!(proxy_of("registry.corp.example"), None, "left to *_PROXY");
+    // Debug logging, the most a deployment could log: the proxies'
+    // password never shows.
+    let mut mirror = Mirror::builder(NO_UPSTREAM)
+        .config_file(&deploy_path("egress-proxy.toml"))
+        .log("debug")
+        .process()
+        .start();
+    assert_eq!(
+        deploy::get(mirror.addr, "/readyz").map(|(s, _)| s),
+        Some(200)
+    );
+    mirror.stop();
+    let stderr = mirror.stderr();
+    assert!(!stderr.is_empty(), "the binary logged nothing to check");
+    assert!(
+        !stderr.contains("change-me"),
+        "a proxy password in the log:\n{stderr}"
+    );
 }
 
 fn path_str(path: &Path) -> &str {

@@ -2,9 +2,11 @@
 //! `registry-mirrors`, in front of the Debian `docker-registry` seeded by
 //! skopeo: pulls, `docker rmi`, and a second pull that fetches no blob
 //! upstream. Docker falls back to Docker Hub (unreachable here) when the
-//! mirror fails, so a failed pull means the mirror failed.
+//! mirror fails, so a failed pull means the mirror failed. And a warmed
+//! image pulled by dockerd after the upstream is gone.
 
 use crate::support::docker::DockerDaemon;
+use crate::support::hub::{Hub, Kind};
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout::{self, host_architecture};
 use crate::support::registry::Registry;
@@ -131,4 +133,102 @@ fn docker_pulls_through_the_mirror_and_again_from_cache() {
             expected.name
         );
     }
+}
+
+/// `docker search <mirror>/<term>`: the daemon pings the mirror's v1 API
+/// and asks its `/v1/search`, which the mirror answers from Docker Hub's
+/// search API (the stand-in's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_search_through_the_mirror_asks_the_hub_search_api() {
+    if !(require_tool("dockerd") && require_tool("docker")) {
+        return;
+    }
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "latest", &[100]);
+    hub.push_image("team/apptool", "1.0", &[100]);
+    hub.push_image("library/other", "latest", &[100]);
+    let mirror = Mirror::start(&hub.url());
+    let term = format!("{}/app", mirror.addr);
+    let output = tokio::task::block_in_place(|| {
+        let docker = DockerDaemon::start(&mirror.url());
+        let output = docker.cli(&[
+            "search",
+            "--no-trunc",
+            "--format",
+            "{{.Name}} {{.StarCount}}",
+            &term,
+        ]);
+        (output, docker.log_tail())
+    });
+    let (output, log) = output;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "docker search {term}: {}{}\n--- dockerd log ---\n{log}",
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines.iter().any(|l| l.ends_with("app 7")), "{stdout}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("team/apptool 7")),
+        "{stdout}"
+    );
+    assert_eq!(hub.count(Kind::Search), 1, "one search reached the hub");
+}
+
+/// `pullthrough warm --server` through the admin API, then the upstream
+/// registry is killed: dockerd pulls the warmed image (every layer, from
+/// the cache alone: nothing answers upstream), and the one not warmed fails.
+#[test]
+fn docker_pulls_a_warmed_image_after_the_upstream_is_gone() {
+    if !tools_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(&tmp.path().join("registry"));
+    let [single, multi] = seed_images(&registry, tmp.path());
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, "e2e-warm-token\n").expect("token file");
+    let mirror = Mirror::builder(&registry.url())
+        .config(&format!(
+            "admin_token_file = \"{}\"\n",
+            token_file.display()
+        ))
+        .start();
+    let image = format!("{}:{}", multi.name, multi.tag);
+    let output = crate::support::cli::pullthrough(&[
+        "warm",
+        &image,
+        "--server",
+        &mirror.url(),
+        "--admin-token-file",
+        &token_file.display().to_string(),
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "warm failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(reports[0]["digest"], multi.repo_digest.as_str());
+    assert_eq!(
+        reports[0]["platforms"],
+        serde_json::json!([format!("linux/{}", host_architecture())])
+    );
+    assert!(registry.count_requests("GET", "/blobs/") > 0);
+    drop(registry);
+
+    let docker = DockerDaemon::start(&mirror.url());
+    docker.pull(&image);
+    assert_pulled(&docker, &image, &multi);
+    let not_warmed = format!("{}:{}", single.name, single.tag);
+    let pulled = docker.cli(&["pull", "--quiet", &not_warmed]);
+    assert!(
+        !pulled.status.success(),
+        "{not_warmed} was never warmed, yet pulled with the upstream gone"
+    );
+    assert!(docker.inspect(&not_warmed).is_none());
 }

@@ -17,6 +17,7 @@
 use crate::support::cache::cached;
 use crate::support::mirror::Mirror;
 use crate::support::oci_layout;
+use crate::support::podman::Podman;
 use crate::support::process::run_bounded;
 use crate::support::registry::Registry;
 use crate::support::require_tool;
@@ -86,61 +87,6 @@ fn signing_key(dir: &Path) -> SigningKey {
         gnupg_home,
         fingerprint,
         public_keyring,
-    }
-}
-
-/// One Podman with storage, configuration and home in a temp dir.
-struct Podman {
-    root: PathBuf,
-    home: PathBuf,
-    registries_conf: PathBuf,
-    policy: PathBuf,
-}
-
-impl Podman {
-    /// `podman pull REFERENCE`: its output, whatever the outcome.
-    fn pull(&self, storage: &str, reference: &str) -> Output {
-        let mut command = Command::new("podman");
-        command
-            .env("HOME", &self.home)
-            .env("CONTAINERS_REGISTRIES_CONF", &self.registries_conf)
-            .arg("--root")
-            .arg(self.root.join(storage).join("root"))
-            .arg("--runroot")
-            .arg(self.root.join(storage).join("run"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-                "pull",
-            ])
-            .arg("--signature-policy")
-            .arg(&self.policy)
-            .arg(reference);
-        run_bounded(command, Duration::from_secs(120))
-    }
-
-    /// The manifest digest of the image Podman stored for `reference`.
-    fn digest(&self, storage: &str, reference: &str) -> String {
-        let mut command = Command::new("podman");
-        command
-            .env("HOME", &self.home)
-            .arg("--root")
-            .arg(self.root.join(storage).join("root"))
-            .arg("--runroot")
-            .arg(self.root.join(storage).join("run"))
-            .args(["--storage-driver", "vfs", "--events-backend", "file"])
-            .args(["image", "inspect", "--format", "{{.Digest}}", reference]);
-        let output = run_bounded(command, Duration::from_secs(60));
-        assert!(
-            output.status.success(),
-            "podman image inspect: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 }
 
@@ -352,11 +298,7 @@ fn copy_with_signature(
     out: &Path,
 ) -> (Vec<u8>, String) {
     let policy = out.with_extension("policy.json");
-    std::fs::write(
-        &policy,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )
-    .expect("write policy");
+    std::fs::write(&policy, crate::support::podman::ACCEPT_ANYTHING).expect("write policy");
     let mut command = Command::new("skopeo");
     command
         .args(["copy", "--quiet", "--src-tls-verify=false"])

@@ -2,6 +2,7 @@
 //! helpers and build once (the crates.io layout).
 
 mod addressing;
+mod admin_api;
 mod admin_page;
 mod bundles;
 mod cache_budget;
@@ -10,6 +11,7 @@ mod credential_pool;
 mod deploy_configs;
 mod deploy_haproxy;
 mod deploy_prometheus;
+mod e2e_addressing;
 mod e2e_artifacts;
 mod e2e_docker;
 mod e2e_podman;
@@ -32,3 +34,4 @@ mod routing;
 mod s3_tier;
 mod support;
 mod tls_auth;
+mod warm;

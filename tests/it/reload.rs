@@ -108,3 +108,46 @@ async fn sighup_denies_a_repository_while_a_download_under_way_finishes() {
         "allowed again"
     );
 }
+
+/// An edit of the config file applies without a signal, within seconds,
+/// and once (a SIGHUP sent after the edit is the same reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edited_config_file_applies_without_a_signal() {
+    let hub = Hub::start().await;
+    hub.push_image("library/app", "latest", &[1000]);
+    let (_dir, path) = config_file("[[upstream]]\ntag_ttl = \"1s\"\n");
+    let mirror = Mirror::builder(&hub.url())
+        .config_file(&path)
+        .process()
+        .log("info")
+        .start();
+    assert_eq!(manifest_status(&mirror, "app").await.0, 200);
+    std::fs::write(
+        &path,
+        "[[upstream]]\ntag_ttl = \"1s\"\ndeny = [\"library/app\"]\n",
+    )
+    .expect("rewrite config");
+    let log = mirror.wait_log("config reloaded", |log| log.contains("config reloaded"));
+    assert!(log.contains("config file changed"), "{log}");
+    assert_eq!(
+        manifest_status(&mirror, "app").await,
+        (403, Some("DENIED".to_string())),
+        "denied after the edit"
+    );
+    std::fs::write(&path, "[[upstream]]\ntag_ttl = \"1s\"\n").expect("rewrite config");
+    sighup(&mirror);
+    let log = mirror.wait_log("the second reload", |log| {
+        log.matches("config reloaded").count() >= 2
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        mirror.stderr().matches("config reloaded").count(),
+        2,
+        "one reload per edit: {log}"
+    );
+    assert_eq!(
+        manifest_status(&mirror, "app").await.0,
+        200,
+        "allowed again"
+    );
+}

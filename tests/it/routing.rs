@@ -7,14 +7,14 @@
 //! pulling from two real registries through one mirror.
 
 use crate::support::client::{assert_manifest, client, config_file, header, read_transfer};
+use crate::support::containerd::Containerd;
 use crate::support::hub::{Hub, Kind, Site, TestImage};
 use crate::support::mirror::Mirror;
-use crate::support::oci_layout::{self, Image};
 use crate::support::process::run_bounded;
-use crate::support::registry::Registry;
-use crate::support::{require_tool, sha256_digest, wait_until, ACCEPT};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use crate::support::two_registries::{assert_blob_in, upstreams_toml, TwoRegistries};
+use crate::support::{require_tool, ACCEPT};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// `GET base+path`, with the manifest Accept list.
@@ -31,16 +31,6 @@ async fn get(base: &str, path: &str) -> reqwest::Response {
 async fn error_of(response: reqwest::Response) -> (u16, Option<String>, String) {
     let error = crate::support::client::error_of(response).await;
     (error.status.as_u16(), error.code, error.body)
-}
-
-/// Config text for `[[upstream]]` entries of (name, url, extra lines).
-fn upstreams_toml(entries: &[(&str, &str, &str)]) -> String {
-    entries
-        .iter()
-        .map(|(name, url, extra)| {
-            format!("[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n")
-        })
-        .collect()
 }
 
 /// A mirror started with a config holding `toml`; the first upstream's url
@@ -516,148 +506,6 @@ async fn credentials_from_a_file_and_the_environment_open_private_repositories_a
             "an error body carries {form:?}: {bodies}"
         );
     }
-}
-
-/// A containerd daemon of its own (content store only, no CRI), for `ctr`.
-struct Containerd {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        // Short: unix socket paths must stay under 108 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("ptc")
-            .tempdir_in("/tmp")
-            .expect("tempdir in /tmp");
-        let d = dir.path();
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.btrfs\", \
-             \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\", \
-             \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.tracing.processor.v1.otlp\"]\n\
-             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = d.join("c.sock").display(),
-        );
-        std::fs::write(d.join("config.toml"), config).expect("write containerd config");
-        let log = std::fs::File::create(d.join("containerd.log")).expect("containerd log");
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
-        let mut containerd = Containerd {
-            child: Some(child),
-            dir,
-        };
-        wait_until("containerd to answer", Duration::from_secs(20), || {
-            if let Some(Ok(Some(status))) = containerd.child.as_mut().map(|c| c.try_wait()) {
-                panic!("containerd exited ({status}):\n{}", containerd.log());
-            }
-            containerd.ctr(&["version"]).status.success().then_some(())
-        });
-        containerd
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-
-    /// `ctr -a SOCK ARGS`, bounded in time.
-    fn ctr(&self, args: &[&str]) -> std::process::Output {
-        let mut command = Command::new("ctr");
-        command.arg("-a").arg(self.socket()).args(args);
-        run_bounded(command, Duration::from_secs(60))
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Two real registries, each holding a different `library/demo:v1`, and a
-/// mirror with one `[[upstream]]` for each (docker.io and ghcr.io).
-struct TwoRegistries {
-    hub: Registry,
-    ghcr: Registry,
-    hub_image: Image,
-    ghcr_image: Image,
-    /// Log lengths after seeding: later lines are the mirror's requests.
-    hub_log_mark: usize,
-    ghcr_log_mark: usize,
-    mirror: Mirror,
-    _tmp: tempfile::TempDir,
-}
-
-impl TwoRegistries {
-    fn start() -> TwoRegistries {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let t = tmp.path();
-        let hub_image = oci_layout::write_image(&t.join("layout-hub"), "v1", 701, &[40_000, 9_000]);
-        let ghcr_image = oci_layout::write_image(&t.join("layout-ghcr"), "v1", 702, &[30_000]);
-        let hub = Registry::start(&t.join("registry-hub"));
-        let ghcr = Registry::start(&t.join("registry-ghcr"));
-        hub.seed(&t.join("layout-hub"), "v1", "library/demo:v1");
-        ghcr.seed(&t.join("layout-ghcr"), "v1", "library/demo:v1");
-        let toml = upstreams_toml(&[("docker.io", &hub.url(), ""), ("ghcr.io", &ghcr.url(), "")]);
-        let mirror = Mirror::builder(&hub.url()).config(&toml).start();
-        TwoRegistries {
-            hub_log_mark: hub.log().len(),
-            ghcr_log_mark: ghcr.log().len(),
-            hub,
-            ghcr,
-            hub_image,
-            ghcr_image,
-            mirror,
-            _tmp: tmp,
-        }
-    }
-
-    /// Every access-log line since seeding came from pullthrough: no client
-    /// fell back to the registry directly. Returns those lines.
-    fn assert_only_the_mirror_asked(&self) -> (String, String) {
-        // requests() waits for the log to settle.
-        let _ = (self.hub.requests(), self.ghcr.requests());
-        let since = |registry: &Registry, mark: usize| registry.log()[mark..].to_string();
-        let logs = (
-            since(&self.hub, self.hub_log_mark),
-            since(&self.ghcr, self.ghcr_log_mark),
-        );
-        for log in [&logs.0, &logs.1] {
-            for line in log
-                .lines()
-                .filter(|l| l.contains("\"GET /v2") || l.contains("\"HEAD /v2"))
-            {
-                assert!(
-                    line.contains("pullthrough/"),
-                    "a client reached a registry directly: {line}"
-                );
-            }
-        }
-        logs
-    }
-}
-
-fn assert_blob_in(dir: &Path, digest: &str) {
-    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
-    let bytes = std::fs::read(dir.join(hex)).unwrap_or_else(|e| panic!("{digest}: {e}"));
-    assert_eq!(sha256_digest(&bytes), digest);
 }
 
 #[test]

@@ -84,12 +84,25 @@ impl TestCa {
     /// Issues a server certificate for 127.0.0.1 and localhost with the given
     /// serial (hex) and common name; returns (cert PEM path, key PEM path).
     pub(crate) fn issue(&self, name: &str, serial_hex: &str) -> (PathBuf, PathBuf) {
+        self.issue_for(name, serial_hex, "IP:127.0.0.1,DNS:localhost")
+    }
+
+    /// [`TestCa::issue`] for the subject alternative names `alt_names`
+    /// (openssl's syntax: `DNS:*.mirror.example.com,IP:127.0.0.1`).
+    pub(crate) fn issue_for(
+        &self,
+        name: &str,
+        serial_hex: &str,
+        alt_names: &str,
+    ) -> (PathBuf, PathBuf) {
         let d = self.dir.path();
         let ext = format!("{name}.ext");
         std::fs::write(
             d.join(&ext),
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\nsubjectAltName={alt_names}\n"
+            ),
         )
         .expect("write extensions");
         let (key, csr, crt) = (

@@ -1,15 +1,10 @@
-// The page's only script: copy buttons, and the status figures refreshed
-// from /api/v1/status every few seconds (the page itself is complete
-// without it). Labels come from the server-rendered page, in its language.
+// The page's only script: copy buttons, and the live part (status,
+// downloads, pulls) refreshed from /ui/live every few seconds (the page
+// itself is complete without it).
 "use strict";
 (function () {
   var POLL_MS = 5000;
 
-  function human(n) {
-    var u = ["B", "KiB", "MiB", "GiB", "TiB"], i = 0;
-    while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
-    return (i === 0 ? n : n.toFixed(1)) + " " + u[i];
-  }
   function set(id, text) {
     var el = document.getElementById(id);
     if (el) { el.textContent = text; }
@@ -38,37 +33,18 @@
     document.body.removeChild(ta);
   }
 
-  function render(s) {
-    var c = s.cache;
-    set("st-bytes", human(c.bytes) + (c.max_size ? " / " + human(c.max_size) : ""));
-    var bar = document.getElementById("st-bar");
-    if (bar) { bar.style.width = c.max_size ? Math.min(100, 100 * c.bytes / c.max_size) + "%" : "0"; }
-    set("st-blobs", String(c.blobs));
-    set("st-manifests", String(c.manifests));
-    set("st-tags", String(c.tags));
-    set("st-repositories", String(c.repositories));
-    set("st-hits", String(s.lookups.hits));
-    set("st-misses", String(s.lookups.misses));
-    var total = s.lookups.hits + s.lookups.misses;
-    set("st-ratio", total ? (100 * s.lookups.hits / total).toFixed(1) + "%" : "-");
-    set("st-from-cache", human(s.bytes_served.cache));
-    set("st-from-upstream", human(s.bytes_served.upstream));
-    set("st-downloads", String(s.downloads_in_flight));
-    s.upstreams.forEach(function (u, i) {
-      var el = document.getElementById("up-" + i);
-      if (!el) { return; }
-      el.className = u.circuit_open ? "bad" : "ok";
-      el.textContent = el.getAttribute(u.circuit_open ? "data-open" : "data-closed");
-      set("up-rl-" + i, u.ratelimit_remaining === null ? "-" :
-        u.ratelimit_remaining + " / " + u.ratelimit_limit);
-    });
-    set("st-updated", new Date().toLocaleTimeString());
-  }
-
+  // The server renders the live part (in the page's language); the
+  // script only puts it in place, so there is one rendering of it.
   function poll() {
-    fetch("/api/v1/status", { cache: "no-store", credentials: "same-origin" })
-      .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
-      .then(render)
+    var live = document.getElementById("live");
+    if (!live) { return; }
+    var lang = live.getAttribute("data-lang") || "en";
+    fetch("/ui/live?lang=" + encodeURIComponent(lang), { cache: "no-store", credentials: "same-origin" })
+      .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.text(); })
+      .then(function (html) {
+        live.innerHTML = html;
+        set("st-updated", new Date().toLocaleTimeString());
+      })
       .catch(function () { set("st-updated", "-"); })
       .then(function () { setTimeout(poll, POLL_MS); });
   }

@@ -1,7 +1,8 @@
 //! Runs a private Docker daemon (dockerd 20.10 with its own containerd, vfs
-//! storage, no networking) whose `registry-mirrors` names a given mirror, and
-//! drives it with the `docker` CLI. Everything lives under one short temp
-//! directory; drop stops the processes by PID and removes their mounts.
+//! storage, no networking) whose `registry-mirrors` names a given mirror (or
+//! that pulls from it as a plain registry), and drives it with the `docker`
+//! CLI. Everything lives under one short temp directory; drop stops the
+//! processes by PID and removes their mounts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -20,17 +21,23 @@ impl DockerDaemon {
     /// Starts dockerd with `mirror_url` (e.g. `http://127.0.0.1:5000`) as its
     /// only registry mirror and waits (bounded) until `docker info` answers.
     pub fn start(mirror_url: &str) -> DockerDaemon {
-        let dir = tempfile::Builder::new()
-            .prefix("ptd")
-            .tempdir_in("/tmp")
-            .expect("tempdir in /tmp");
         let host = mirror_url
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .trim_end_matches('/');
+        DockerDaemon::start_with(&[mirror_url], &[host])
+    }
+
+    /// Starts dockerd with these `registry-mirrors` (maybe none) and
+    /// `insecure-registries` (`host:port`, reached over plain HTTP).
+    pub fn start_with(mirrors: &[&str], insecure: &[&str]) -> DockerDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("ptd")
+            .tempdir_in("/tmp")
+            .expect("tempdir in /tmp");
         let config = serde_json::json!({
-            "registry-mirrors": [mirror_url],
-            "insecure-registries": [host],
+            "registry-mirrors": mirrors,
+            "insecure-registries": insecure,
             "storage-driver": "vfs",
             "iptables": false,
             "ip6tables": false,

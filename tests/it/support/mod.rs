@@ -7,18 +7,22 @@
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod containerd;
 pub mod deploy;
 pub mod docker;
+pub mod hosts;
 pub mod hub;
 pub mod metrics;
 pub mod mirror;
 pub mod oci_layout;
 pub mod oras;
+pub mod podman;
 pub mod process;
 pub mod proxies;
 pub mod registry;
 pub mod rgw;
 pub mod tcp_proxy;
+pub mod two_registries;
 
 use sha2::{Digest as _, Sha256};
 use std::net::TcpListener;

@@ -293,7 +293,8 @@ pub fn layout_digest(oci_dir: &Path, tag: &str) -> String {
 }
 
 /// Parses `127.0.0.1 - - [date] "GET /v2/x/blobs/sha256:… HTTP/1.1" 200 123 "" "agent"`.
-fn parse_access_line(line: &str) -> Option<Request> {
+/// One access-log line (`… "GET /v2/… HTTP/1.1" 200 …`), if it is one.
+pub fn parse_access_line(line: &str) -> Option<Request> {
     let (_, rest) = line.split_once("] \"")?;
     let (request, rest) = rest.split_once("\" ")?;
     let mut parts = request.split(' ');

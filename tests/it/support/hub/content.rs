@@ -135,6 +135,13 @@ impl Store {
     }
 
     /// Sorted tags of `repo`, or `None` if nothing was ever tagged there.
+    /// Repositories with at least one tag, sorted.
+    pub fn repositories(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tags.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     pub fn tags(&self, repo: &str) -> Option<Vec<String>> {
         self.tags.get(repo).map(|t| t.keys().cloned().collect())
     }

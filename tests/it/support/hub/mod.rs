@@ -54,6 +54,8 @@ pub enum Kind {
     TagsList,
     /// Referrers API requests.
     Referrers,
+    /// Search API requests (`/v1/search`, Docker Hub's index API).
+    Search,
 }
 
 /// Which part of the hub a request reached.
@@ -221,15 +223,25 @@ impl Hub {
     /// Pushes an OCI image with random layers of the given sizes; each call
     /// makes different (but reproducible) bytes.
     pub fn push_image(&self, repo: &str, tag: &str, layer_sizes: &[usize]) -> TestImage {
+        self.push_image_on(repo, tag, &[], layer_sizes)
+    }
+
+    /// Pushes an image whose first layers are `kept` (already in `repo`)
+    /// and the rest new random layers of the given sizes, with a new
+    /// config: a tag moving to a rebuilt image that shares its base.
+    pub fn push_image_on(
+        &self,
+        repo: &str,
+        tag: &str,
+        kept: &[(String, Bytes)],
+        layer_sizes: &[usize],
+    ) -> TestImage {
         let seed = self.next_seed();
-        let layers: Vec<(String, Bytes)> = layer_sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &size)| {
-                let bytes = content::random_bytes(seed ^ ((i as u64 + 1) << 32), size);
-                (self.put_blob(repo, bytes.clone()), bytes)
-            })
-            .collect();
+        let new_layers = layer_sizes.iter().enumerate().map(|(i, &size)| {
+            let bytes = content::random_bytes(seed ^ ((i as u64 + 1) << 32), size);
+            (self.put_blob(repo, bytes.clone()), bytes)
+        });
+        let layers: Vec<(String, Bytes)> = kept.iter().cloned().chain(new_layers).collect();
         let config_bytes = content::config_bytes(seed, &layers);
         let config = (self.put_blob(repo, config_bytes.clone()), config_bytes);
         let manifest_bytes = content::image_manifest(&config, &layers);
@@ -271,6 +283,14 @@ impl Hub {
     /// Manifest GETs served to tokens of this account.
     pub fn account_pulls(&self, user: &str) -> u64 {
         lock(&self.state.accounts).get(user).map_or(0, |a| a.pulls)
+    }
+
+    /// The `ratelimit-remaining` the next manifest answers announce
+    /// (each GET then spends one, HEADs none).
+    pub fn set_ratelimit_remaining(&self, remaining: u64) {
+        self.state
+            .ratelimit_remaining
+            .store(remaining, Ordering::Relaxed);
     }
 
     pub fn count(&self, kind: Kind) -> u64 {

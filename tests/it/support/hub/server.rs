@@ -208,6 +208,46 @@ fn parse_route(rest: &str) -> Option<Route<'_>> {
     Some(Route::Blob { name, digest })
 }
 
+/// Docker Hub's search API (anonymous, on its index host): tagged
+/// repositories whose name contains `q`, official images (`library/`)
+/// named without their namespace, at most `n` of them.
+fn search(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    state.counters.add(Kind::Search, 1);
+    let (mut term, mut n) = (String::new(), 25usize);
+    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match &*k {
+            "q" => term = v.to_lowercase(),
+            "n" => n = v.parse().unwrap_or(25),
+            _ => {}
+        }
+    }
+    let results: Vec<serde_json::Value> = lock(&state.store)
+        .repositories()
+        .into_iter()
+        .filter(|name| !term.is_empty() && name.contains(&term))
+        .take(n)
+        .map(|name| {
+            let official = name.strip_prefix("library/");
+            serde_json::json!({
+                "name": official.unwrap_or(&name),
+                "description": format!("stand-in image {name}"),
+                "star_count": 7,
+                "is_official": official.is_some(),
+                "is_automated": false,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "num_pages": 1,
+        "num_results": results.len(),
+        "page_size": n,
+        "page": 1,
+        "query": term,
+        "results": results,
+    });
+    json(StatusCode::OK, body.to_string().into_bytes())
+}
+
 async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -216,6 +256,9 @@ async fn registry(state: &State, req: &Request<Incoming>) -> Response<Body> {
             "UNSUPPORTED",
             "read-only hub",
         );
+    }
+    if path == "/v1/search" {
+        return search(state, req);
     }
     if path == "/v2/" || path == "/v2" {
         if auth::authorized(state, req, None) {
@@ -446,7 +489,13 @@ fn manifest(
         .header(header::ETAG, format!("\"{digest}\""))
         .header("docker-distribution-api-version", "registry/2.0");
     if head {
-        return builder.body(empty()).expect("response");
+        // Docker Hub's HEADs carry the figures too, without costing a pull.
+        let remaining = state.ratelimit_remaining.load(Ordering::Relaxed);
+        return builder
+            .header("ratelimit-limit", "100;w=21600")
+            .header("ratelimit-remaining", format!("{remaining};w=21600"))
+            .body(empty())
+            .expect("response");
     }
     let remaining = match account.and_then(|user| {
         let mut accounts = lock(&state.accounts);
