@@ -23,7 +23,9 @@
 //!
 //! The one further tier today is [`S3Tier`] (`storage = "s3://…"`): a
 //! bucket on an S3-compatible store, shared by replicas, signed with our
-//! own SigV4 over the same reqwest client stack as the upstreams.
+//! own SigV4 over the same reqwest client stack as the upstreams. Besides
+//! content it keeps tag mappings (`shared_tags`), can presign redirects
+//! (`s3_redirect`), and is listed by the offline commands (`bucket`).
 
 mod blobs;
 mod bucket;
