@@ -252,7 +252,7 @@ impl Metrics {
             tier_lookups: counter_vec(
                 &r,
                 "tier_lookups_total",
-                "Blob lookups in a further tier (the object store) after a local miss, by result (hit, miss, error, skipped while failing).",
+                "Content lookups (blobs and manifests) in a further tier (the object store) after a local miss, by result (hit, miss, error, skipped while failing).",
                 &["tier", "result"],
             ),
             tier_uploads: counter_vec(
