@@ -1,9 +1,16 @@
 //! The cache commands: `gc`, `cache stats` and `cache ls`. They open the
 //! cache directly; while a running mirror holds it, `gc` refuses and
-//! `cache stats|ls` ask that mirror's admin API instead (`remote`).
+//! `cache stats|ls` ask that mirror's admin API instead (`remote`). With a
+//! storage configured, `bucket` adds what the shared bucket holds.
 
 pub mod address;
+mod bucket;
 pub mod remote;
+
+pub use bucket::{
+    gc as gc_with_bucket, list as list_with_bucket, stats as stats_with_bucket, BucketStats,
+    GcBucket,
+};
 
 use crate::cache::{self, Budget, CacheError, ContentStore, Index};
 use crate::oci::Digest;
@@ -19,6 +26,8 @@ pub enum AdminError {
     InUse(String),
     #[error("cannot open the cache at {dir}: {source}")]
     Open { dir: String, source: CacheError },
+    #[error("cannot read the bucket: {0}")]
+    Bucket(String),
     #[error("the cache at {dir} is in use by a running pullthrough, whose admin API cannot be reached: {reason}")]
     Unreachable { dir: String, reason: String },
     #[error("the running pullthrough at {url} answered HTTP {status}{hint}")]
@@ -50,6 +59,9 @@ pub struct GcReport {
     pub removed_temp: u64,
     pub reconcile: cache::ReconcileReport,
     pub eviction: Option<cache::EvictionReport>,
+    /// With a storage configured: the bucket beside what is left locally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<GcBucket>,
 }
 
 /// What eviction must keep, found from an open cache (pinned warm sets).
@@ -84,6 +96,7 @@ pub fn gc(
         removed_temp,
         reconcile,
         eviction,
+        bucket: None,
     })
 }
 
@@ -119,6 +132,18 @@ pub fn render_gc(r: &GcReport) -> String {
             );
         }
     }
+    if let Some(b) = &r.bucket {
+        for (k, v) in bucket::render(&b.stats) {
+            let _ = writeln!(out, "{k}: {v}");
+        }
+        if r.eviction.is_some() {
+            let _ = writeln!(
+                out,
+                "eviction removed local copies only: {} of them stay in the bucket",
+                b.evicted_in_bucket
+            );
+        }
+    }
     out
 }
 
@@ -131,6 +156,9 @@ pub struct Stats {
     pub repositories: u64,
     /// Unix seconds of the least recently used entry.
     pub oldest_access: Option<u64>,
+    /// With a storage configured (`cache stats` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketStats>,
 }
 
 /// `cache stats`: from the files, or from the running mirror that holds
@@ -184,7 +212,7 @@ pub fn stats_of(index: &Index) -> Stats {
 }
 
 pub fn render_stats(s: &Stats) -> String {
-    let rows = [
+    let mut rows = vec![
         ("bytes", format!("{} ({})", s.bytes, human_bytes(s.bytes))),
         ("blobs", s.blobs.to_string()),
         ("manifests", s.manifests.to_string()),
@@ -195,6 +223,9 @@ pub fn render_stats(s: &Stats) -> String {
             s.oldest_access.map_or_else(|| "-".to_owned(), ago),
         ),
     ];
+    if let Some(b) = &s.bucket {
+        rows.extend(bucket::render(b));
+    }
     table(
         &["", ""],
         rows.iter()
@@ -217,6 +248,10 @@ pub struct TagRow {
     pub size: u64,
     /// Unix seconds when the tag's manifest was last served.
     pub last_used: Option<u64>,
+    /// With a storage configured (`cache ls` only): `local`,
+    /// `local+bucket` or `bucket`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 pub fn list(dir: &Path, repo: Option<&str>) -> Result<Vec<TagRow>, AdminError> {
@@ -244,6 +279,7 @@ pub fn list_of(store: &dyn ContentStore, index: &Index, repo: Option<&str>) -> V
             digest: record.digest.to_string(),
             size,
             last_used,
+            location: None,
         };
         rows.push((row, record.checked_at));
     }
@@ -303,31 +339,36 @@ pub fn render_list(rows: &[TagRow]) -> String {
     if rows.is_empty() {
         return "no cached tags\n".to_owned();
     }
+    let located = rows.iter().any(|r| r.location.is_some());
     let body = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.upstream.clone(),
                 r.repository.clone(),
                 r.tag.clone(),
                 r.digest.get(..19).unwrap_or(&r.digest).to_owned(),
                 human_bytes(r.size),
                 r.last_used.map_or_else(|| "-".to_owned(), ago),
-            ]
+            ];
+            if located {
+                row.push(r.location.clone().unwrap_or_else(|| "-".to_owned()));
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "UPSTREAM",
-            "REPOSITORY",
-            "TAG",
-            "DIGEST",
-            "SIZE",
-            "LAST USED",
-        ],
-        body,
-        true,
-    )
+    let mut header = vec![
+        "UPSTREAM",
+        "REPOSITORY",
+        "TAG",
+        "DIGEST",
+        "SIZE",
+        "LAST USED",
+    ];
+    if located {
+        header.push("WHERE");
+    }
+    table(&header, body, true)
 }
 
 /// Left-aligned columns separated by two spaces.

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub tier_corrupt: IntCounterVec,
     pub tier_bytes: IntCounterVec,
     pub tier_failing: IntGaugeVec,
+    pub tier_last_error: IntGaugeVec,
+    pub tier_redirects: IntCounterVec,
     pub client_limited: IntCounterVec,
     pub warm_images: IntGaugeVec,
     pub warm_images_ready: IntGaugeVec,
@@ -250,7 +252,7 @@ impl Metrics {
             tier_lookups: counter_vec(
                 &r,
                 "tier_lookups_total",
-                "Blob lookups in a further tier (the object store) after a local miss, by result (hit, miss, error, skipped while failing).",
+                "Content lookups (blobs and manifests) in a further tier (the object store) after a local miss, by result (hit, miss, error, skipped while failing).",
                 &["tier", "result"],
             ),
             tier_uploads: counter_vec(
@@ -281,6 +283,18 @@ impl Metrics {
                 &r,
                 "tier_failing",
                 "1 while a further tier is failing (lookups skip it for a few seconds at a time).",
+                &["tier"],
+            ),
+            tier_redirects: counter_vec(
+                &r,
+                "tier_redirects_total",
+                "Blob GETs answered with a 307 to a presigned URL of a further tier (s3_redirect).",
+                &["tier"],
+            ),
+            tier_last_error: gauge_vec(
+                &r,
+                "tier_last_error_timestamp_seconds",
+                "When a further tier last failed a call (Unix seconds; 0 if never).",
                 &["tier"],
             ),
             client_limited: counter_vec(

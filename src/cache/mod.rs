@@ -23,23 +23,28 @@
 //!
 //! The one further tier today is [`S3Tier`] (`storage = "s3://…"`): a
 //! bucket on an S3-compatible store, shared by replicas, signed with our
-//! own SigV4 over the same reqwest client stack as the upstreams.
+//! own SigV4 over the same reqwest client stack as the upstreams. Besides
+//! content it keeps tag mappings (`shared_tags`), can presign redirects
+//! (`s3_redirect`), and is listed by the offline commands (`bucket`).
 
 mod blobs;
+mod bucket;
 mod eviction;
 mod index;
 mod reconcile;
 mod s3;
+mod shared_tags;
 mod sigv4;
 mod store;
 mod usage;
 
 pub use blobs::{BlobStore, TempBlob};
+pub use bucket::{Bucket, BucketInventory};
 pub use eviction::{evict, spawn_evictor, Budget, EvictionReport};
 pub use index::{ContentRecord, Index, TagKey, TagRecord};
 pub use reconcile::{reconcile, ReconcileReport};
 pub use s3::S3Tier;
-pub use store::{ContentStore, StoredFile, Tier};
+pub use store::{ContentStore, StoredFile, Tier, TierHealth};
 pub use usage::{CacheUsage, Lease};
 
 use crate::metrics::Metrics;

@@ -12,6 +12,12 @@
 //!   digest (so the store checks the upload too), or a multipart upload
 //!   for blobs over [`MULTIPART_THRESHOLD`].
 //! - `remove`: a DELETE of a copy that failed its digest.
+//! - `get_tag`, `put_tag`: tag mappings as small JSON objects under
+//!   `PREFIX/tags/…` ([`super::shared_tags`]), so a replica with an empty
+//!   disk answers a tag (stale, through an outage) as the others would.
+//!
+//! Manifests are stored like blobs, with their upstream media type as the
+//! object's `Content-Type`, which a GET hands back.
 //!
 //! The store failing never fails a pull: an error or timeout is counted
 //! (`tier_errors_total`), logged once when the store starts failing (and
@@ -19,7 +25,7 @@
 //! a failure, lookups and uploads skip the store rather than wait on it.
 
 use super::sigv4::{self, Signer};
-use super::CacheError;
+use super::{shared_tags, CacheError, TagKey, TagRecord};
 use crate::config::S3Settings;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -34,7 +40,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use url::Url;
 
-use super::store::{Tier, TierBody};
+use super::store::{Tier, TierBody, TierHealth};
 
 const NAME: &str = "s3";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -55,6 +61,10 @@ const MAX_UPLOADS: usize = 4;
 const COOLDOWN: Duration = Duration::from_secs(5);
 /// Error bodies are read this far for their `<Code>`.
 const ERROR_BODY_MAX: usize = 4096;
+/// How long a presigned redirect stays valid: long enough for a client
+/// to follow it at once, short enough that a leaked URL soon dies. S3
+/// checks it when the GET starts, so a slow download is not cut off.
+pub const REDIRECT_EXPIRY: Duration = Duration::from_secs(300);
 /// Read size when streaming a local file to the store.
 const FILE_CHUNK: usize = 256 * 1024;
 
@@ -78,6 +88,8 @@ struct Health {
 struct HealthState {
     failing: bool,
     skip_until: Option<Instant>,
+    errors: u64,
+    last_error: Option<(u64, &'static str)>,
 }
 
 impl Health {
@@ -87,10 +99,11 @@ impl Health {
             tracing::info!(tier = NAME, "object store answering again");
             self.metrics.tier_failing.with_label_values(&[NAME]).set(0);
         }
-        *s = HealthState::default();
+        s.failing = false;
+        s.skip_until = None;
     }
 
-    fn fail(&self, op: &str, error: &str) {
+    fn fail(&self, op: &'static str, error: &str) {
         self.metrics
             .tier_errors
             .with_label_values(&[NAME, op])
@@ -109,6 +122,24 @@ impl Health {
         }
         s.failing = true;
         s.skip_until = Some(Instant::now() + COOLDOWN);
+        s.errors += 1;
+        let now = super::unix_now();
+        s.last_error = Some((now, op));
+        self.metrics
+            .tier_last_error
+            .with_label_values(&[NAME])
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    fn report(&self) -> TierHealth {
+        self.state
+            .lock()
+            .map(|s| TierHealth {
+                failing: s.failing,
+                errors: s.errors,
+                last_error: s.last_error,
+            })
+            .unwrap_or_default()
     }
 
     fn skipping(&self) -> bool {
@@ -149,6 +180,7 @@ impl S3Tier {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         metrics.tier_failing.with_label_values(&[NAME]).set(0);
+        metrics.tier_last_error.with_label_values(&[NAME]).set(0);
         Ok(S3Tier {
             client,
             signer: Signer {
@@ -169,7 +201,10 @@ impl S3Tier {
 
     /// `PREFIX/blobs/sha256/<hex>`.
     pub fn key(&self, digest: &Digest) -> String {
-        let name = format!("blobs/{}/{}", digest.algorithm(), digest.hex());
+        self.prefixed(format!("blobs/{}/{}", digest.algorithm(), digest.hex()))
+    }
+
+    fn prefixed(&self, name: String) -> String {
         if self.settings.prefix.is_empty() {
             name
         } else {
@@ -271,6 +306,13 @@ impl S3Tier {
             _ => return Err(Self::refused(resp).await),
         }
         let len = resp.content_length();
+        // What the store says of objects stored without a type.
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| !matches!(*t, "binary/octet-stream" | "application/octet-stream"))
+            .map(str::to_owned);
         let (health, bytes) = (
             Arc::clone(&self.health),
             self.metrics.tier_bytes.with_label_values(&[NAME, "read"]),
@@ -292,7 +334,11 @@ impl S3Tier {
                 }
             })
             .boxed();
-        Ok(Some(TierBody { len, stream }))
+        Ok(Some(TierBody {
+            len,
+            media_type,
+            stream,
+        }))
     }
 
     /// Whether the object is stored, with its length.
@@ -307,7 +353,12 @@ impl S3Tier {
         }
     }
 
-    async fn upload(&self, digest: &Digest, path: PathBuf) -> Result<&'static str, Failure> {
+    async fn upload(
+        &self,
+        digest: &Digest,
+        path: PathBuf,
+        media_type: Option<&str>,
+    ) -> Result<&'static str, Failure> {
         let key = self.key(digest);
         let file = tokio::fs::File::open(&path).await?;
         let len = file.metadata().await?.len();
@@ -317,7 +368,8 @@ impl S3Tier {
         if len > MULTIPART_THRESHOLD {
             self.upload_parts(&key, file, len).await?;
         } else {
-            self.upload_whole(&key, file, len, digest).await?;
+            self.upload_whole(&key, file, len, digest, media_type)
+                .await?;
         }
         self.metrics
             .tier_bytes
@@ -334,16 +386,16 @@ impl S3Tier {
         file: tokio::fs::File,
         len: u64,
         digest: &Digest,
+        media_type: Option<&str>,
     ) -> Result<(), Failure> {
         let url = self.url(key, "")?;
         let length = len.to_string();
+        let mut headers = vec![("content-length", length.as_str())];
+        if let Some(media_type) = media_type {
+            headers.push(("content-type", media_type));
+        }
         let req = self
-            .request(
-                reqwest::Method::PUT,
-                url,
-                &[("content-length", &length)],
-                digest.hex(),
-            )
+            .request(reqwest::Method::PUT, url, &headers, digest.hex())
             .body(reqwest::Body::wrap_stream(file_stream(file, len)));
         let resp = Self::send(req, PUT_TIMEOUT).await?;
         if !resp.status().is_success() {
@@ -444,6 +496,90 @@ impl S3Tier {
         Ok(())
     }
 
+    /// A small object whole, or `None` on 404.
+    async fn get_small(&self, key: &str, max: usize) -> Result<Option<Vec<u8>>, Failure> {
+        let url = self.url(key, "")?;
+        let req = self.request(reqwest::Method::GET, url, &[], sigv4::EMPTY_SHA256);
+        let resp = Self::send(req, ANSWER_TIMEOUT).await?;
+        match resp.status() {
+            s if s.is_success() => {}
+            reqwest::StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(Self::refused(resp).await),
+        }
+        if resp.content_length().is_some_and(|l| l > max as u64) {
+            return Err(Failure(format!("{key} is larger than {max} bytes")));
+        }
+        read_small(resp).await.map(Some)
+    }
+
+    /// A small object from memory, checked by the store against its hash.
+    async fn put_small(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), Failure> {
+        let url = self.url(key, "")?;
+        let (length, hash) = (body.len().to_string(), hex::encode(Sha256::digest(&body)));
+        let headers = [
+            ("content-length", length.as_str()),
+            ("content-type", content_type),
+        ];
+        let req = self
+            .request(reqwest::Method::PUT, url, &headers, &hash)
+            .body(body);
+        let resp = Self::send(req, ANSWER_TIMEOUT).await?;
+        if !resp.status().is_success() {
+            return Err(Self::refused(resp).await);
+        }
+        Ok(())
+    }
+
+    /// One page of a ListObjectsV2 of the keys under `PREFIX/<under>`,
+    /// after `token`: the raw XML (see [`super::bucket`]).
+    pub(super) async fn list_page(
+        &self,
+        under: &str,
+        token: Option<&str>,
+    ) -> Result<Vec<u8>, String> {
+        let prefix = self.prefixed(under.to_owned());
+        let mut query = format!("list-type=2&prefix={}", sigv4::uri_encode(&prefix, false));
+        if let Some(token) = token {
+            query.push_str(&format!(
+                "&continuation-token={}",
+                sigv4::uri_encode(token, false)
+            ));
+        }
+        let url = self.url("", &query).map_err(|f| f.0)?;
+        let req = self.request(reqwest::Method::GET, url, &[], sigv4::EMPTY_SHA256);
+        let resp = Self::send(req, ANSWER_TIMEOUT).await.map_err(|f| f.0)?;
+        if !resp.status().is_success() {
+            return Err(Self::refused(resp).await.0);
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = tokio::time::timeout(READ_TIMEOUT, stream.next())
+            .await
+            .map_err(|_| "the listing stalled".to_owned())?
+        {
+            body.extend_from_slice(&chunk.map_err(|e| Failure::from(e).0)?);
+            // 1,000 keys a page, a few hundred bytes each.
+            if body.len() > 8 * 1024 * 1024 {
+                return Err("the listing page is too long".into());
+            }
+        }
+        Ok(body)
+    }
+
+    /// A tag object's mapping, read directly (for the offline commands).
+    pub(super) async fn read_tag(&self, object: &str, key: &TagKey) -> Option<TagRecord> {
+        let body = self
+            .get_small(object, shared_tags::MAX_TAG_OBJECT)
+            .await
+            .ok()??;
+        shared_tags::decode(key, &body)
+    }
+
+    /// The tier's prefix, with a trailing `/` unless empty.
+    pub(super) fn prefix_dir(&self) -> String {
+        self.prefixed(String::new())
+    }
+
     async fn delete(&self, digest: &Digest) -> Result<(), Failure> {
         let url = self.url(&self.key(digest), "")?;
         let req = self.request(reqwest::Method::DELETE, url, &[], sigv4::EMPTY_SHA256);
@@ -459,6 +595,10 @@ impl S3Tier {
 impl Tier for S3Tier {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn health(&self) -> TierHealth {
+        self.health.report()
     }
 
     fn get<'a>(
@@ -496,6 +636,7 @@ impl Tier for S3Tier {
         &'a self,
         digest: &'a Digest,
         path: PathBuf,
+        media_type: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), CacheError>> {
         async move {
             let uploads = |result: &str| {
@@ -511,7 +652,7 @@ impl Tier for S3Tier {
                 uploads("skipped");
                 return Ok(());
             }
-            match self.upload(digest, path).await {
+            match self.upload(digest, path, media_type).await {
                 Ok(result) => {
                     self.health.ok();
                     uploads(result);
@@ -535,6 +676,79 @@ impl Tier for S3Tier {
                 Err(Failure(e)) => self.health.fail("delete", &e),
             }
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn get_tag<'a>(&'a self, key: &'a TagKey) -> BoxFuture<'a, Option<TagRecord>> {
+        async move {
+            if self.health.skipping() {
+                return None;
+            }
+            let object = self.prefixed(shared_tags::object_name(key));
+            match self.get_small(&object, shared_tags::MAX_TAG_OBJECT).await {
+                Ok(body) => {
+                    self.health.ok();
+                    let record = shared_tags::decode(key, &body?);
+                    if record.is_none() {
+                        tracing::warn!(
+                            object,
+                            "tag object in the store is not this tag's; ignoring it"
+                        );
+                    }
+                    record
+                }
+                Err(Failure(e)) => {
+                    self.health.fail("get_tag", &e);
+                    None
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn redirects(&self) -> bool {
+        self.settings.redirect
+    }
+
+    fn presign<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Option<Url>> {
+        async move {
+            if !self.settings.redirect || self.health.skipping() {
+                return None;
+            }
+            let key = self.key(digest);
+            // Only what is really there: a redirect to a 404 fails the pull.
+            let stored = match self.head(&key).await {
+                Ok(stored) => {
+                    self.health.ok();
+                    stored
+                }
+                Err(Failure(e)) => {
+                    self.health.fail("head", &e);
+                    None
+                }
+            };
+            stored?;
+            let url = self.url(&key, "").ok()?;
+            Some(
+                self.signer
+                    .presign("GET", &url, REDIRECT_EXPIRY, SystemTime::now()),
+            )
+        }
+        .boxed()
+    }
+
+    fn put_tag<'a>(&'a self, key: &'a TagKey, record: &'a TagRecord) -> BoxFuture<'a, ()> {
+        async move {
+            if self.health.skipping() {
+                return;
+            }
+            let object = self.prefixed(shared_tags::object_name(key));
+            let body = shared_tags::encode(key, record);
+            match self.put_small(&object, body, "application/json").await {
+                Ok(()) => self.health.ok(),
+                Err(Failure(e)) => self.health.fail("put_tag", &e),
+            }
         }
         .boxed()
     }
@@ -615,6 +829,7 @@ mod tests {
             access_key_id: "AK".into(),
             secret_access_key: Secret::new("SK".into()),
             session_token: None,
+            redirect: false,
         };
         S3Tier::new(settings, Metrics::new()).unwrap()
     }

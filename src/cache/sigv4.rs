@@ -183,7 +183,6 @@ impl Signer {
 
     /// `url` presigned for `method` (only `host` signed, payload unsigned),
     /// valid for `expires` from `now`.
-    #[allow(dead_code)] // for the redirect mode; tested below
     pub fn presign(&self, method: &str, url: &Url, expires: Duration, now: SystemTime) -> Url {
         let (stamp, date) = amz_dates(now);
         let mut url = url.clone();

@@ -1,7 +1,7 @@
 //! The storage seams: [`ContentStore`] for the local tier readers tail, and
 //! [`Tier`] for further tiers looked up after it (see the module tour).
 
-use super::{BlobStore, CacheError, CacheUsage, TempBlob};
+use super::{BlobStore, CacheError, CacheUsage, TagKey, TagRecord, TempBlob};
 use crate::oci::Digest;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -123,7 +123,22 @@ impl ContentStore for BlobStore {
 /// Bytes a tier answered with, to be verified as they are written locally.
 pub struct TierBody {
     pub len: Option<u64>,
+    /// The media type stored with the object (a manifest's, as its
+    /// upstream served it); `None` for plain bytes.
+    pub media_type: Option<String>,
     pub stream: BoxStream<'static, Result<Bytes, CacheError>>,
+}
+
+/// How a further tier has been doing, for `/readyz`: a failing tier
+/// never makes the replica unready, but an operator should see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TierHealth {
+    /// Failing now: calls skip it for a few seconds at a time.
+    pub failing: bool,
+    /// Failed calls since start.
+    pub errors: u64,
+    /// When the last call failed (Unix seconds), and which operation.
+    pub last_error: Option<(u64, &'static str)>,
 }
 
 /// A further tier below the local one (an object store shared by
@@ -132,16 +147,29 @@ pub struct TierBody {
 pub trait Tier: Send + Sync {
     /// For logs and metric labels.
     fn name(&self) -> &'static str;
+    /// Errors so far, and whether the tier is failing now.
+    fn health(&self) -> TierHealth;
     /// The blob's bytes, or `None` if this tier does not have it.
     fn get<'a>(&'a self, digest: &'a Digest)
         -> BoxFuture<'a, Result<Option<TierBody>, CacheError>>;
     /// Stores a verified local blob (called in the background after a
-    /// download from the upstream).
+    /// download from the upstream), with its media type for manifests.
     fn put<'a>(
         &'a self,
         digest: &'a Digest,
         path: PathBuf,
+        media_type: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), CacheError>>;
     /// Deletes a blob that failed verification when read from this tier.
     fn remove<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), CacheError>>;
+    /// The last mapping of a tag that any replica recorded here, so a
+    /// replica that lacks it answers the tag as the one that has it would.
+    fn get_tag<'a>(&'a self, key: &'a TagKey) -> BoxFuture<'a, Option<TagRecord>>;
+    /// Records a tag's mapping for the other replicas (in the background).
+    fn put_tag<'a>(&'a self, key: &'a TagKey, record: &'a TagRecord) -> BoxFuture<'a, ()>;
+    /// Whether clients are sent to this tier for blobs it holds.
+    fn redirects(&self) -> bool;
+    /// A short-lived URL a client may GET the blob from directly, if this
+    /// tier redirects and holds the blob.
+    fn presign<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Option<url::Url>>;
 }

@@ -2,7 +2,9 @@
 //! at or repaired from its files, or (stats, ls, check) through the admin
 //! API of the mirror running on it.
 
-use super::{offline_config, print_report, runtime, CacheArgs, Failure, Outcome, Threads};
+use super::{
+    bucket_config, offline_config, print_report, runtime, CacheArgs, Failure, Outcome, Threads,
+};
 use pullthrough::admin::{self, human_bytes, table};
 use pullthrough::oci::{ImageRef, Platforms};
 use pullthrough::warm::CheckReport;
@@ -50,7 +52,7 @@ pub struct CheckArgs {
 }
 
 pub fn gc(args: GcArgs) -> Outcome {
-    let config = offline_config(&args.cache, args.max_size)?;
+    let config = bucket_config(&args.cache, args.max_size)?;
     // Tags younger than the longest tag_ttl are still being served.
     let protect = config
         .upstreams
@@ -59,12 +61,13 @@ pub fn gc(args: GcArgs) -> Outcome {
         .max()
         .unwrap_or_default();
     let pinned = pullthrough::server::offline_pins(&config).map_err(Failure::setup)?;
-    let report = admin::gc(
+    let report = admin::gc_with_bucket(
         &config.cache_dir,
         config.max_size,
         protect,
         args.dry_run,
         &pinned,
+        config.storage.as_ref(),
     )
     .map_err(Failure::work)?;
     print_report(&report, args.cache.json, false, admin::render_gc);
@@ -74,14 +77,19 @@ pub fn gc(args: GcArgs) -> Outcome {
 pub fn run(command: CacheCommand) -> Outcome {
     match command {
         CacheCommand::Stats(args) => {
-            let config = offline_config(&args, None)?;
-            let stats = admin::stats_here_or_running(&config.cache_dir).map_err(Failure::work)?;
+            let config = bucket_config(&args, None)?;
+            let stats = admin::stats_with_bucket(&config.cache_dir, config.storage.as_ref())
+                .map_err(Failure::work)?;
             print_report(&stats, args.json, false, admin::render_stats);
         }
         CacheCommand::Ls { repo, args } => {
-            let config = offline_config(&args, None)?;
-            let rows = admin::list_here_or_running(&config.cache_dir, repo.as_deref())
-                .map_err(Failure::work)?;
+            let config = bucket_config(&args, None)?;
+            let rows = admin::list_with_bucket(
+                &config.cache_dir,
+                repo.as_deref(),
+                config.storage.as_ref(),
+            )
+            .map_err(Failure::work)?;
             print_report(&rows, args.json, false, |rows| admin::render_list(rows));
         }
         CacheCommand::Check(args) => return check(args),

@@ -8,7 +8,7 @@ pub mod serve;
 pub mod warm;
 
 use clap::ValueEnum;
-use pullthrough::config::{Config, Overrides};
+use pullthrough::config::{AwsEnv, Config, Overrides};
 use std::fmt::Display;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,8 @@ use std::process::ExitCode;
 /// the mirror running on it), flattened into each.
 #[derive(clap::Args)]
 pub struct CacheArgs {
-    /// TOML config file (for cache_dir).
+    /// TOML config file (for cache_dir, max_size, and a storage whose bucket
+    /// is listed beside the local tier).
     #[arg(long, env = "PULLTHROUGH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Cache directory [default: ./pullthrough-cache].
@@ -94,6 +95,19 @@ pub fn offline_config(args: &CacheArgs, max_size: Option<String>) -> Result<Conf
         cache_dir: args.cache_dir.clone(),
         max_size,
         ignore_storage: true,
+        ..Overrides::default()
+    };
+    load_config(args.config.as_deref(), &overrides)
+}
+
+/// The config `gc` and `cache stats|ls` read: with the storage it names
+/// (and the `AWS_*` variables), so what stays in the bucket is listed;
+/// eviction stays local.
+pub fn bucket_config(args: &CacheArgs, max_size: Option<String>) -> Result<Config, Failure> {
+    let overrides = Overrides {
+        cache_dir: args.cache_dir.clone(),
+        max_size,
+        aws: AwsEnv::from_process(),
         ..Overrides::default()
     };
     load_config(args.config.as_deref(), &overrides)

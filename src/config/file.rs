@@ -31,6 +31,7 @@ pub(crate) struct FileConfig {
     pub admin_read: Option<super::values::AdminRead>,
     pub client_auth_max_failures: Option<u32>,
     pub storage: Option<FileStorage>,
+    pub s3_redirect: Option<bool>,
     #[serde(default)]
     pub trusted_proxies: Vec<ProxyNet>,
     pub client_rate: Option<RequestRate>,

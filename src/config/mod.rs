@@ -295,6 +295,19 @@ impl Config {
         } else {
             storage::resolve(parsed.storage, overrides.storage.as_deref(), &overrides.aws)?
         };
+        let storage = match (storage, parsed.s3_redirect) {
+            (Some(s3), redirect) => Some(S3Settings {
+                redirect: redirect.unwrap_or(false),
+                ..s3
+            }),
+            (None, Some(true)) if !overrides.ignore_storage => {
+                return Err(invalid(
+                    "s3_redirect",
+                    "redirects go to the object store: set storage = \"s3://…\" too",
+                ))
+            }
+            (None, _) => None,
+        };
         if parsed.client_burst == Some(0) {
             return Err(invalid("client_burst", "must be at least 1"));
         }
@@ -396,6 +409,36 @@ mod tests {
         assert!(e.contains("colour"), "{e}");
         assert!(e.contains("line 2"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn s3_redirect_needs_a_storage_and_is_off_by_default() {
+        let f = write("s3_redirect = true\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3_redirect"), "{e}");
+        let offline = Overrides {
+            ignore_storage: true,
+            ..Default::default()
+        };
+        assert!(Config::load(Some(f.path()), &offline).is_ok());
+        let aws = AwsEnv {
+            access_key_id: Some("AK".into()),
+            secret_access_key: Some(Secret::new("SK".into())),
+            ..Default::default()
+        };
+        let with_storage = |text: &str| {
+            let f = write(text);
+            let o = Overrides {
+                storage: Some("s3://bucket/p".into()),
+                aws: aws.clone(),
+                ..Default::default()
+            };
+            Config::load(Some(f.path()), &o).unwrap().storage.unwrap()
+        };
+        assert!(with_storage("s3_redirect = true\n").redirect);
+        assert!(!with_storage("").redirect);
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //! access_key_id = "…"
 //! secret_access_key_file = "/run/secrets/s3"
 //! ```
+//!
+//! `s3_redirect = true` (a top-level key, beside `max_size`) answers blob
+//! GETs of content in the bucket with a 307 to a presigned URL.
 
 use super::upstream::Secret;
 use super::{invalid, ConfigError};
@@ -93,6 +96,8 @@ pub struct S3Settings {
     pub access_key_id: String,
     pub secret_access_key: Secret,
     pub session_token: Option<Secret>,
+    /// `s3_redirect`: send clients to the store for blobs it holds.
+    pub redirect: bool,
 }
 
 const DEFAULT_REGION: &str = "us-east-1";
@@ -222,6 +227,7 @@ pub(super) fn resolve(
         access_key_id,
         secret_access_key,
         session_token: aws.session_token.clone(),
+        redirect: false,
     }))
 }
 

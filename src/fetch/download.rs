@@ -424,7 +424,7 @@ impl BlobDownloads {
             let (tier, digest) = (Arc::clone(tier), digest.clone());
             let path = self.store.path(&digest);
             tokio::spawn(async move {
-                if let Err(e) = tier.put(&digest, path).await {
+                if let Err(e) = tier.put(&digest, path, None).await {
                     tracing::warn!(%digest, tier = tier.name(), error = %e, "tier upload failed");
                 }
             });
@@ -530,7 +530,9 @@ impl BlobDownloads {
             });
         }
         let (store, index, digest) = (Arc::clone(&self.store), self.index.clone(), digest.clone());
-        let private = at.upstream.has_credentials();
+        // Bytes from a shared tier are of unknown origin: another replica
+        // may have fetched them with credentials.
+        let private = !from_upstream || at.upstream.has_credentials();
         cache::blocking(move || {
             store.commit(temp, &digest)?;
             let record = ContentRecord {

@@ -1,16 +1,19 @@
-//! Manifests by digest: memory, then the local tier, then one upstream GET
-//! shared by every concurrent asker, verified before it is stored or
-//! served, and kept byte-exact with the upstream's media type.
+//! Manifests by digest: memory, then the local tier, then further tiers
+//! (the shared bucket), then one upstream GET shared by every concurrent
+//! asker; verified before it is stored or served, and kept byte-exact
+//! with the upstream's media type. What came from the upstream is put in
+//! the further tiers too, in the background.
 
 use super::accept::sniff_media_type;
 use super::misses::Misses;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
-use crate::cache::{self, unix_now, ContentRecord, ContentStore, Index};
+use crate::cache::{self, unix_now, ContentRecord, ContentStore, Index, Tier};
 use crate::coalesce::{self, Flights, Role, Slot};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, MAX_MANIFEST_BYTES};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use moka::future::Cache;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +35,7 @@ type Loaded = (Arc<Manifest>, CacheOutcome);
 pub(super) struct Manifests {
     store: Arc<dyn ContentStore>,
     index: Index,
+    tiers: Vec<Arc<dyn Tier>>,
     /// Hot manifests by digest.
     hot: Cache<Digest, Arc<Manifest>>,
     flights: Flights<Digest, Slot<Loaded, FetchError>>,
@@ -49,6 +53,7 @@ impl Manifests {
     pub fn new(
         store: Arc<dyn ContentStore>,
         index: Index,
+        tiers: Vec<Arc<dyn Tier>>,
         visibility: Visibility,
         misses: Arc<Misses>,
         metrics: Arc<Metrics>,
@@ -57,6 +62,7 @@ impl Manifests {
             misses,
             store,
             index,
+            tiers,
             visibility,
             metrics,
             hot: Cache::builder()
@@ -111,7 +117,7 @@ impl Manifests {
         if let Some(m) = self.hot.get(digest).await {
             return Ok(Some(m));
         }
-        let loaded = self.load(digest).await?;
+        let loaded = self.find(digest).await?;
         if let Some(m) = &loaded {
             self.hot.insert(digest.clone(), Arc::clone(m)).await;
         }
@@ -121,7 +127,12 @@ impl Manifests {
     /// Keeps a manifest the upstream named for a tag (fetched by tag, as
     /// registries without a digest on HEAD need).
     pub async fn remember(&self, manifest: &Arc<Manifest>, at: &Target) {
-        self.save_or_bypass(manifest, at).await;
+        if self
+            .save_or_bypass(manifest, at.upstream.has_credentials())
+            .await
+        {
+            self.upload_to_tiers(manifest);
+        }
         self.hot
             .insert(manifest.digest.clone(), Arc::clone(manifest))
             .await;
@@ -133,7 +144,7 @@ impl Manifests {
         digest: &Digest,
         accept: &str,
     ) -> Result<Loaded, FetchError> {
-        if let Some(m) = self.load(digest).await? {
+        if let Some(m) = self.find(digest).await? {
             return Ok((m, CacheOutcome::Hit));
         }
         let reference = digest.to_string();
@@ -161,8 +172,87 @@ impl Manifests {
             media_type: fetched.media_type,
             bytes: fetched.bytes,
         });
-        self.save_or_bypass(&manifest, at).await;
+        if self
+            .save_or_bypass(&manifest, at.upstream.has_credentials())
+            .await
+        {
+            self.upload_to_tiers(&manifest);
+        }
         Ok((manifest, CacheOutcome::Miss))
+    }
+
+    /// A manifest on the local disk, else in a further tier.
+    async fn find(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, FetchError> {
+        if let Some(m) = self.load(digest).await? {
+            return Ok(Some(m));
+        }
+        Ok(self.load_from_tiers(digest).await)
+    }
+
+    /// A manifest another replica put in a further tier: read whole
+    /// (bounded), verified, and kept locally. A copy that fails its digest
+    /// is deleted there; any failure is a miss.
+    async fn load_from_tiers(&self, digest: &Digest) -> Option<Arc<Manifest>> {
+        let max = MAX_MANIFEST_BYTES as u64;
+        for tier in &self.tiers {
+            let body = match tier.get(digest).await {
+                Ok(Some(body)) if body.len.is_none_or(|l| l <= max) => body,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(%digest, tier = tier.name(), error = %e, "tier lookup failed");
+                    continue;
+                }
+            };
+            let mut bytes = Vec::new();
+            let mut stream = body.stream;
+            let mut whole = true;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(chunk) if bytes.len() as u64 + chunk.len() as u64 <= max => {
+                        bytes.extend_from_slice(&chunk)
+                    }
+                    _ => {
+                        whole = false;
+                        break;
+                    }
+                }
+            }
+            if !whole {
+                continue;
+            }
+            if Digest::of(&bytes) != *digest {
+                self.metrics.digest_mismatches.inc();
+                let _ = tier.remove(digest).await;
+                continue;
+            }
+            let Some(media_type) = body.media_type.or_else(|| sniff_media_type(&bytes)) else {
+                continue;
+            };
+            let manifest = Arc::new(Manifest {
+                digest: digest.clone(),
+                media_type,
+                bytes: Bytes::from(bytes),
+            });
+            // Of unknown origin here: private until an upstream says
+            // which repositories hold it (see `visibility`).
+            self.save_or_bypass(&manifest, true).await;
+            return Some(manifest);
+        }
+        None
+    }
+
+    /// Puts a manifest fetched from the upstream into every further tier,
+    /// with its media type, in the background.
+    fn upload_to_tiers(&self, manifest: &Arc<Manifest>) {
+        for tier in &self.tiers {
+            let (tier, m) = (Arc::clone(tier), Arc::clone(manifest));
+            let path = self.store.path(&m.digest);
+            tokio::spawn(async move {
+                if let Err(e) = tier.put(&m.digest, path, Some(&m.media_type)).await {
+                    tracing::warn!(digest = %m.digest, tier = tier.name(), error = %e, "tier upload failed");
+                }
+            });
+        }
     }
 
     /// A manifest stored locally with its media type, if we have both.
@@ -210,8 +300,8 @@ impl Manifests {
 
     /// Stores a verified manifest; a cache that cannot take it (full disk)
     /// must not fail the pull, so the manifest is served all the same.
-    async fn save_or_bypass(&self, manifest: &Arc<Manifest>, at: &Target) {
-        let private = at.upstream.has_credentials();
+    /// Says whether it was stored.
+    async fn save_or_bypass(&self, manifest: &Arc<Manifest>, private: bool) -> bool {
         let (store, index, m) = (
             Arc::clone(&self.store),
             self.index.clone(),
@@ -228,9 +318,10 @@ impl Manifests {
             index.put_content(&m.digest, &record)
         })
         .await;
-        if let Err(e) = saved {
+        if let Err(e) = &saved {
             self.metrics.cache_bypasses.inc();
             tracing::warn!(digest = %manifest.digest, error = %e, "cannot cache manifest; serving it uncached");
         }
+        saved.is_ok()
     }
 }

@@ -31,7 +31,7 @@ use accept::AcceptList;
 pub use body::{full, Body};
 pub use manifest::Manifest;
 
-use crate::cache::{BlobStore, CacheError, ContentStore, Index, Tier};
+use crate::cache::{BlobStore, CacheError, ContentStore, Index, Tier, TierHealth};
 use crate::config::Timings;
 use crate::metrics::Metrics;
 use crate::oci::{parse_range, Digest, RangeRequest, Reference, RepoName};
@@ -170,6 +170,7 @@ pub struct PullThrough {
     referrers: Arc<Referrers>,
     visibility: Visibility,
     misses: Arc<Misses>,
+    tiers: Vec<Arc<dyn Tier>>,
     metrics: Arc<Metrics>,
 }
 
@@ -192,7 +193,7 @@ impl PullThrough {
             blobs: BlobDownloads::new(
                 Arc::clone(&store),
                 index.clone(),
-                tiers,
+                tiers.clone(),
                 visibility.clone(),
                 Arc::clone(&misses),
                 Arc::clone(&metrics),
@@ -201,13 +202,20 @@ impl PullThrough {
             manifests: Arc::new(Manifests::new(
                 Arc::clone(&store),
                 index.clone(),
+                tiers.clone(),
                 visibility.clone(),
                 Arc::clone(&misses),
                 Arc::clone(&metrics),
             )),
-            tags: Tags::new(index.clone(), visibility.clone(), Arc::clone(&misses)),
+            tags: Tags::new(
+                index.clone(),
+                tiers.clone(),
+                visibility.clone(),
+                Arc::clone(&misses),
+            ),
             referrers: Arc::new(Referrers::new(index.clone())),
             misses,
+            tiers,
             index,
             store,
             visibility,
@@ -232,6 +240,11 @@ impl PullThrough {
         self.store.check_writable().is_ok() && self.index.is_healthy()
     }
 
+    /// How each further tier has been doing (for `/readyz`).
+    pub fn tier_health(&self) -> Vec<(&'static str, TierHealth)> {
+        self.tiers.iter().map(|t| (t.name(), t.health())).collect()
+    }
+
     /// Persists what is batched in memory (access times, the index), before
     /// the process exits.
     pub fn persist(&self) {
@@ -250,6 +263,9 @@ impl PullThrough {
         digest: &Digest,
         range: Option<&str>,
     ) -> Result<Served, FetchError> {
+        if let Some(redirect) = self.blob_redirect(at, digest).await? {
+            return Ok(redirect);
+        }
         let source = match self.blobs.open(at, digest).await {
             Ok(source) => source,
             Err(FetchError::NoSpace(unclaimed)) => {
@@ -258,7 +274,7 @@ impl PullThrough {
             Err(e) => return Err(e),
         };
         let outcome = source.outcome;
-        self.admit_blob(at, digest, outcome).await?;
+        self.admit_blob(at, digest).await?;
         self.count("blob", outcome);
         let metrics = Arc::clone(&self.metrics);
         let served = match source.total {
@@ -293,12 +309,41 @@ impl PullThrough {
         Ok(served)
     }
 
+    /// A 307 to a presigned URL of a tier that redirects and holds the
+    /// blob; only once the blob may be served under this repository (see
+    /// `visibility`: content that came through upstream credentials is
+    /// confirmed with the upstream first, and an error is the answer).
+    async fn blob_redirect(
+        &self,
+        at: &Target,
+        digest: &Digest,
+    ) -> Result<Option<Served>, FetchError> {
+        for tier in self.tiers.iter().filter(|t| t.redirects()) {
+            let Some(url) = tier.presign(digest).await else {
+                continue;
+            };
+            self.admit_blob(at, digest).await?;
+            self.metrics
+                .tier_redirects
+                .with_label_values(&[tier.name()])
+                .inc();
+            self.count("blob", CacheOutcome::Hit);
+            let mut s = Served::new(body::empty(), CacheOutcome::Hit);
+            s.status = StatusCode::TEMPORARY_REDIRECT;
+            s.set(header::LOCATION, url.as_str());
+            s.set(header::CONTENT_LENGTH, "0");
+            s.set_digest(digest);
+            return Ok(Some(s));
+        }
+        Ok(None)
+    }
+
     /// A blob's headers: from the cache, or from an upstream HEAD; never
     /// starts a download.
     pub async fn blob_head(&self, at: &Target, digest: &Digest) -> Result<Served, FetchError> {
         let (len, outcome) = match self.blobs.open_cached(digest).await? {
             Some(source) => {
-                self.admit_blob(at, digest, CacheOutcome::Hit).await?;
+                self.admit_blob(at, digest).await?;
                 (source.total, CacheOutcome::Hit)
             }
             None => {
@@ -337,7 +382,7 @@ impl PullThrough {
                 // resolved to needs no check; a digest may have been cached
                 // through another.
                 self.visibility
-                    .admit(&at.upstream, &at.repo, digest, found.1, || async {
+                    .admit(&at.upstream, &at.repo, digest, || async {
                         at.upstream
                             .head_manifest(&at.repo, reference, &accept)
                             .await
@@ -431,17 +476,12 @@ impl PullThrough {
             .inc();
     }
 
-    /// Checks that a blob obtained as `outcome` may be served under the
+    /// Checks that a blob, however obtained, may be served under the
     /// target (see `visibility`), confirming with a blob HEAD when unknown.
-    async fn admit_blob(
-        &self,
-        at: &Target,
-        digest: &Digest,
-        outcome: CacheOutcome,
-    ) -> Result<(), FetchError> {
+    async fn admit_blob(&self, at: &Target, digest: &Digest) -> Result<(), FetchError> {
         Ok(self
             .visibility
-            .admit(&at.upstream, &at.repo, digest, outcome, || async {
+            .admit(&at.upstream, &at.repo, digest, || async {
                 at.upstream.head_blob(&at.repo, digest).await.map(|_| ())
             })
             .await?)

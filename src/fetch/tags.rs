@@ -2,13 +2,19 @@
 //! after `tag_ttl` a HEAD (free on Docker Hub) confirms or moves the tag
 //! and only a new digest costs a GET; while the upstream fails, the last
 //! mapping is served for up to `max_stale`.
+//!
+//! With a further tier (the shared bucket), every mapping the upstream
+//! confirms is written there too, and a replica that has no mapping of
+//! its own takes the bucket's before asking the upstream: a fresh replica
+//! answers a tag exactly as the replica that recorded it would, stale
+//! through an outage included.
 
 use super::accept::AcceptList;
 use super::manifest::{Manifest, Manifests, FOLLOW_WAIT};
 use super::misses::Misses;
 use super::visibility::Visibility;
 use super::{CacheOutcome, FetchError, Target};
-use crate::cache::{self, unix_now, Index, TagKey, TagRecord};
+use crate::cache::{self, unix_now, Index, TagKey, TagRecord, Tier};
 use crate::coalesce::{self, Flights, Role, Slot};
 use crate::oci::{Digest, Reference, Tag};
 use crate::upstream::UpstreamError;
@@ -41,6 +47,7 @@ impl moka::Expiry<FreshKey, FreshTag> for FreshTagExpiry {
 
 pub(super) struct Tags {
     index: Index,
+    tiers: Vec<Arc<dyn Tier>>,
     fresh: Cache<FreshKey, FreshTag>,
     flights: Flights<FreshKey, Slot<(FreshTag, CacheOutcome), FetchError>>,
     /// Tags currently served stale, so each outage is logged once per tag.
@@ -56,10 +63,16 @@ impl Tags {
         self.fresh.invalidate_all();
     }
 
-    pub fn new(index: Index, visibility: Visibility, misses: Arc<Misses>) -> Tags {
+    pub fn new(
+        index: Index,
+        tiers: Vec<Arc<dyn Tier>>,
+        visibility: Visibility,
+        misses: Arc<Misses>,
+    ) -> Tags {
         Tags {
             misses,
             index,
+            tiers,
             visibility,
             fresh: Cache::builder()
                 .max_capacity(100_000)
@@ -140,9 +153,15 @@ impl Tags {
         let ttl = upstream.tag_ttl();
         let now = unix_now();
         let (index, k) = (self.index.clone(), key.clone());
-        let recorded = cache::blocking(move || index.tag(&k))
+        let mut recorded = cache::blocking(move || index.tag(&k))
             .await?
             .filter(|r| list.takes(&r.media_type));
+        if recorded.is_none() {
+            recorded = self
+                .shared_mapping(key)
+                .await
+                .filter(|r| list.takes(&r.media_type));
+        }
 
         if let Some(record) = &recorded {
             let age = Duration::from_secs(now.saturating_sub(record.checked_at));
@@ -232,16 +251,43 @@ impl Tags {
             checked_at: now,
         };
         let (index, k) = (self.index.clone(), key.clone());
+        let shared = record.clone();
         if let Err(e) = cache::blocking(move || index.put_tag(&k, &record)).await {
             // Served all the same; the tag is simply asked about again.
             tracing::warn!(repo = %key.repo, tag = %key.tag, error = %e, "cannot record tag");
         }
+        self.share(key, shared);
         let fresh = FreshTag {
             manifest,
             fresh_for: ttl,
             stale: false,
         };
         Ok((fresh, outcome))
+    }
+
+    /// The mapping another replica left in a further tier, kept in the
+    /// local index too: from now on it is this replica's own.
+    async fn shared_mapping(&self, key: &TagKey) -> Option<TagRecord> {
+        for tier in &self.tiers {
+            let Some(record) = tier.get_tag(key).await else {
+                continue;
+            };
+            let (index, k, r) = (self.index.clone(), key.clone(), record.clone());
+            if let Err(e) = cache::blocking(move || index.put_tag(&k, &r)).await {
+                tracing::warn!(repo = %key.repo, tag = %key.tag, error = %e, "cannot record tag");
+            }
+            return Some(record);
+        }
+        None
+    }
+
+    /// Writes a mapping the upstream just confirmed to every further
+    /// tier, in the background.
+    fn share(&self, key: &TagKey, record: TagRecord) {
+        for tier in &self.tiers {
+            let (tier, key, record) = (Arc::clone(tier), key.clone(), record.clone());
+            tokio::spawn(async move { tier.put_tag(&key, &record).await });
+        }
     }
 
     /// The recorded mapping, if the upstream's outage lets us serve it:

@@ -8,8 +8,10 @@
 //! content came without credentials and is public anyway. Anything else
 //! is confirmed with one HEAD first, with the mirror's credentials, which
 //! is exactly what the client could have pulled through that repository.
+//! Content a shared tier (the bucket) supplied counts as of unknown origin:
+//! another replica may have fetched it with credentials, for another
+//! repository, so even a download that just came from there is confirmed.
 
-use super::CacheOutcome;
 use crate::cache::{self, Index};
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
@@ -28,25 +30,26 @@ impl Visibility {
     }
 
     /// Makes sure `digest` may be served to a request for `repo` on
-    /// `upstream`, given how this request obtained it. `confirm` asks the
-    /// upstream (HEAD) and fails, e.g. with a 404, if the repository does
-    /// not hold the content.
+    /// `upstream`. `confirm` asks the upstream (HEAD) and fails, e.g. with
+    /// a 404, if the repository does not hold the content.
     pub async fn admit<F, Fut>(
         &self,
         upstream: &Upstream,
         repo: &RepoName,
         digest: &Digest,
-        outcome: CacheOutcome,
         confirm: F,
     ) -> Result<(), UpstreamError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), UpstreamError>>,
     {
-        // A miss was fetched for this very repository; the fetch recorded it.
-        if !self.enabled || outcome == CacheOutcome::Miss {
+        if !self.enabled {
             return Ok(());
         }
+        // A miss fetched upstream for this very repository was recorded
+        // before its first byte, so the check below is one index read; a
+        // miss a shared tier answered (another replica fetched it, maybe
+        // for another repository, maybe with credentials) is confirmed.
         if !self.is_known(upstream, repo, digest).await {
             confirm().await?;
             self.record(upstream, repo, digest).await;

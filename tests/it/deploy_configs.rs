@@ -396,6 +396,150 @@ fn kubernetes_manifests_are_consistent() {
     assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
 }
 
+/// The shared-bucket variant (deploy/kubernetes-s3): a Deployment the HPA
+/// scales, an emptyDir local tier bounded below its size limit, the bucket
+/// and its credentials from a Secret, and a config the binary accepts.
+#[test]
+fn kubernetes_bucket_variant_is_a_deployment_on_one_bucket() {
+    if !require_python_yaml() {
+        return;
+    }
+    let dir = deploy_path("kubernetes-s3");
+    let kustomization = yaml_document("kubernetes-s3/kustomization.yaml");
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("resource path"))
+        .collect();
+    let mut objects = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("read deploy/kubernetes-s3") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name == "kustomization.yaml" || !name.ends_with(".yaml") {
+            continue;
+        }
+        assert!(
+            resources.contains(&name.as_str()),
+            "{name} not in kustomization.yaml"
+        );
+        objects.extend(yaml_documents(&path));
+    }
+    let find = |kind: &str| -> Value {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    assert!(objects.iter().all(|o| o["kind"] != "StatefulSet"));
+    let deployment = find("Deployment");
+    let spec = &deployment["spec"];
+    assert!(spec["replicas"].is_null(), "the HPA owns the replica count");
+    let pod = &spec["template"]["spec"];
+    let pod_labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(&spec["selector"]["matchLabels"], pod_labels);
+    let container = &pod["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).cloned();
+    let mounts = container["volumeMounts"].as_array().expect("mounts");
+    let mount_path = |name: &str| -> String {
+        mounts
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no mount {name}"))["mountPath"]
+            .as_str()
+            .expect("mountPath")
+            .to_string()
+    };
+
+    let configmap = find("ConfigMap");
+    let text = configmap["data"]["pullthrough.toml"]
+        .as_str()
+        .expect("config");
+    let config: toml::Value = toml::from_str(text).expect("ConfigMap TOML");
+    // The local tier: an emptyDir at cache_dir, max_size below its limit.
+    let cache_dir = config["cache_dir"].as_str().expect("cache_dir");
+    let cache = mounts
+        .iter()
+        .find(|m| m["mountPath"] == cache_dir)
+        .expect("a mount at cache_dir");
+    let cache_volume = volume(cache["name"].as_str().unwrap()).expect("cache volume");
+    let gib = |v: &str| -> u64 {
+        v.trim_end_matches("GiB")
+            .trim_end_matches("Gi")
+            .parse()
+            .expect("GiB")
+    };
+    let limit = gib(cache_volume["emptyDir"]["sizeLimit"]
+        .as_str()
+        .expect("emptyDir sizeLimit"));
+    let max_size = gib(config["max_size"].as_str().expect("max_size"));
+    assert!(
+        max_size < limit,
+        "max_size {max_size}GiB must stay below the emptyDir's {limit}Gi"
+    );
+    // The bucket, with the secret from the mounted Secret and the key id
+    // from the same Secret.
+    let storage = &config["storage"];
+    assert!(storage["url"]
+        .as_str()
+        .expect("storage.url")
+        .starts_with("s3://"));
+    let secret_file = storage["s3"]["secret_access_key_file"]
+        .as_str()
+        .expect("secret file");
+    let secret_volume = volume("s3").expect("the s3 Secret volume");
+    let secret_name = secret_volume["secret"]["secretName"]
+        .as_str()
+        .expect("secretName");
+    assert!(secret_file.starts_with(&format!("{}/", mount_path("s3"))));
+    let key_id = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "AWS_ACCESS_KEY_ID")
+        .expect("AWS_ACCESS_KEY_ID");
+    assert_eq!(key_id["valueFrom"]["secretKeyRef"]["name"], secret_name);
+
+    // The HPA scales this Deployment; the PDB and the Service select its pods.
+    let hpa = find("HorizontalPodAutoscaler");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert!(hpa["spec"]["minReplicas"].as_u64().expect("minReplicas") >= 2);
+    assert_eq!(
+        &find("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        pod_labels
+    );
+    assert_eq!(&find("Service")["spec"]["selector"], pod_labels);
+
+    // The binary takes the config as shipped (the secret file stood in).
+    let secret = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret.path(), "not-a-real-secret\n").expect("write secret");
+    let file = tempfile::NamedTempFile::new().expect("config file");
+    std::fs::write(
+        file.path(),
+        text.replace(secret_file, &secret.path().display().to_string()),
+    )
+    .expect("write config");
+    let overrides = pullthrough::config::Overrides {
+        aws: pullthrough::config::AwsEnv {
+            access_key_id: Some("from-the-secret".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let loaded = pullthrough::config::Config::load(Some(file.path()), &overrides)
+        .expect("the ConfigMap's config loads");
+    let s3 = loaded.storage.expect("a storage");
+    assert_eq!(s3.bucket, "pullthrough-cache");
+    assert_eq!(loaded.max_size, Some(max_size << 30));
+}
+
 /// Strict schema validation of the built-in kinds against Kubernetes'
 /// OpenAPI schemas (kubernetes-validate, offline; the ServiceMonitor CRD has
 /// no bundled schema and is only checked above).
@@ -404,9 +548,9 @@ fn kubernetes_manifests_pass_schema_validation() {
     if !require_tool("kubernetes-validate") {
         return;
     }
-    let dir = deploy_path("kubernetes");
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .expect("read deploy/kubernetes")
+    let mut files: Vec<String> = ["kubernetes", "kubernetes-s3"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(deploy_path(d)).expect("read deploy/kubernetes*"))
         .map(|e| e.expect("entry").path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
@@ -423,6 +567,12 @@ fn kubernetes_manifests_pass_schema_validation() {
         out.contains("statefulset/pullthrough"),
         "StatefulSet not validated:\n{out}"
     );
+    for kind in [
+        "deployment/pullthrough",
+        "horizontalpodautoscaler/pullthrough",
+    ] {
+        assert!(out.contains(kind), "{kind} not validated:\n{out}");
+    }
 }
 
 /// deploy/pullthrough.toml, the ConfigMap's copy and the example setups

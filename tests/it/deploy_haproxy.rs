@@ -230,3 +230,126 @@ fn docker_pulls_through_haproxy_and_survives_a_killed_replica() {
         "HAProxy exporter output"
     );
 }
+
+/// Blocking work (process start-up, curl, polling) off the async workers.
+fn sync<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}
+
+/// Three replicas on one bucket (each with deploy/haproxy/pullthrough-s3.toml
+/// as shipped, the bucket from the environment) behind haproxy.cfg: the
+/// replica streaming a large layer is SIGKILLed mid-transfer, the client
+/// resumes through the balancer, and the layer comes from the bucket via
+/// another replica: no blob is fetched upstream a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_one_bucket_cover_a_replica_killed_mid_pull() {
+    use crate::support::client::{client, files_named, hex_of};
+    use crate::support::hub::{Hub, Kind};
+    use crate::support::rgw::{rgw, ACCESS_KEY, SECRET_KEY};
+    use crate::support::sha256_digest;
+
+    if !require_tool("haproxy") {
+        return;
+    }
+    let Some(rgw) = sync(rgw) else { return };
+    let bucket = sync(|| rgw.bucket("fleet"));
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/app", "v1", &[24 * 1024 * 1024, 300_000, 200_000]);
+    let blobs: Vec<(String, bytes::Bytes)> = std::iter::once(image.config.clone())
+        .chain(image.layers.iter().cloned())
+        .collect();
+    let config = deploy_path("haproxy/pullthrough-s3.toml");
+    let storage = format!("s3://{bucket}/fleet");
+    let mut replicas: Vec<Mirror> = (0..3)
+        .map(|_| {
+            Mirror::builder(&hub.url())
+                .config_file(&config)
+                .process()
+                .env("PULLTHROUGH_STORAGE", &storage)
+                .env("AWS_ENDPOINT_URL", &rgw.endpoint)
+                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                .start()
+        })
+        .collect();
+    let balancer = sync(|| Balancer::start(&replicas.iter().collect::<Vec<_>>()));
+    let blob_url = |digest: &str| format!("{}/v2/library/app/blobs/{digest}", balancer.url());
+
+    // Cold pull through the balancer: each blob once upstream, then shared.
+    for (digest, bytes) in &blobs {
+        let response = client().get(blob_url(digest)).send().await.expect("GET");
+        assert_eq!(response.status(), 200);
+        assert_eq!(&response.bytes().await.expect("body"), bytes);
+    }
+    assert_eq!(hub.count(Kind::BlobGet), blobs.len() as u64);
+    for (digest, _) in &blobs {
+        let key = format!("fleet/blobs/sha256/{}", hex_of(digest));
+        sync(|| {
+            wait_until(
+                &format!("{key} in the bucket"),
+                Duration::from_secs(60),
+                || {
+                    rgw.get_object(&bucket, &key)
+                        .filter(|b| sha256_digest(b) == *digest)
+                        .map(drop)
+                },
+            )
+        });
+    }
+    hub.reset_counts();
+
+    // The replica that holds the large layer dies while it streams it.
+    let (big, big_bytes) = &blobs[1];
+    let holder = replicas
+        .iter()
+        .position(|m| !files_named(&m.cache_dir.join("blobs"), hex_of(big)).is_empty())
+        .expect("a replica holds the large layer");
+    let mut response = client().get(blob_url(big)).send().await.expect("GET");
+    assert_eq!(response.status(), 200);
+    let mut got = response
+        .chunk()
+        .await
+        .expect("first bytes")
+        .expect("a chunk")
+        .to_vec();
+    sync(|| replicas[holder].kill());
+    while let Ok(Some(chunk)) = response.chunk().await {
+        got.extend_from_slice(&chunk);
+    }
+    eprintln!(
+        "{} of {} bytes before the transfer broke",
+        got.len(),
+        big_bytes.len()
+    );
+    // As Docker does: resume with a Range, through the balancer (bounded).
+    for _ in 0..5 {
+        if got.len() >= big_bytes.len() {
+            break;
+        }
+        let resumed = client()
+            .get(blob_url(big))
+            .header("range", format!("bytes={}-", got.len()))
+            .send()
+            .await;
+        let Ok(mut resumed) = resumed else { continue };
+        if resumed.status() != 206 {
+            continue;
+        }
+        while let Ok(Some(chunk)) = resumed.chunk().await {
+            got.extend_from_slice(&chunk);
+        }
+    }
+    assert_eq!(sha256_digest(&got), *big, "the layer, whole and verified");
+    // Everything else, through the two replicas left.
+    for (digest, bytes) in &blobs {
+        let response = client().get(blob_url(digest)).send().await.expect("GET");
+        assert_eq!(response.status(), 200);
+        assert_eq!(&response.bytes().await.expect("body"), bytes);
+    }
+    assert_eq!(
+        hub.count(Kind::BlobGet),
+        0,
+        "a blob was fetched upstream a second time"
+    );
+    assert_eq!(hub.count(Kind::CdnGet), 0);
+}

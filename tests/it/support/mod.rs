@@ -21,6 +21,7 @@ pub mod process;
 pub mod proxies;
 pub mod registry;
 pub mod rgw;
+pub mod tcp_proxy;
 pub mod two_registries;
 
 use sha2::{Digest as _, Sha256};

@@ -395,6 +395,22 @@ impl Rgw {
         })
     }
 
+    /// Sets the bucket's lifecycle rules from an XML file; the status.
+    pub fn put_lifecycle(&self, bucket: &str, file: &Path) -> u16 {
+        let path = file.display().to_string();
+        self.curl(&["-T", &path], &format!("{bucket}?lifecycle="))
+    }
+
+    /// The bucket's lifecycle rules as the store reports them.
+    pub fn lifecycle(&self, bucket: &str) -> Option<String> {
+        let file = self.dir.join(format!("lifecycle-{}", unique()));
+        let path = file.display().to_string();
+        let status = self.curl(&["-o", &path], &format!("{bucket}?lifecycle="));
+        let xml = std::fs::read_to_string(&file).ok();
+        let _ = std::fs::remove_file(&file);
+        (status == 200).then_some(xml).flatten()
+    }
+
     /// The keys in a bucket (first 1000), from a ListObjectsV2.
     pub fn keys(&self, bucket: &str) -> Vec<String> {
         let file = self.dir.join(format!("list-{}", unique()));
