@@ -170,12 +170,35 @@ enum LogFormat {
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {
+    init_logging_to(format, default_filter, std::io::stderr);
+}
+
+/// `serve`'s log: queued for one writer thread, so no request waits on a
+/// write to stderr. The guard writes out what is queued when dropped.
+fn init_queued_logging(format: LogFormat) -> Option<pullthrough::log_queue::FlushOnDrop> {
+    match pullthrough::log_queue::stderr() {
+        Ok((queue, guard)) => {
+            init_logging_to(format, "info", queue);
+            Some(guard)
+        }
+        Err(e) => {
+            init_logging(format, "info");
+            tracing::warn!("no log writer thread ({e}): logging straight to stderr");
+            None
+        }
+    }
+}
+
+fn init_logging_to<W>(format: LogFormat, default_filter: &str, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -424,7 +447,9 @@ fn print_report<T: serde::Serialize, E: std::fmt::Display>(
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_format, "info");
+    // Declared before the runtime, so dropped after it: lines logged while
+    // shutting down are written too.
+    let _log_flushed_on_return = init_queued_logging(args.log_format);
     let overrides = Overrides {
         listen: args.listen,
         cache_dir: args.cache_dir,

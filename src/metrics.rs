@@ -47,6 +47,9 @@ pub struct Metrics {
     pub warm_images_ready: IntGaugeVec,
     pub warm_last_refresh: IntGaugeVec,
     pub warm_pinned_bytes: IntGaugeVec,
+    /// Caught up with `log_queue::dropped_access_lines` when rendered: the
+    /// log queue is the process's, this registry the mirror's.
+    access_log_dropped: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -289,12 +292,22 @@ impl Metrics {
                 "Requests limited per client: refused with 429 (rate, concurrency) or slowed (bandwidth, total_bandwidth).",
                 &["reason"],
             ),
+            access_log_dropped: counter(
+                &r,
+                "access_log_dropped_total",
+                "Access-log lines dropped because the log writer fell behind (the process's log, not this mirror's alone).",
+            ),
             registry: r,
         }
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        let dropped = crate::log_queue::dropped_access_lines();
+        let counted = self.access_log_dropped.get();
+        if dropped > counted {
+            self.access_log_dropped.inc_by(dropped - counted);
+        }
         let mut buf = Vec::new();
         if TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -334,6 +347,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("pullthrough_build_info{version="));
         assert!(text.contains("pullthrough_cache_lookups_total{kind=\"blob\",result=\"hit\"}"));
+        assert!(text.contains("pullthrough_access_log_dropped_total "));
         assert_eq!(status_class(404), "4xx");
     }
 }
