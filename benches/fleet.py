@@ -23,6 +23,7 @@ every process stopped by PID, every loop bounded.
 import argparse
 import asyncio
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -61,14 +62,35 @@ def raise_nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def wrk(port, path, conns, duration, head=False, work=None):
-    """run.run_wrk, with a Lua script for HEAD (what dockerd sends)."""
-    script = None
-    if head:
-        script = os.path.join(work, "head.lua")
-        with open(script, "w") as f:
-            f.write('wrk.method = "HEAD"\n')
-    return run.run_wrk(port, path, conns, 2, duration, script=script)
+def wrk(port, path, conns, duration, head=False):
+    """wrk for GET; for HEAD (what dockerd sends) ab -i, since wrk's parser
+    waits for a body after a HEAD's Content-Length."""
+    if not head:
+        return run.run_wrk(port, path, conns, 2, duration)
+    argv = ["ab", "-q", "-k", "-i", "-c", str(conns), "-t", str(duration), "-n", "100000000",
+            "-H", "Accept: " + run.ACCEPT, "http://127.0.0.1:%d%s" % (port, path)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    PROCS.live[p.pid] = ("ab", p)
+    try:
+        out, _ = p.communicate(timeout=duration + 30)
+    finally:
+        PROCS.live.pop(p.pid, None)
+    out = out.decode(errors="replace")
+    r = {"raw": out, "rps": None, "non2xx": 0, "socket_errors": "", "p50": None, "p99": None}
+    m = re.search(r"Requests per second:\s+([\d.]+)", out)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    m = re.search(r"Failed requests:\s+(\d+)", out)
+    if m and int(m.group(1)):
+        r["socket_errors"] = "%s failed" % m.group(1)
+    for q, key in (("50", "p50"), ("99", "p99")):
+        m = re.search(r"^\s+%s%%\s+(\d+)" % q, out, re.M)
+        if m:
+            r[key] = float(m.group(1))
+    return r
 
 
 def check_served(port, manifest, manifest_hex):
@@ -102,11 +124,13 @@ def perf_report(p, data, out_path):
         p.wait(60)
     finally:
         PROCS.live.pop(p.pid, None)
-    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
-                          "--percent-limit", "1.5", "-g", "none", "--sort", "dso,symbol"],
-                         capture_output=True, text=True, timeout=300)
     with open(out_path, "w") as f:
-        f.write(rep.stdout)
+        # self time by symbol, then inclusive time (where it is spent from)
+        for extra in (["--no-children"], ["--children"]):
+            rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--percent-limit",
+                                  "0.8", "-g", "none", "--sort", "symbol"] + extra,
+                                 capture_output=True, text=True, timeout=300)
+            f.write(rep.stdout)
     log("profile written to %s" % out_path)
 
 
@@ -125,7 +149,7 @@ def manifests(cfg, work, nginx, manifest, manifest_hex):
         if problems:
             raise RuntimeError("; ".join(problems))
         for conns in cfg.conns:
-            for label, ref, head in SHAPES:
+            for label, ref, head in [x for x in SHAPES if x[0] in cfg.shapes]:
                 path = "/v2/%s/manifests/%s" % (REPO, ref or "sha256:" + manifest_hex)
                 ratios, ours, theirs, errors = [], [], [], []
                 for rnd in range(cfg.rounds):
@@ -133,11 +157,11 @@ def manifests(cfg, work, nginx, manifest, manifest_hex):
                     # within its TTL (60 s) while wrk runs
                     run.http_get(pt.port, path, headers={"Accept": run.ACCEPT})
                     mark = nginx.mark()
-                    a = wrk(nginx.static_port, path, conns, cfg.duration, head, work)
+                    a = wrk(nginx.static_port, path, conns, cfg.duration, head)
                     prof = None
                     if cfg.perf and conns == cfg.conns[0] and label == "GET tag" and rnd == 0:
                         prof = perf_profile(pt.proc.pid, max(1, cfg.duration - 1), cfg.perf, work)
-                    b = wrk(pt.port, path, conns, cfg.duration, head, work)
+                    b = wrk(pt.port, path, conns, cfg.duration, head)
                     if prof:
                         perf_report(*prof)
                     up = run.summarize_upstream(nginx.requests_since(mark))
@@ -321,15 +345,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--conns", default="32,256")
+    ap.add_argument("--shapes", default="GET tag,HEAD tag,GET digest")
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--perf", help="profile pullthrough during the first -c GET-tag round "
                     "into this file (perf report --no-children)")
     cfg = ap.parse_args()
     cfg.conns = [int(c) for c in cfg.conns.split(",")]
+    cfg.shapes = cfg.shapes.split(",")
     run.Pullthrough.binary = os.path.abspath(cfg.binary)
-    for tool in ("nginx", "wrk") + (("perf",) if cfg.perf else ()):
+    for tool in ("nginx", "wrk", "ab") + (("perf",) if cfg.perf else ()):
         if shutil.which(tool) is None:
-            ap.error("%s is not installed" % tool)
+            ap.error("%s is not installed (apt-get install nginx wrk apache2-utils "
+                     "linux-perf)" % tool)
     nofile = raise_nofile()
     if cfg.what == "idle" and nofile < cfg.connections + 100:
         ap.error("RLIMIT_NOFILE hard limit %d is below %d connections" % (nofile,
