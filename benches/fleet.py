@@ -66,7 +66,9 @@ def wrk(port, path, conns, duration, head=False):
     """wrk for GET; for HEAD (what dockerd sends) ab -i, since wrk's parser
     waits for a body after a HEAD's Content-Length."""
     if not head:
-        return run.run_wrk(port, path, conns, 2, duration)
+        r = run.run_wrk(port, path, conns, 2, duration)
+        r["duration"] = duration
+        return r
     argv = ["ab", "-q", "-k", "-i", "-c", str(conns), "-t", str(duration), "-n", "100000000",
             "-H", "Accept: " + run.ACCEPT, "http://127.0.0.1:%d%s" % (port, path)]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -76,7 +78,8 @@ def wrk(port, path, conns, duration, head=False):
     finally:
         PROCS.live.pop(p.pid, None)
     out = out.decode(errors="replace")
-    r = {"raw": out, "rps": None, "non2xx": 0, "socket_errors": "", "p50": None, "p99": None}
+    r = {"raw": out, "rps": None, "non2xx": 0, "socket_errors": "", "p50": None, "p99": None,
+         "duration": duration}
     m = re.search(r"Requests per second:\s+([\d.]+)", out)
     if m:
         r["rps"] = float(m.group(1))
@@ -157,11 +160,15 @@ def manifests(cfg, work, nginx, manifest, manifest_hex):
                     # within its TTL (60 s) while wrk runs
                     run.http_get(pt.port, path, headers={"Accept": run.ACCEPT})
                     mark = nginx.mark()
+                    w = run.Watch(nginx.pids())
                     a = wrk(nginx.static_port, path, conns, cfg.duration, head)
+                    a["cpu_us"] = per_request_us(w.stop()["cpu_s"], a)
                     prof = None
                     if cfg.perf and conns == cfg.conns[0] and label == "GET tag" and rnd == 0:
                         prof = perf_profile(pt.proc.pid, max(1, cfg.duration - 1), cfg.perf, work)
+                    w = run.Watch(pt.pids())
                     b = wrk(pt.port, path, conns, cfg.duration, head)
+                    b["cpu_us"] = per_request_us(w.stop()["cpu_s"], b)
                     if prof:
                         perf_report(*prof)
                     up = run.summarize_upstream(nginx.requests_since(mark))
@@ -181,6 +188,8 @@ def manifests(cfg, work, nginx, manifest, manifest_hex):
                 rows.append({"conns": conns, "shape": label, "ratios": ratios,
                              "pt": [r["rps"] for r in ours], "nginx": [r["rps"] for r in theirs],
                              "pt_p99": [r["p99"] for r in ours],
+                             "pt_cpu": [r["cpu_us"] for r in ours if r["cpu_us"]],
+                             "nginx_cpu": [r["cpu_us"] for r in theirs if r["cpu_us"]],
                              "nginx_p99": [r["p99"] for r in theirs], "errors": errors})
         after = check_served(pt.port, manifest, manifest_hex)
         if after:
@@ -199,9 +208,18 @@ def manifests(cfg, work, nginx, manifest, manifest_hex):
     return rows
 
 
+def per_request_us(cpu_s, r):
+    """Server CPU per request, in µs: steadier than req/s on a shared
+    machine, where the load generator's share of the CPUs varies."""
+    if not r["rps"] or cpu_s is None:
+        return None
+    return cpu_s * 1e6 / (r["rps"] * r["duration"])
+
+
 def report_manifests(rows):
     out = ["| shape | conns | nginx req/s | pullthrough req/s | ratio (min–max) | "
-           "p99 ms nginx / pullthrough |", "|---|---|---|---|---|---|"]
+           "p99 ms nginx / pullthrough | server CPU µs/request nginx / pullthrough |",
+           "|---|---|---|---|---|---|---|"]
     extra = []
     for r in rows:
         if "shape" not in r:
@@ -212,11 +230,12 @@ def report_manifests(rows):
             extra += ["- error: " + e for e in r.get("errors", [])]
             continue
         med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
-        out.append("| %s | %d | %.0f | %.0f | %.2fx (%.2f–%.2f) | %.2f / %.2f |" % (
+        out.append("| %s | %d | %.0f | %.0f | %.2fx (%.2f–%.2f) | %.2f / %.2f | %.1f / %.1f |" % (
             r["shape"], r["conns"], med(r["nginx"]), med(r["pt"]), med(r["ratios"]),
             min(r["ratios"] or [float("nan")]), max(r["ratios"] or [float("nan")]),
             med([x for x in r["nginx_p99"] if x is not None]),
-            med([x for x in r["pt_p99"] if x is not None])))
+            med([x for x in r["pt_p99"] if x is not None]), med(r["nginx_cpu"]),
+            med(r["pt_cpu"])))
         extra += ["- error (%s -c%d): %s" % (r["shape"], r["conns"], e) for e in r["errors"]]
     return "\n".join(out + [""] + extra)
 
