@@ -200,7 +200,7 @@ def manifests(cfg, work, nginx, manifest, manifest_hex):
         dropped = None
         _, _, body = run.http_get(pt.port, "/metrics")
         for line in body.decode(errors="replace").splitlines():
-            if line.startswith("pullthrough_access_log_dropped_total"):
+            if line.startswith('pullthrough_log_lines_dropped_total{kind="access"}'):
                 dropped = line.split()[-1]
         rows.append({"access_lines": access, "dropped": dropped})
     finally:
@@ -225,7 +225,7 @@ def report_manifests(rows):
         if "shape" not in r:
             if "access_lines" in r:
                 extra.append("- pullthrough access lines written: %d; "
-                             "pullthrough_access_log_dropped_total %s"
+                             "access lines dropped %s"
                              % (r["access_lines"], r["dropped"]))
             extra += ["- error: " + e for e in r.get("errors", [])]
             continue

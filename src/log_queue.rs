@@ -2,9 +2,10 @@
 //! in-memory buffer that a single thread writes out in batches, so a
 //! request never makes (or waits on) a write syscall for its access line.
 //! When the buffer is full, access lines are dropped and counted
-//! (`pullthrough_access_log_dropped_total`); other lines are rare and
-//! worth more, so they are kept past the bound. Dropping the guard writes
-//! out what is queued.
+//! (`pullthrough_log_lines_dropped_total{kind="access"}`); other lines are
+//! rare and worth more, so they are kept past that bound, up to a hard
+//! one (`kind="other"` past it). Dropping the guard writes out what is
+//! queued.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,10 @@ use tracing_subscriber::fmt::MakeWriter;
 /// Bytes queued before access lines are dropped: at ~250 bytes a line,
 /// a few thousand lines, i.e. a stalled stderr for a while at full load.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// The bound on all queued lines, warnings included: a stderr that never
+/// drains must not grow the queue without end.
+const HARD_CAPACITY_FACTOR: usize = 4;
 
 /// How long the writer lets lines pile up after a write, so under load
 /// one write (and one wake-up) carries many lines.
@@ -35,7 +40,8 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     capacity: usize,
-    dropped: AtomicU64,
+    dropped_access: AtomicU64,
+    dropped_other: AtomicU64,
 }
 
 impl Shared {
@@ -68,11 +74,14 @@ pub fn stderr() -> io::Result<(LogQueue, FlushOnDrop)> {
     Ok((queue, guard))
 }
 
-/// Access lines dropped so far by the process's log queue.
-pub fn dropped_access_lines() -> u64 {
-    INSTALLED
-        .get()
-        .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+/// Lines dropped so far by the process's log queue: (access, other).
+pub fn dropped_lines() -> (u64, u64) {
+    INSTALLED.get().map_or((0, 0), |s| {
+        (
+            s.dropped_access.load(Ordering::Relaxed),
+            s.dropped_other.load(Ordering::Relaxed),
+        )
+    })
 }
 
 /// A queue of at most `capacity` bytes of access lines in front of `sink`.
@@ -88,7 +97,8 @@ pub fn spawn(
         }),
         wake: Condvar::new(),
         capacity,
-        dropped: AtomicU64::new(0),
+        dropped_access: AtomicU64::new(0),
+        dropped_other: AtomicU64::new(0),
     });
     let drained = shared.clone();
     let thread = std::thread::Builder::new()
@@ -133,14 +143,23 @@ fn write_batches(shared: &Shared, mut sink: impl Write) {
 impl LogQueue {
     /// Access lines dropped so far because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.dropped_access.load(Ordering::Relaxed)
     }
 
     fn push(&self, line: &[u8], droppable: bool) {
         let mut queue = self.shared.lock();
-        if droppable && queue.lines.len() + line.len() > self.shared.capacity {
+        let queued = queue.lines.len() + line.len();
+        let (bound, dropped) = if droppable {
+            (self.shared.capacity, &self.shared.dropped_access)
+        } else {
+            (
+                self.shared.capacity * HARD_CAPACITY_FACTOR,
+                &self.shared.dropped_other,
+            )
+        };
+        if queued > bound {
             drop(queue);
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         queue.lines.extend_from_slice(line);
@@ -260,6 +279,13 @@ mod tests {
         write_line(&queue, false, "warn kept even past the bound\n");
         // 40-byte lines into 100 bytes: lines 1 and 2 fit, 3..=5 do not.
         assert_eq!(queue.dropped(), 3);
+        // Other lines stop at the hard bound (400 bytes queued).
+        for _ in 0..20 {
+            write_line(&queue, false, "warn ---------------------------------\n");
+        }
+        let other_dropped = queue.shared.dropped_other.load(Ordering::Relaxed);
+        assert!(queue.shared.lock().lines.len() <= 400);
+        assert!(other_dropped >= 10, "{other_dropped} other lines dropped");
 
         let release = std::thread::spawn(move || {
             for _ in 0..10 {
@@ -276,7 +302,13 @@ mod tests {
             .lines()
             .map(|l| l.split(' ').nth(1).unwrap_or(l))
             .collect();
-        assert_eq!(lines, ["0", "1", "2", "kept"], "written: {out}");
+        let kept = 20 - other_dropped as usize;
+        let mut expected = vec!["0", "1", "2", "kept"];
+        expected.extend(std::iter::repeat_n(
+            "---------------------------------",
+            kept,
+        ));
+        assert_eq!(lines, expected, "written: {out}");
     }
 
     /// The writer has swapped line 0 out of the queue.

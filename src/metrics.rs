@@ -47,9 +47,9 @@ pub struct Metrics {
     pub warm_images_ready: IntGaugeVec,
     pub warm_last_refresh: IntGaugeVec,
     pub warm_pinned_bytes: IntGaugeVec,
-    /// Caught up with `log_queue::dropped_access_lines` when rendered: the
-    /// log queue is the process's, this registry the mirror's.
-    access_log_dropped: IntCounter,
+    /// Caught up with `log_queue::dropped_lines` when rendered: the log
+    /// queue is the process's, this registry the mirror's.
+    log_lines_dropped: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -292,10 +292,11 @@ impl Metrics {
                 "Requests limited per client: refused with 429 (rate, concurrency) or slowed (bandwidth, total_bandwidth).",
                 &["reason"],
             ),
-            access_log_dropped: counter(
+            log_lines_dropped: counter_vec(
                 &r,
-                "access_log_dropped_total",
-                "Access-log lines dropped because the log writer fell behind (the process's log, not this mirror's alone).",
+                "log_lines_dropped_total",
+                "Log lines dropped because stderr fell behind: access lines past 1 MiB queued, other lines past 4 MiB (the process's log, not this mirror's alone).",
+                &["kind"],
             ),
             registry: r,
         }
@@ -303,10 +304,12 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let dropped = crate::log_queue::dropped_access_lines();
-        let counted = self.access_log_dropped.get();
-        if dropped > counted {
-            self.access_log_dropped.inc_by(dropped - counted);
+        let (access, other) = crate::log_queue::dropped_lines();
+        for (kind, dropped) in [("access", access), ("other", other)] {
+            let counter = self.log_lines_dropped.with_label_values(&[kind]);
+            if dropped > counter.get() {
+                counter.inc_by(dropped - counter.get());
+            }
         }
         let mut buf = Vec::new();
         if TextEncoder::new()
@@ -347,7 +350,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("pullthrough_build_info{version="));
         assert!(text.contains("pullthrough_cache_lookups_total{kind=\"blob\",result=\"hit\"}"));
-        assert!(text.contains("pullthrough_access_log_dropped_total "));
+        assert!(text.contains("pullthrough_log_lines_dropped_total{kind=\"access\"} 0"));
         assert_eq!(status_class(404), "4xx");
     }
 }
