@@ -648,9 +648,9 @@ def blob_throughput(port, path, conns, duration, expect_len):
             "mib_s": sum(total) / MiB / elapsed, "errors": errors}
 
 
-def run_wrk(port, path, conns, threads, duration):
+def run_wrk(port, path, conns, threads, duration, script=None):
     argv = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency",
-            "--timeout", "5s", "-H", "Accept: " + ACCEPT,
+            "--timeout", "5s", "-H", "Accept: " + ACCEPT] + (["-s", script] if script else []) + [
             "http://127.0.0.1:%d%s" % (port, path)]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     PROCS.live[p.pid] = ("wrk", p)

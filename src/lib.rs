@@ -33,6 +33,8 @@
 //!   error → HTTP mapping, reload and graceful shutdown; `server::run`
 //!   serves bound listeners in-process.
 //! - [`metrics`]: one Prometheus registry per running mirror.
+//! - [`log_queue`]: the log writer of `serve`: lines batched by one
+//!   thread, access lines dropped and counted rather than waited for.
 //! - [`admin`]: the `gc` and `cache stats|ls` commands; the latter ask a
 //!   running mirror's API (`admin::remote`, found by `admin::address`)
 //!   when one holds the cache.
@@ -52,6 +54,7 @@ pub(crate) mod cache;
 pub(crate) mod coalesce;
 pub mod config;
 pub(crate) mod fetch;
+pub mod log_queue;
 pub mod metrics;
 pub mod oci;
 pub mod server;

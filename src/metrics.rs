@@ -49,6 +49,9 @@ pub struct Metrics {
     pub warm_images_ready: IntGaugeVec,
     pub warm_last_refresh: IntGaugeVec,
     pub warm_pinned_bytes: IntGaugeVec,
+    /// Caught up with `log_queue::dropped_lines` when rendered: the log
+    /// queue is the process's, this registry the mirror's.
+    log_lines_dropped: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -303,12 +306,25 @@ impl Metrics {
                 "Requests limited per client: refused with 429 (rate, concurrency) or slowed (bandwidth, total_bandwidth).",
                 &["reason"],
             ),
+            log_lines_dropped: counter_vec(
+                &r,
+                "log_lines_dropped_total",
+                "Log lines dropped because stderr fell behind: access lines past 1 MiB queued, other lines past 4 MiB (the process's log, not this mirror's alone).",
+                &["kind"],
+            ),
             registry: r,
         }
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        let (access, other) = crate::log_queue::dropped_lines();
+        for (kind, dropped) in [("access", access), ("other", other)] {
+            let counter = self.log_lines_dropped.with_label_values(&[kind]);
+            if dropped > counter.get() {
+                counter.inc_by(dropped - counter.get());
+            }
+        }
         let mut buf = Vec::new();
         if TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -348,6 +364,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("pullthrough_build_info{version="));
         assert!(text.contains("pullthrough_cache_lookups_total{kind=\"blob\",result=\"hit\"}"));
+        assert!(text.contains("pullthrough_log_lines_dropped_total{kind=\"access\"} 0"));
         assert_eq!(status_class(404), "4xx");
     }
 }

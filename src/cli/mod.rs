@@ -72,12 +72,35 @@ pub enum LogFormat {
 
 /// Logs go to stderr, so a report or a bundle on stdout stays clean.
 pub fn init_logging(format: LogFormat, default_filter: &str) {
+    init_logging_to(format, default_filter, std::io::stderr);
+}
+
+/// `serve`'s log: queued for one writer thread, so no request waits on a
+/// write to stderr. The guard writes out what is queued when dropped.
+pub fn init_queued_logging(format: LogFormat) -> Option<pullthrough::log_queue::FlushOnDrop> {
+    match pullthrough::log_queue::stderr() {
+        Ok((queue, guard)) => {
+            init_logging_to(format, "info", queue);
+            Some(guard)
+        }
+        Err(e) => {
+            init_logging(format, "info");
+            tracing::warn!("no log writer thread ({e}): logging straight to stderr");
+            None
+        }
+    }
+}
+
+fn init_logging_to<W>(format: LogFormat, default_filter: &str, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -1,7 +1,7 @@
 //! `pullthrough serve`: its flags (each with an environment variable) over
 //! the config file, and the mirror run until it stops.
 
-use super::{init_logging, load_config, runtime, Failure, LogFormat, Outcome, Threads};
+use super::{init_queued_logging, load_config, runtime, Failure, LogFormat, Outcome, Threads};
 use pullthrough::config::{AwsEnv, Config, Overrides};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,7 +54,9 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> Outcome {
-    init_logging(args.log_format, "info");
+    // Declared before the runtime, so dropped after it: lines logged while
+    // shutting down are written too.
+    let _log_flushed_on_return = init_queued_logging(args.log_format);
     let overrides = Overrides {
         listen: args.listen,
         cache_dir: args.cache_dir,

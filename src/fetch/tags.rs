@@ -109,12 +109,13 @@ impl Tags {
             tag: tag.clone(),
             accept: list.class(),
         };
-        let fresh_key = key.clone();
         if revalidate {
-            self.fresh.invalidate(&fresh_key).await;
-        } else if let Some(fresh) = self.fresh.get(&fresh_key).await {
+            self.fresh.invalidate(&key).await;
+        } else if let Some(fresh) = self.fresh.get(&key).await {
             return Ok((fresh.manifest.clone(), served_as(&fresh, CacheOutcome::Hit)));
         }
+        // Cloned only past the hit above: a warm tag is the hot path.
+        let fresh_key = key.clone();
         // Remembered before the flight ends, so nobody arriving in between
         // revalidates again.
         let resolve = || {

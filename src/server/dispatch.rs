@@ -159,10 +159,25 @@ fn request_id(headers: &http::HeaderMap) -> String {
         Some(id) => id.to_owned(),
         None => {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let start = *START_NANOS;
-            format!("{start:012x}{n:08x}")
+            fresh_request_id(*START_NANOS, n)
         }
     }
+}
+
+/// `{start:012x}{n:08x}` without the formatting machinery: one id per
+/// request, so it is on every request's path.
+fn fresh_request_id(start: u64, n: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // `{n:08x}` widens past 8 digits rather than truncating.
+    let n_digits = (16 - (n.leading_zeros() as usize) / 4).max(8);
+    let mut id = String::with_capacity(12 + n_digits);
+    for shift in (0..12).rev() {
+        id.push(HEX[((start >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    for shift in (0..n_digits).rev() {
+        id.push(HEX[((n >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    id
 }
 
 static START_NANOS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
@@ -440,5 +455,23 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/v2/") && p.ends_with("/tags/list") => "tags",
         p if p.starts_with("/v2/") && p.contains("/referrers/") => "referrers",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_request_id;
+
+    #[test]
+    fn fresh_request_ids_read_as_the_hex_they_always_were() {
+        for (start, n) in [
+            (0, 0),
+            (0xffff_ffff_ffff, 0xffff_ffff),
+            (0x0123_4567_89ab, 42),
+            (7, 0x1_0000_0000),
+            (0xabc, u64::MAX),
+        ] {
+            assert_eq!(fresh_request_id(start, n), format!("{start:012x}{n:08x}"));
+        }
     }
 }

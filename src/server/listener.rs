@@ -132,9 +132,15 @@ async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let app = Arc::clone(&shared.app);
+    // Boxed per request: hyper keeps the allocation of a connection's
+    // request future for the connection's life, and the whole routing
+    // future (every handler's state) would be that allocation, held by
+    // every idle keep-alive connection. A box freed after each request is
+    // the cheaper of the two.
     let service = service_fn(move |req| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(dispatch::dispatch(app, req, peer, scope).await) }
+        let handling = Box::pin(dispatch::dispatch(app, req, peer, scope));
+        async move { Ok::<_, Infallible>(handling.await) }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = shared.graceful.watch(conn.into_owned()).await {
