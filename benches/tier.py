@@ -23,8 +23,9 @@ A. Warm blob (--warm-mib, default 200 MiB). Mirror A pulls it (sha256
    dir on the same bucket: object store -> client while B's local tier
    fills (no upstream GET allowed, checked in nginx's log; B's second GET
    must not touch the bucket, checked in its metrics); (c) nginx serving
-   the same file. Reported: each transfer time, the ratios b/c, a/c, b/a:
-   median and range over the repetitions.
+   the same file; and for context (g) curl GETting the object straight
+   from RGW (the store's own ceiling). Reported: each transfer time, the
+   ratios b/c, a/c, b/a, b/g: median and range over the repetitions.
 
 B. Upload overhead on a cold pull (--cold-mib, default 100 MiB). Per
    repetition, in a rotating order: (d) GET straight from the upstream;
@@ -177,16 +178,27 @@ class Rgw:
     def pids(self):
         return [p.pid for p in self.procs]
 
+    def curl(self, path, *extra, write_out="%{http_code}"):
+        """A signed request with curl; what -w writes (status by default)."""
+        argv = ["curl", "-s", "-m", "60", "-o", "/dev/null", "-w", write_out,
+                "--aws-sigv4", "aws:amz:%s:s3" % REGION, "--user", "%s:%s" % (ACCESS_KEY, SECRET_KEY),
+                "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"] + list(extra) + [
+                "%s/%s" % (self.endpoint, path)]
+        return subprocess.run(argv, stdout=subprocess.PIPE, timeout=90).stdout.decode().strip()
+
     def bucket(self, name):
         """Creates a bucket with a signed PUT (object_store cannot)."""
-        argv = ["curl", "-s", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}",
-                "--aws-sigv4", "aws:amz:%s:s3" % REGION, "--user", "%s:%s" % (ACCESS_KEY, SECRET_KEY),
-                "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-X", "PUT",
-                "%s/%s" % (self.endpoint, name)]
-        out = subprocess.run(argv, stdout=subprocess.PIPE, timeout=30).stdout.decode().strip()
+        out = self.curl(name, "-X", "PUT")
         if out != "200":
             raise RuntimeError("create bucket %s: HTTP %s" % (name, out))
         return name
+
+    def get_time(self, key, size):
+        """Seconds curl takes to GET an object of `size` bytes (to /dev/null)."""
+        out = self.curl(key, write_out="%{http_code} %{size_download} %{time_total}").split()
+        if len(out) != 3 or out[0] != "200" or int(out[1]) != size:
+            raise RuntimeError("curl GET %s from RGW: %r" % (key, out))
+        return float(out[2])
 
     def storage_toml(self, bucket, prefix):
         return ('[storage]\nurl = "s3://%s/%s"\n[storage.s3]\nendpoint = "%s"\nregion = "%s"\n'
@@ -290,8 +302,11 @@ def run_warm(cfg, work, nginx, rgw, blob):
     rows = []
     for rep in range(cfg.reps):
         times, extra = {}, {}
-        order = ["a", "b", "c"][rep % 3:] + ["a", "b", "c"][:rep % 3]
+        order = ["a", "b", "c", "g"][rep % 4:] + ["a", "b", "c", "g"][:rep % 4]
         for who in order:
+            if who == "g":
+                times["g"] = rgw.get_time("%s/warm/blobs/sha256/%s" % (bucket, blob.hex), blob.size)
+                continue
             if who != "b":
                 times[who] = get_checked(servers[who].port, blob, who)["time"]
                 continue
@@ -299,7 +314,8 @@ def run_warm(cfg, work, nginx, rgw, blob):
                                 "pullthrough-b").start()
             mark = nginx.mark()
             watch_b, watch_ceph = Watch(b.pids()), Watch(rgw.pids())
-            times["b"] = get_checked(b.port, blob, "B, empty disk")["time"]
+            first = get_checked(b.port, blob, "B, empty disk")
+            times["b"], times["b_ttfb"] = first["time"], first["ttfb"]
             used_b, used_ceph = watch_b.stop(), watch_ceph.stop()
             hits = metric(b.port, "pullthrough_tier_lookups_total", {"result": "hit"})
             read = metric(b.port, "pullthrough_tier_bytes_total", {"direction": "read"})
@@ -313,7 +329,8 @@ def run_warm(cfg, work, nginx, rgw, blob):
                                        ups, hits, read, read2 - read))
             extra = {"cpu_b": used_b["cpu_s"], "cpu_ceph": used_ceph["cpu_s"]}
         rows.append(dict(times, **extra))
-        log("warm rep %d: a %.3fs b %.3fs c %.3fs" % (rep + 1, times["a"], times["b"], times["c"]))
+        log("warm rep %d: a %.3fs b %.3fs c %.3fs g %.3fs"
+            % (rep + 1, times["a"], times["b"], times["c"], times["g"]))
     a.stop()
     return rows
 
@@ -378,14 +395,18 @@ def report(cfg, warm, cold, rgw, sizes, wall, binary):
         p("|---|---:|---:|")
         for key, label in (("a", "(a) pullthrough, local disk"),
                            ("b", "(b) replica with empty disk: bucket → client, local tier filling"),
-                           ("c", "(c) nginx, same file")):
+                           ("c", "(c) nginx, same file"),
+                           ("g", "(g) context: curl GET of the object straight from RGW")):
             ts = [r[key] for r in warm]
             p("| %s | %s | %.0f |" % (label, spread(ts), sizes[0] / MiB / statistics.median(ts)))
         p("")
         p("| ratio of transfer times | median (min–max) |")
         p("|---|---:|")
-        for x, y in (("b", "c"), ("a", "c"), ("b", "a")):
+        for x, y in (("b", "c"), ("a", "c"), ("b", "a"), ("b", "g")):
             p("| %s / %s | %s |" % (x, y, spread([r[x] / r[y] for r in warm])))
+        p("")
+        p("Time to first byte of (b): %s s (a fresh process: its first connection to RGW)."
+          % spread([r["b_ttfb"] for r in warm]))
         p("")
         p("CPU seconds during (b), median (min–max): replica B %s, ceph-mon + ceph-osd + "
           "radosgw %s. B made 0 upstream blob GETs and its second GET read nothing from the "
