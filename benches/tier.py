@@ -41,6 +41,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -458,7 +459,6 @@ def main():
         if shutil.which(tool) is None:
             ap.error("%s is not installed (apt-get install nginx curl ceph-mon ceph-osd radosgw)"
                      % tool)
-    import signal
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
