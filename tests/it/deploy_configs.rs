@@ -231,13 +231,11 @@ fn dashboard_and_alerts_use_only_metrics_the_binary_exports() {
     }
 }
 
-#[test]
-fn kubernetes_manifests_are_consistent() {
-    if !require_python_yaml() {
-        return;
-    }
-    let dir = deploy_path("kubernetes");
-    let kustomization = yaml_document("kubernetes/kustomization.yaml");
+/// Every object of the YAML files in `deploy/<dir>`, each of which its
+/// kustomization.yaml must list.
+fn kustomized_objects(dir_name: &str) -> Vec<Value> {
+    let dir = deploy_path(dir_name);
+    let kustomization = yaml_document(&format!("{dir_name}/kustomization.yaml"));
     let resources: Vec<&str> = kustomization["resources"]
         .as_array()
         .expect("resources")
@@ -245,7 +243,7 @@ fn kubernetes_manifests_are_consistent() {
         .map(|r| r.as_str().expect("resource path"))
         .collect();
     let mut objects = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("read deploy/kubernetes") {
+    for entry in std::fs::read_dir(&dir).expect("read the deploy directory") {
         let path = entry.expect("entry").path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         if name == "kustomization.yaml" || !name.ends_with(".yaml") {
@@ -257,6 +255,15 @@ fn kubernetes_manifests_are_consistent() {
         );
         objects.extend(yaml_documents(&path));
     }
+    objects
+}
+
+#[test]
+fn kubernetes_manifests_are_consistent() {
+    if !require_python_yaml() {
+        return;
+    }
+    let objects = kustomized_objects("kubernetes");
     let find = |kind: &str, name: &str| -> Value {
         objects
             .iter()
@@ -404,27 +411,7 @@ fn kubernetes_bucket_variant_is_a_deployment_on_one_bucket() {
     if !require_python_yaml() {
         return;
     }
-    let dir = deploy_path("kubernetes-s3");
-    let kustomization = yaml_document("kubernetes-s3/kustomization.yaml");
-    let resources: Vec<&str> = kustomization["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .map(|r| r.as_str().expect("resource path"))
-        .collect();
-    let mut objects = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("read deploy/kubernetes-s3") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name == "kustomization.yaml" || !name.ends_with(".yaml") {
-            continue;
-        }
-        assert!(
-            resources.contains(&name.as_str()),
-            "{name} not in kustomization.yaml"
-        );
-        objects.extend(yaml_documents(&path));
-    }
+    let objects = kustomized_objects("kubernetes-s3");
     let find = |kind: &str| -> Value {
         objects
             .iter()
