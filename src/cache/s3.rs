@@ -296,15 +296,22 @@ impl S3Tier {
         ))
     }
 
-    async fn lookup(&self, digest: &Digest) -> Result<Option<TierBody>, Failure> {
-        let url = self.url(&self.key(digest), "")?;
+    /// A GET of `key` that answered with the object, or `None` on 404.
+    async fn get_found(&self, key: &str) -> Result<Option<reqwest::Response>, Failure> {
+        let url = self.url(key, "")?;
         let req = self.request(reqwest::Method::GET, url, &[], sigv4::EMPTY_SHA256);
         let resp = Self::send(req, ANSWER_TIMEOUT).await?;
         match resp.status() {
-            s if s.is_success() => {}
-            reqwest::StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(Self::refused(resp).await),
+            s if s.is_success() => Ok(Some(resp)),
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Self::refused(resp).await),
         }
+    }
+
+    async fn lookup(&self, digest: &Digest) -> Result<Option<TierBody>, Failure> {
+        let Some(resp) = self.get_found(&self.key(digest)).await? else {
+            return Ok(None);
+        };
         let len = resp.content_length();
         // What the store says of objects stored without a type.
         let media_type = resp
@@ -498,14 +505,9 @@ impl S3Tier {
 
     /// A small object whole, or `None` on 404.
     async fn get_small(&self, key: &str, max: usize) -> Result<Option<Vec<u8>>, Failure> {
-        let url = self.url(key, "")?;
-        let req = self.request(reqwest::Method::GET, url, &[], sigv4::EMPTY_SHA256);
-        let resp = Self::send(req, ANSWER_TIMEOUT).await?;
-        match resp.status() {
-            s if s.is_success() => {}
-            reqwest::StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(Self::refused(resp).await),
-        }
+        let Some(resp) = self.get_found(key).await? else {
+            return Ok(None);
+        };
         if resp.content_length().is_some_and(|l| l > max as u64) {
             return Err(Failure(format!("{key} is larger than {max} bytes")));
         }
