@@ -294,35 +294,14 @@ pub(super) async fn route(
         }
     }
     if !readable {
-        return Err(match route {
-            Route::Healthz
-            | Route::Readyz
-            | Route::Metrics
-            | Route::Page
-            | Route::Live
-            | Route::Search
-            | Route::SearchPing
-            | Route::Asset(_)
-            | Route::Api(_) => ApiError::MethodNotAllowed,
-            _ => ApiError::ReadOnly,
+        // Only the registry API has writes to refuse as a read-only mirror.
+        return Err(match route.repository() {
+            Some(_) => ApiError::ReadOnly,
+            None if matches!(route, Route::Base) => ApiError::ReadOnly,
+            None => ApiError::MethodNotAllowed,
         });
     }
-    let name = match &route {
-        Route::Manifest { name, .. }
-        | Route::Blob { name, .. }
-        | Route::TagsList { name }
-        | Route::Referrers { name, .. } => Some(name),
-        Route::Base
-        | Route::Healthz
-        | Route::Readyz
-        | Route::Metrics
-        | Route::Page
-        | Route::Live
-        | Route::Search
-        | Route::SearchPing
-        | Route::Asset(_)
-        | Route::Api(_) => None,
-    };
+    let name = route.repository();
     // Neither the page nor the API names an upstream: answered here, before
     // `select` (whose `?ns=` means nothing to them).
     match route {

@@ -108,6 +108,29 @@ impl ApiRoute {
     }
 }
 
+impl Route {
+    /// The repository a registry route names; `None` for `/v2/` itself,
+    /// the operations endpoints, the page and the API.
+    pub fn repository(&self) -> Option<&RepoName> {
+        match self {
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::TagsList { name }
+            | Route::Referrers { name, .. } => Some(name),
+            Route::Base
+            | Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::Page
+            | Route::Live
+            | Route::Search
+            | Route::SearchPing
+            | Route::Asset(_)
+            | Route::Api(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("no such endpoint")]
