@@ -24,6 +24,8 @@ pub struct Metrics {
     pub digest_mismatches: IntCounter,
     pub download_resumes: IntCounter,
     pub requests_queued: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_parked: IntGauge,
     pub download_restarts: IntCounter,
     pub cache_bypasses: IntCounter,
     pub cache_size_bytes: IntGauge,
@@ -172,6 +174,16 @@ impl Metrics {
                 &r,
                 "requests_queued_total",
                 "Requests that waited for a slot because max_requests were in flight.",
+            ),
+            connections_open: gauge(
+                &r,
+                "connections_open",
+                "Client connections open, on every listener.",
+            ),
+            connections_parked: gauge(
+                &r,
+                "connections_parked",
+                "HTTP/1.1 keep-alive connections idle between requests, holding no buffers.",
             ),
             download_resumes: counter(
                 &r,

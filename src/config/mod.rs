@@ -124,6 +124,9 @@ pub struct Timings {
     /// How often a warm paused at `warm_reserve` asks again (a free HEAD)
     /// whether the upstream's window allows.
     pub warm_ratelimit_poll: Duration,
+    /// How long nothing must move on an HTTP/1.1 keep-alive connection
+    /// before it is parked (its buffers freed until the next request).
+    pub park_after: Duration,
 }
 
 impl Default for Timings {
@@ -137,6 +140,7 @@ impl Default for Timings {
             abandon_after: Duration::from_secs(60),
             token_timeout: Duration::from_secs(10),
             warm_ratelimit_poll: Duration::from_secs(60),
+            park_after: Duration::from_secs(1),
         }
     }
 }

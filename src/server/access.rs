@@ -2,6 +2,7 @@
 //! has been sent or abandoned, with the bytes that really went out.
 
 use super::body::Body;
+use super::idle::InFlight;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -27,14 +28,21 @@ pub struct AccessLine {
 }
 
 /// Wraps a response body so the line is written when it ends; `held`
-/// (the request's slot) is released with the body.
-pub fn logged(body: Body, line: AccessLine, held: Option<OwnedSemaphorePermit>) -> Body {
+/// (the request's slot) and `request` (its count on the connection) are
+/// released with the body.
+pub fn logged(
+    body: Body,
+    line: AccessLine,
+    held: Option<OwnedSemaphorePermit>,
+    request: Option<InFlight>,
+) -> Body {
     LoggedBody {
         inner: body,
         line: Some(line),
         sent: 0,
         failed: false,
         _held: held,
+        _request: request,
     }
     .boxed_unsync()
 }
@@ -46,6 +54,7 @@ struct LoggedBody {
     sent: u64,
     failed: bool,
     _held: Option<OwnedSemaphorePermit>,
+    _request: Option<InFlight>,
 }
 
 impl LoggedBody {

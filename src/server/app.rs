@@ -35,6 +35,8 @@ pub struct App {
     /// Slots for requests in flight (see `Config::max_requests`).
     pub(super) requests: Arc<tokio::sync::Semaphore>,
     pub(super) tls_poll: Duration,
+    /// See `Timings::park_after`.
+    pub(super) park_after: Duration,
     /// For the page and `/api/v1/status`.
     pub(super) started: Instant,
     pub(super) max_size: Option<u64>,
@@ -190,6 +192,7 @@ impl App {
             max_connections: config.max_connections,
             requests: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
             tls_poll: config.timings.tls_poll,
+            park_after: config.timings.park_after,
             started: Instant::now(),
             max_size: config.max_size,
             tls: config.tls.is_some(),

@@ -7,6 +7,7 @@ use super::body::Body;
 use super::client_auth::Verdict;
 use super::error::ApiError;
 use super::handlers::{self, Handled};
+use super::idle::InFlight;
 use super::limits;
 use super::ops;
 use super::routes::{self, ApiRoute, Route};
@@ -44,6 +45,7 @@ pub async fn dispatch(
     req: Request<Incoming>,
     peer: SocketAddr,
     scope: Scope,
+    request: Option<InFlight>,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
@@ -129,7 +131,7 @@ pub async fn dispatch(
         started,
         promised,
     };
-    response.map(|body| access::logged(body, line, slot))
+    response.map(|body| access::logged(body, line, slot, request))
 }
 
 /// One of the bounded number of requests in flight (each may hold body

@@ -5,10 +5,57 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+/// What the owner of a connection needs to know, while hyper holds its
+/// stream, to tell whether the connection is idle (see `connection`).
+#[derive(Default)]
+pub struct Traffic {
+    /// Reads and writes that moved bytes, so far.
+    moves: AtomicU64,
+    /// Bytes written and not yet followed by a flush.
+    unflushed: AtomicBool,
+    /// Requests whose response body has not been sent or dropped.
+    in_flight: AtomicUsize,
+    /// Requests so far.
+    requests: AtomicU64,
+}
+
+impl Traffic {
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// No request is being answered and everything answered is written.
+    pub fn answered_all(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && !self.unflushed.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// A request in flight on a connection; dropped with its response body.
+pub struct InFlight(Arc<Traffic>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// An I/O stream with a deadline that every byte read or written pushes
 /// back. The first byte must come within `first_byte`; after that, no more
@@ -22,6 +69,9 @@ pub struct IdleTimeout<S> {
     /// not on every progress (a reset per read and write showed in the
     /// profile of warm tag requests).
     last_progress: Option<Instant>,
+    /// This stream's count of `Traffic::moves`.
+    moves: u64,
+    traffic: Arc<Traffic>,
 }
 
 impl<S> IdleTimeout<S> {
@@ -31,10 +81,20 @@ impl<S> IdleTimeout<S> {
             idle,
             deadline: Box::pin(tokio::time::sleep(first_byte)),
             last_progress: None,
+            moves: 0,
+            traffic: Arc::default(),
         }
     }
 
+    /// What moves on this stream, for whoever holds the connection.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+
     fn progressed(&mut self) {
+        // Only this stream writes the count, so a plain store will do.
+        self.moves += 1;
+        self.traffic.moves.store(self.moves, Ordering::Relaxed);
         let now = Instant::now();
         if self.last_progress.is_none() {
             // From the first byte's deadline to the idle one, which may be
@@ -54,6 +114,7 @@ impl<S> IdleTimeout<S> {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.progressed();
+                    self.traffic.unflushed.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(Ok(n))
             }
@@ -136,7 +197,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_flush(cx) {
             Poll::Pending => this.check_deadline(cx).map(Err),
-            ready => ready,
+            Poll::Ready(Ok(())) => {
+                // hyper flushes the stream only once its own buffer is out.
+                this.traffic.unflushed.store(false, Ordering::Relaxed);
+                Poll::Ready(Ok(()))
+            }
+            failed => failed,
         }
     }
 

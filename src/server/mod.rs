@@ -11,6 +11,7 @@ mod api;
 mod app;
 mod body;
 mod client_auth;
+mod connection;
 mod dispatch;
 mod error;
 mod handlers;
@@ -35,7 +36,6 @@ pub use warm::{check_offline, offline_pins, warm_offline, WarmRequest};
 
 use crate::config::Config;
 use dispatch::Scope;
-use hyper_util::server::graceful::GracefulShutdown;
 use listener::{Listener, Shared};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -118,11 +118,10 @@ pub async fn run(
         None => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = Arc::new(Semaphore::new(app.max_connections));
     let shared = Shared {
         app: Arc::clone(&app),
-        connections: Arc::new(Semaphore::new(app.max_connections)),
-        graceful: Arc::clone(&graceful),
+        connections: Arc::clone(&connections),
         stop: stop_rx,
     };
     // The metrics listener is for scrapers and probes: no registry API
@@ -152,12 +151,12 @@ pub async fn run(
         grace_secs = app.shutdown_grace.as_secs(),
         "shutting down; draining connections and downloads"
     );
-    // The accept loops are gone, so this is the last handle.
-    if let Some(graceful) = Arc::into_inner(graceful) {
-        tokio::select! {
-            _ = graceful.shutdown() => {},
-            _ = tokio::time::sleep_until(deadline.into()) => {},
-        }
+    // Every connection holds a permit to its end and the accept loops
+    // are gone: all permits back means all connections closed.
+    let all = u32::try_from(app.max_connections).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = connections.acquire_many(all) => {},
+        _ = tokio::time::sleep_until(deadline.into()) => {},
     }
     app.drain(deadline).await;
     if let Some(address) = admin_address {

@@ -25,6 +25,7 @@ mod hostile;
 mod hub_protocol;
 mod hub_selftest;
 mod inflight;
+mod keepalive;
 mod limits;
 mod operations;
 mod referrers;
