@@ -116,7 +116,9 @@ pub(super) async fn serve<S>(
         let conn = protocols
             .h2
             .serve_connection(TokioIo::new(Prefixed::new(first, stream)), service);
-        let mut conn = std::pin::pin!(conn);
+        // Boxed: HTTP/2's state is large, and an HTTP/1 connection's task
+        // must not be sized for it.
+        let mut conn = Box::pin(conn);
         let served = tokio::select! {
             served = conn.as_mut() => served,
             _ = stopping(&mut stop) => {

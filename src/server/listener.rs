@@ -66,29 +66,34 @@ impl Listener {
                 self.shared.clone(),
                 Arc::clone(&protocols),
             );
-            tokio::spawn(async move {
-                let timeout = shared.app.header_read_timeout;
-                match tls {
-                    None => {
-                        connection::serve(stream, traffic, peer, scope, shared, protocols, permit)
-                            .await
-                    }
-                    Some(acceptor) => {
+            // One task shape per path: a plain connection's task must not
+            // be sized for a TLS one's handshake and stream.
+            match tls {
+                None => {
+                    let serving =
+                        connection::serve(stream, traffic, peer, scope, shared, protocols, permit);
+                    tokio::spawn(serving);
+                }
+                Some(acceptor) => {
+                    tokio::spawn(async move {
+                        let timeout = shared.app.header_read_timeout;
                         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => {
-                                connection::serve(
+                                // Boxed: the handshake's state is not kept
+                                // beside the connection's.
+                                let serving = connection::serve(
                                     s, traffic, peer, scope, shared, protocols, permit,
-                                )
-                                .await
+                                );
+                                Box::pin(serving).await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, %peer, "TLS handshake failed")
                             }
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
-                    }
+                    });
                 }
-            });
+            }
         }
     }
 }
