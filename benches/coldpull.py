@@ -176,6 +176,23 @@ def trace_lines(reqs, t0):
     return lines
 
 
+def layer_waits(reqs):
+    """For each large CDN transfer: the time from the upstream's last byte
+    to the client's next registry request, i.e. what the client spent
+    after the upstream was done (its own fsync, and any mirror's)."""
+    waits = []
+    for i, (start, took, site, _, _, _, nbytes) in enumerate(reqs):
+        if site != "cdn" or nbytes < MiB:
+            continue
+        end = start + took
+        # skopeo may start a layer before the last one ends: only what
+        # follows this transfer counts.
+        nxt = [r[0] for r in reqs if r[2] == "registry" and r[0] >= end]
+        if nxt:
+            waits.append(min(nxt) - end)
+    return waits
+
+
 def pull(cfg, work):
     data = os.path.join(work, "data")
     log("writing a %d MB image" % (sum(LAYER_SIZES) // 10**6))
@@ -185,6 +202,7 @@ def pull(cfg, work):
     rows = {"direct": [], "pullthrough": []}
     cpu = []
     traces = {}
+    waits = {}
     errors = []
     timeout = 120.0
     for rnd in range(cfg.rounds):
@@ -213,11 +231,12 @@ def pull(cfg, work):
                 log("round %d %s: %s" % (rnd + 1, who, err))
                 continue
             rows[who].append(took)
+            waits.setdefault(who, []).append(layer_waits(reqs))
             traces.setdefault(who, (reqs, t0_wall))
             log("round %d %s: %.2f s, %d upstream requests" % (rnd + 1, who, took, len(reqs)))
     hub_stop = hub.proc
     PROCS.stop(hub_stop)
-    return {"rows": rows, "cpu": cpu, "traces": traces, "errors": errors}
+    return {"rows": rows, "cpu": cpu, "traces": traces, "errors": errors, "waits": waits}
 
 
 def report_pull(cfg, r):
@@ -245,6 +264,12 @@ def report_pull(cfg, r):
               ", ".join("%.3f" % x for x in pairs), statistics.median(pairs),
               ", ".join("%.2f" % c for c in r["cpu"])))
         p("")
+    for who in ("direct", "pullthrough"):
+        if r["waits"].get(who):
+            p("%s: from each layer's last upstream byte to skopeo's next blob request, s "
+              "(layers in order, per round): %s" % (who, "; ".join(
+                  ", ".join("%.3f" % w for w in ws) for ws in r["waits"][who])))
+            p("")
     for who in ("direct", "pullthrough"):
         if who not in r["traces"]:
             continue
