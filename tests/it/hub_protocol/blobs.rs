@@ -157,3 +157,39 @@ async fn a_corrupt_upstream_blob_is_never_served_or_cached() {
     assert_eq!(&read_transfer(retry).await.bytes(), layer);
     wait_cached(&mirror, digest);
 }
+
+/// A blob large enough that its download is flushed to disk while it runs
+/// (every 8 MiB): served byte for byte, committed with the same bytes, and,
+/// corrupted, neither served as complete nor cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_blob_flushed_while_it_downloads_is_cached_byte_for_byte() {
+    const MIB: usize = 1024 * 1024;
+    let hub = Hub::start().await;
+    let image = hub.push_image("library/big", "v1", &[20 * MIB + 17, 18 * MIB]);
+    let mirror = mirror_of(&hub);
+    let (good, good_bytes) = &image.layers[0];
+    let (bad, _) = &image.layers[1];
+
+    let response = get(&mirror, &format!("/v2/library/big/blobs/{good}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(&read_transfer(response).await.bytes(), good_bytes);
+    assert_eq!(hub.count(Kind::CdnGet), 1);
+    let stored = crate::support::cache::blob_path(&mirror.cache_dir, good);
+    let on_disk = std::fs::read(&stored).expect("the blob is cached when its GET ends");
+    assert!(
+        on_disk == *good_bytes,
+        "the cached copy differs from the upstream's"
+    );
+
+    hub.set_fault(Target::Digest(bad.clone()), Fault::CorruptBytes);
+    let response = get(&mirror, &format!("/v2/library/big/blobs/{bad}")).await;
+    if response.status() == StatusCode::OK {
+        assert!(
+            read_transfer(response).await.is_failed(),
+            "wrong bytes served as complete"
+        );
+    } else {
+        assert!(response.status().is_server_error(), "{}", response.status());
+    }
+    assert_not_cached(&mirror, bad);
+}
