@@ -4,15 +4,15 @@
 //! anything secret, so cardinality stays fixed.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub http_duration: HistogramVec,
+    pub http: HttpMetrics,
     pub cache_lookups: IntCounterVec,
     pub bytes_served: IntCounterVec,
     pub upstream_requests: IntCounterVec,
@@ -111,17 +111,19 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         Metrics {
-            http_requests: counter_vec(
-                &r,
-                "http_requests_total",
-                "HTTP requests answered, by route, method and status class.",
-                &["route", "method", "status"],
-            ),
-            http_duration: histogram_vec(
-                &r,
-                "http_request_duration_seconds",
-                "Time to answer a request's headers, by route.",
-                &["route"],
+            http: HttpMetrics::new(
+                counter_vec(
+                    &r,
+                    "http_requests_total",
+                    "HTTP requests answered, by route, method and status class.",
+                    &["route", "method", "status"],
+                ),
+                histogram_vec(
+                    &r,
+                    "http_request_duration_seconds",
+                    "Time to answer a request's headers, by route.",
+                    &["route"],
+                ),
             ),
             cache_lookups: counter_vec(
                 &r,
@@ -355,6 +357,76 @@ impl Default for Metrics {
 }
 
 /// `2xx`, `4xx`, …: status classes keep label sets small.
+/// The `route` label values of the HTTP metrics (see `server::dispatch`).
+pub const ROUTES: [&str; 13] = [
+    "base",
+    "healthz",
+    "readyz",
+    "metrics",
+    "page",
+    "asset",
+    "search",
+    "api",
+    "manifest",
+    "blob",
+    "tags",
+    "referrers",
+    "other",
+];
+/// The `method` label values: any other method is `other`, so a client
+/// inventing methods cannot make new series.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The per-request HTTP metrics with their label lookups done once: a
+/// lookup hashes the labels and takes a lock, on every request otherwise.
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    counters: Vec<OnceLock<IntCounter>>,
+    histograms: Vec<OnceLock<Histogram>>,
+}
+
+impl HttpMetrics {
+    fn new(requests: IntCounterVec, duration: HistogramVec) -> HttpMetrics {
+        HttpMetrics {
+            requests,
+            duration,
+            counters: (0..ROUTES.len() * METHODS.len() * CLASSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            histograms: (0..ROUTES.len()).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one answered request and the time to its headers.
+    pub fn answered(&self, route: &str, method: &http::Method, status: u16, took: Duration) {
+        let r = ROUTES
+            .iter()
+            .position(|x| *x == route)
+            .unwrap_or(ROUTES.len() - 1);
+        let m = METHODS
+            .iter()
+            .position(|x| *x == method.as_str())
+            .unwrap_or(METHODS.len() - 1);
+        let c = CLASSES
+            .iter()
+            .position(|x| *x == status_class(status))
+            .unwrap_or(4);
+        let counter =
+            self.counters[(r * METHODS.len() + m) * CLASSES.len() + c].get_or_init(|| {
+                self.requests
+                    .with_label_values(&[ROUTES[r], METHODS[m], CLASSES[c]])
+            });
+        counter.inc();
+        self.histograms[r]
+            .get_or_init(|| self.duration.with_label_values(&[ROUTES[r]]))
+            .observe(took.as_secs_f64());
+    }
+}
+
 pub fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -378,5 +450,28 @@ mod tests {
         assert!(text.contains("pullthrough_cache_lookups_total{kind=\"blob\",result=\"hit\"}"));
         assert!(text.contains("pullthrough_log_lines_dropped_total{kind=\"access\"} 0"));
         assert_eq!(status_class(404), "4xx");
+    }
+
+    #[test]
+    fn answered_requests_land_in_their_series_and_made_up_methods_are_other() {
+        let m = Metrics::new();
+        let brew = http::Method::from_bytes(b"BREW").expect("a token");
+        for _ in 0..3 {
+            m.http
+                .answered("blob", &http::Method::GET, 206, Duration::ZERO);
+        }
+        m.http.answered("manifest", &brew, 404, Duration::ZERO);
+        m.http
+            .answered("nonsense", &http::Method::HEAD, 503, Duration::ZERO);
+        let text = m.render();
+        for line in [
+            "pullthrough_http_requests_total{method=\"GET\",route=\"blob\",status=\"2xx\"} 3",
+            "pullthrough_http_requests_total{method=\"other\",route=\"manifest\",status=\"4xx\"} 1",
+            "pullthrough_http_requests_total{method=\"HEAD\",route=\"other\",status=\"5xx\"} 1",
+            "pullthrough_http_request_duration_seconds_count{route=\"blob\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("BREW"));
     }
 }

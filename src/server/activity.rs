@@ -30,7 +30,7 @@ pub struct Pull {
     pub repository: String,
     pub tag: String,
     /// The client's address (behind a trusted proxy, the one it forwarded).
-    pub client: String,
+    pub client: std::net::IpAddr,
     /// `hit`, `miss`, `revalidated`, `stale`, `coalesced`, `bypass`, or
     /// `error` when the pull failed.
     pub result: &'static str,
@@ -96,11 +96,19 @@ impl Totals {
 #[derive(Default)]
 pub struct Activity {
     pulls: Mutex<VecDeque<Pull>>,
-    pull_counts: Mutex<HashMap<(String, String), u64>>,
+    pull_counts: Mutex<PullCounts>,
     failures: Mutex<HashMap<String, UpstreamFailure>>,
     /// (when, totals then), oldest first; the counters start at zero with
     /// the process, so before the first hour the baseline is zero.
     samples: Mutex<VecDeque<(Instant, Totals)>>,
+}
+
+/// Pulls per repository, by upstream then repository, so counting one
+/// more needs no new key (a pull by tag is on every pull's path).
+#[derive(Default)]
+struct PullCounts {
+    by_upstream: HashMap<String, HashMap<String, u64>>,
+    repositories: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,11 +119,20 @@ impl Activity {
     pub fn record_pull(&self, pull: Pull) {
         {
             let mut counts = lock(&self.pull_counts);
-            let key = (pull.upstream.clone(), pull.repository.clone());
-            if let Some(n) = counts.get_mut(&key) {
+            let counts = &mut *counts;
+            let known = counts
+                .by_upstream
+                .get_mut(&pull.upstream)
+                .and_then(|repositories| repositories.get_mut(&pull.repository));
+            if let Some(n) = known {
                 *n += 1;
-            } else if counts.len() < TRACKED_REPOSITORIES {
-                counts.insert(key, 1);
+            } else if counts.repositories < TRACKED_REPOSITORIES {
+                counts
+                    .by_upstream
+                    .entry(pull.upstream.clone())
+                    .or_default()
+                    .insert(pull.repository.clone(), 1);
+                counts.repositories += 1;
             }
         }
         let mut pulls = lock(&self.pulls);
@@ -133,11 +150,16 @@ impl Activity {
     /// Most pulled first; ties by name.
     pub fn top_repositories(&self, n: usize) -> Vec<TopRepository> {
         let mut all: Vec<TopRepository> = lock(&self.pull_counts)
+            .by_upstream
             .iter()
-            .map(|((upstream, repository), pulls)| TopRepository {
-                upstream: upstream.clone(),
-                repository: repository.clone(),
-                pulls: *pulls,
+            .flat_map(|(upstream, repositories)| {
+                repositories
+                    .iter()
+                    .map(move |(repository, pulls)| TopRepository {
+                        upstream: upstream.clone(),
+                        repository: repository.clone(),
+                        pulls: *pulls,
+                    })
             })
             .collect();
         all.sort_by(|a, b| {
@@ -213,7 +235,7 @@ mod tests {
             upstream: "docker.io".into(),
             repository: repo.into(),
             tag: "latest".into(),
-            client: "127.0.0.1".into(),
+            client: [127, 0, 0, 1].into(),
             result: "hit",
             status: 200,
             time: n,

@@ -16,7 +16,6 @@ use super::App;
 use super::{api, page, search, warm};
 use crate::config::AdminRead;
 use crate::fetch::FetchError;
-use crate::metrics::status_class;
 use crate::oci::Reference;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
@@ -114,13 +113,9 @@ pub async fn dispatch(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let m = &app.metrics;
-    m.http_requests
-        .with_label_values(&[route_label, method.as_str(), status_class(status)])
-        .inc();
-    m.http_duration
-        .with_label_values(&[route_label])
-        .observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .http
+        .answered(route_label, &method, status, started.elapsed());
     let line = AccessLine {
         request_id,
         client,
@@ -372,7 +367,7 @@ pub(super) async fn route(
             upstream: at.upstream.name().to_owned(),
             repository: at.upstream.upstream_name(&at.repo).as_str().to_owned(),
             tag,
-            client: client.to_string(),
+            client,
             result: match handled.outcome {
                 Some(outcome) if handled.response.status().is_success() => outcome.as_str(),
                 _ if handled.response.status().is_success() => "hit",
