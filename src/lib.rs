@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod oci;
 pub mod server;
 pub(crate) mod upstream;
+pub(crate) mod utc;
 pub mod warm;
 
 /// Thin wrappers over crate-private parsers for the fuzz targets in

@@ -8,7 +8,7 @@
 //! queued.
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -66,6 +66,32 @@ pub struct FlushOnDrop {
 
 /// The queue that `dropped_access_lines` reports on.
 static INSTALLED: OnceLock<Arc<Shared>> = OnceLock::new();
+
+/// Set when the process logs plain text without colours: access lines,
+/// one per request, are then formatted by `server::access` itself (far
+/// cheaper than `tracing`'s field visitors) and queued as they come.
+static ACCESS_AS_TEXT: AtomicBool = AtomicBool::new(false);
+
+/// Says that the installed queue's lines are plain text, as
+/// `tracing_subscriber::fmt` writes them without ANSI colours.
+pub fn access_lines_as_text() {
+    ACCESS_AS_TEXT.store(true, Ordering::Relaxed);
+}
+
+/// Queues an access line its caller formatted; `false` when it must go
+/// through `tracing` instead (another format, or no queue installed).
+pub fn push_access_line(line: &[u8]) -> bool {
+    if !ACCESS_AS_TEXT.load(Ordering::Relaxed) {
+        return false;
+    }
+    match INSTALLED.get() {
+        Some(shared) => {
+            push(shared, line, true);
+            true
+        }
+        None => false,
+    }
+}
 
 /// A queue in front of stderr, the process's log.
 pub fn stderr() -> io::Result<(LogQueue, FlushOnDrop)> {
@@ -147,27 +173,31 @@ impl LogQueue {
     }
 
     fn push(&self, line: &[u8], droppable: bool) {
-        let mut queue = self.shared.lock();
-        let queued = queue.lines.len() + line.len();
-        let (bound, dropped) = if droppable {
-            (self.shared.capacity, &self.shared.dropped_access)
-        } else {
-            (
-                self.shared.capacity * HARD_CAPACITY_FACTOR,
-                &self.shared.dropped_other,
-            )
-        };
-        if queued > bound {
-            drop(queue);
-            dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        queue.lines.extend_from_slice(line);
-        let wake = queue.writer_waiting;
+        push(&self.shared, line, droppable);
+    }
+}
+
+fn push(shared: &Shared, line: &[u8], droppable: bool) {
+    let mut queue = shared.lock();
+    let queued = queue.lines.len() + line.len();
+    let (bound, dropped) = if droppable {
+        (shared.capacity, &shared.dropped_access)
+    } else {
+        (
+            shared.capacity * HARD_CAPACITY_FACTOR,
+            &shared.dropped_other,
+        )
+    };
+    if queued > bound {
         drop(queue);
-        if wake {
-            self.shared.wake.notify_one();
-        }
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    queue.lines.extend_from_slice(line);
+    let wake = queue.writer_waiting;
+    drop(queue);
+    if wake {
+        shared.wake.notify_one();
     }
 }
 

@@ -55,7 +55,7 @@ fn amz_dates(time: SystemTime) -> (String, String) {
         .unwrap_or(Duration::ZERO)
         .as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = crate::utc::civil_from_days(days as i64);
     let date = format!("{y:04}{m:02}{d:02}");
     let stamp = format!(
         "{date}T{:02}{:02}{:02}Z",
@@ -64,21 +64,6 @@ fn amz_dates(time: SystemTime) -> (String, String) {
         rem % 60
     );
     (stamp, date)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// `host[:port]` as the client sends it (default ports left out).

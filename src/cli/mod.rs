@@ -81,6 +81,9 @@ pub fn init_queued_logging(format: LogFormat) -> Option<pullthrough::log_queue::
     match pullthrough::log_queue::stderr() {
         Ok((queue, guard)) => {
             init_logging_to(format, "info", queue);
+            if matches!(format, LogFormat::Text) && !std::io::stderr().is_terminal() {
+                pullthrough::log_queue::access_lines_as_text();
+            }
             Some(guard)
         }
         Err(e) => {
