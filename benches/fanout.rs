@@ -203,11 +203,8 @@ fn main() {
         let (go_tx, go_rx) = watch::channel(None);
         let mut tasks = Vec::with_capacity(args.clients);
         for _ in 0..args.clients {
-            let (request, expected, go) = (
-                Arc::clone(&request),
-                Arc::clone(&expected),
-                go_rx.clone(),
-            );
+            let (request, expected, go) =
+                (Arc::clone(&request), Arc::clone(&expected), go_rx.clone());
             let timeout = args.timeout;
             tasks.push(tokio::spawn(async move {
                 let mut out = Outcome::default();
