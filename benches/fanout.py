@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cold fan-out at fleet size (issue 16, see BENCHMARKS.md).
 
-    python3 benches/fanout.py                       # 100 and 1,000 clients, 3 rounds
+    python3 benches/fanout.py                       # 10, 100 and 1,000 clients, 3 rounds
     python3 benches/fanout.py --clients 1000 --rounds 1 --servers pullthrough
 
 N clients (the Rust load generator benches/fanout.rs: N connections, one
@@ -24,6 +24,7 @@ Reuses benches/run.py (processes, nginx, distribution, RSS/CPU sampling);
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,6 +60,7 @@ def load(cfg, port, blob, clients):
     argv = [cfg.loadgen, "--port", str(port), "--path", blob.url, "--expect", blob.path,
             "--clients", str(clients), "--threads", str(cfg.threads),
             "--timeout-s", str(cfg.timeout)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     PROCS.live[p.pid] = ("fanout loadgen", p)
     try:
@@ -69,7 +71,9 @@ def load(cfg, port, blob, clients):
     PROCS.live.pop(p.pid, None)
     if p.returncode != 0:
         raise RuntimeError("load generator exit %s: %s" % (p.returncode, err.decode()[-500:]))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = json.loads(out)
+    r["loadgen_cpu"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     done = [t for t in r["last_byte"] if t is not None]
     firsts = [t for t in r["first_byte"] if t is not None]
     r["ok"] = sum(1 for b in r["bytes"] if b == blob.size) - len(r["errors"])
@@ -142,10 +146,11 @@ def report(cfg, rounds, sizes, load0, load1, busy, wall):
           blob_mib(sizes), cfg.rate, cfg.threads))
     p("")
     p("| who | clients | slowest | median client | slowest / direct | slowest / machine bound "
-      "| byte-exact | upstream blob GETs | peak RSS MiB | CPU s |")
-    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| byte-exact | upstream blob GETs | peak RSS MiB | server CPU s | load generator CPU s |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    notes = []
     direct = [r["direct"]["slowest"] for r in rounds]
-    p("| upstream, direct | 1 | %s | | 1.00x | | %s | 1 | | |" % (
+    p("| upstream, direct | 1 | %s | | 1.00x | | %s | 1 | | | |" % (
         spread(direct), "/".join("%d" % r["direct"]["ok"] for r in rounds)))
     for n in cfg.sizes:
         bound = [r[("nginx", n)]["slowest"] for r in rounds if ("nginx", n) in r]
@@ -158,7 +163,7 @@ def report(cfg, rounds, sizes, load0, load1, busy, wall):
             vs_bound = [x["slowest"] / r[("nginx", n)]["slowest"] for r, x in rows
                         if x["slowest"] and ("nginx", n) in r]
             label = "nginx static, no limit (machine bound)" if who == "nginx" else who
-            p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 label, n, spread([x["slowest"] for _, x in rows]),
                 spread([x["median"] for _, x in rows]),
                 spread(vs_direct, "%.1fx"),
@@ -166,11 +171,13 @@ def report(cfg, rounds, sizes, load0, load1, busy, wall):
                 "/".join("%d" % x["ok"] for _, x in rows),
                 "–" if who == "nginx" else "/".join("%d" % x["blob_gets"] for _, x in rows),
                 "–" if who == "nginx" else spread([x["rss"] for _, x in rows], "%.1f"),
-                spread([x["cpu"] for _, x in rows], "%.1f")))
+                spread([x["cpu"] for _, x in rows], "%.1f"),
+                spread([x["loadgen_cpu"] for _, x in rows], "%.1f")))
         if bound:
-            p("")
-            p("Machine bound at %d clients: %s Gbit/s aggregate." % (
+            notes.append("machine bound at %d clients: %s Gbit/s aggregate" % (
                 n, spread([r[("nginx", n)]["gbit"] for r in rounds if ("nginx", n) in r])))
+    p("")
+    p("Aggregate: " + "; ".join(notes) + ".")
     errors = [(k, e) for r in rounds for k, x in r.items() if k != "direct"
               for e in x["errors"][:3]]
     if errors:
@@ -187,7 +194,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--binary", default=os.path.join(REPO_ROOT, "target", "release", "pullthrough"))
     ap.add_argument("--loadgen", help="the built benches/fanout.rs (default: cargo builds it)")
-    ap.add_argument("--clients", default="100,1000", help="comma list of fan-out sizes")
+    ap.add_argument("--clients", default="10,100,1000", help="comma list of fan-out sizes")
     ap.add_argument("--servers", default="pullthrough,distribution")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--mib", type=int, default=50, help="blob size")
