@@ -138,7 +138,7 @@ async fn client(
         return Err(format!("Content-Length {len:?}, want {}", expected.len()));
     }
     let mut pos = 0usize;
-    let mut check = |chunk: &[u8], pos: &mut usize, out: &mut Outcome| -> Result<(), String> {
+    let check = |chunk: &[u8], pos: &mut usize, out: &mut Outcome| -> Result<(), String> {
         if chunk.is_empty() {
             return Ok(());
         }

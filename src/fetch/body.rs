@@ -118,7 +118,7 @@ impl BlobReader {
             }
         };
         let read = match self.shareable_block(until) {
-            Some(block) => self.read_shared(block).await,
+            Some((blocks, index, span)) => self.read_shared(&blocks, index, span).await,
             None => self.read_own(until).await,
         };
         match read {
@@ -141,22 +141,25 @@ impl BlobReader {
     /// The shared block `pos` is in, when this body may read all of it
     /// (a range ending inside a block, or the held-back last byte, is
     /// read privately).
-    fn shareable_block(&self, until: u64) -> Option<(u64, Range<u64>)> {
-        self.blocks.as_ref()?;
+    fn shareable_block(&self, until: u64) -> Option<(Arc<SharedBlocks>, u64, Range<u64>)> {
+        let blocks = self.blocks.as_ref()?;
         let index = self.pos / BLOCK;
         let start = index * BLOCK;
         let end = match self.blob_len {
             Some(total) => (start + BLOCK).min(total),
             None => start + BLOCK,
         };
-        (until >= end).then_some((index, start..end))
+        (until >= end).then(|| (Arc::clone(blocks), index, start..end))
     }
 
     /// From `pos` to the end of its block, read by the first reader of
     /// the download who needed it.
-    async fn read_shared(&mut self, (index, span): (u64, Range<u64>)) -> io::Result<Bytes> {
-        let blocks = self.blocks.as_ref().map(Arc::clone);
-        let blocks = blocks.ok_or_else(|| io::Error::other("no shared blocks"))?;
+    async fn read_shared(
+        &mut self,
+        blocks: &SharedBlocks,
+        index: u64,
+        span: Range<u64>,
+    ) -> io::Result<Bytes> {
         let from = (self.pos - span.start) as usize;
         if let Some(block) = blocks.get(index) {
             self.metrics

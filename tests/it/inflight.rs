@@ -116,7 +116,11 @@ async fn late_joiners_share_the_blocks_already_written() {
     assert_eq!(hub.count(Kind::CdnGet), 1, "one download for all");
     // Each joiner started with at least 1 MiB on disk; the first to need
     // a block reads it, the others mostly get it from memory.
-    let shared = sample_sum(&scrape(mirror.addr), "pullthrough_served_shared_bytes_total", &[]);
+    let shared = sample_sum(
+        &scrape(mirror.addr),
+        "pullthrough_served_shared_bytes_total",
+        &[],
+    );
     assert!(
         shared >= (joiners / 2 * MIB) as f64,
         "{shared} bytes sent from shared blocks"
