@@ -171,7 +171,120 @@ async fn client(
     Ok(())
 }
 
+/// Runs `clients` clients against `addr` on `runtime`.
+fn run_clients(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    path: &str,
+    expected: &Arc<Vec<u8>>,
+    clients: usize,
+    timeout: Duration,
+) -> Vec<Outcome> {
+    let request = Arc::new(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fanout-bench\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes(),
+    );
+    runtime.block_on(async {
+        let (go_tx, go_rx) = watch::channel(None);
+        let mut tasks = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            let (request, expected, go) =
+                (Arc::clone(&request), Arc::clone(expected), go_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut out = Outcome::default();
+                let run = client(addr, request, expected, go, &mut out);
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => out.error = Some(e),
+                    Err(_) => out.error = Some(format!("timed out at {} bytes", out.bytes)),
+                }
+                out
+            }));
+        }
+        // Let every connection be established before the common start.
+        tokio::time::sleep(Duration::from_millis(200 + clients as u64)).await;
+        let _ = go_tx.send(Some(Instant::now()));
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            outcomes.push(t.await.unwrap_or_else(|e| Outcome {
+                error: Some(format!("client task: {e}")),
+                ..Outcome::default()
+            }));
+        }
+        outcomes
+    })
+}
+
+/// Without arguments (`cargo test --all-targets` runs every bench target
+/// so): checks the checker against a loopback server that sends the
+/// expected bytes to every client but one, which gets one byte flipped.
+fn self_check(runtime: &tokio::runtime::Runtime) -> Result<(), String> {
+    let expected: Arc<Vec<u8>> = Arc::new((0..3 * READ_BUF as u32).map(|i| i as u8).collect());
+    let clients = 4;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let body = Arc::clone(&expected);
+    let server = runtime.spawn(async move {
+        for n in 0..clients {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut body = body.to_vec();
+            if n == 0 {
+                body[READ_BUF + 7] ^= 1;
+            }
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = conn.read(&mut head).await;
+                let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = conn.write_all(reply.as_bytes()).await;
+                let _ = conn.write_all(&body).await;
+            });
+        }
+    });
+    let outcomes = run_clients(
+        runtime,
+        addr,
+        "/x",
+        &expected,
+        clients,
+        Duration::from_secs(30),
+    );
+    server.abort();
+    let ok = outcomes.iter().filter(|o| o.error.is_none()).count();
+    let caught = outcomes
+        .iter()
+        .filter(|o| {
+            o.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("wrong bytes"))
+        })
+        .count();
+    if ok != clients - 1 || caught != 1 {
+        return Err(format!(
+            "{ok} clients ok and {caught} caught the flipped byte"
+        ));
+    }
+    Ok(())
+}
+
 fn main() {
+    // `cargo bench` adds `--bench`; nothing else means a bare run.
+    if std::env::args().skip(1).all(|a| a == "--bench") {
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        match self_check(&runtime) {
+            Ok(()) => println!("fanout: self-check passed (run by benches/fanout.py for figures)"),
+            Err(e) => {
+                eprintln!("fanout: self-check failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -192,43 +305,14 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let request = Arc::new(
-        format!(
-            "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: fanout-bench\r\nConnection: close\r\n\r\n",
-            args.path, args.port
-        )
-        .into_bytes(),
+    let outcomes = run_clients(
+        &runtime,
+        addr,
+        &args.path,
+        &expected,
+        args.clients,
+        args.timeout,
     );
-    let outcomes = runtime.block_on(async {
-        let (go_tx, go_rx) = watch::channel(None);
-        let mut tasks = Vec::with_capacity(args.clients);
-        for _ in 0..args.clients {
-            let (request, expected, go) =
-                (Arc::clone(&request), Arc::clone(&expected), go_rx.clone());
-            let timeout = args.timeout;
-            tasks.push(tokio::spawn(async move {
-                let mut out = Outcome::default();
-                let run = client(addr, request, expected, go, &mut out);
-                match tokio::time::timeout(timeout, run).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => out.error = Some(e),
-                    Err(_) => out.error = Some(format!("timed out at {} bytes", out.bytes)),
-                }
-                out
-            }));
-        }
-        // Let every connection be established before the common start.
-        tokio::time::sleep(Duration::from_millis(200 + args.clients as u64)).await;
-        let _ = go_tx.send(Some(Instant::now()));
-        let mut outcomes = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            outcomes.push(t.await.unwrap_or_else(|e| Outcome {
-                error: Some(format!("client task: {e}")),
-                ..Outcome::default()
-            }));
-        }
-        outcomes
-    });
     let json = serde_json::json!({
         "clients": outcomes.len(),
         "expected_bytes": expected.len(),
