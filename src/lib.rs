@@ -19,9 +19,10 @@
 //!   retries, the circuit breaker, redirects to CDNs, egress proxies,
 //!   policy.
 //! - `fetch`: the pull-through core behind one facade (`PullThrough`):
-//!   lookup, downloads tailed by readers and resumed when their source
-//!   breaks, verification, tag and referrers freshness, the memory of
-//!   misses, visibility of private content.
+//!   lookup, downloads tailed by readers (who share a download's blocks
+//!   in memory, `fetch/blocks.rs`) and resumed when their source breaks,
+//!   verification, tag and referrers freshness, the memory of misses,
+//!   visibility of private content.
 //! - [`warm`]: warming images into the cache (`pullthrough warm`, the
 //!   admin API's warm action), `cache check`, and the `[[warm]]` sets:
 //!   start-up warm, scheduled revalidation, pins, the rate-limit reserve.

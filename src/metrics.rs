@@ -15,6 +15,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub cache_lookups: IntCounterVec,
     pub bytes_served: IntCounterVec,
+    pub shared_bytes: IntCounter,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub upstream_bytes: IntCounterVec,
@@ -136,6 +137,11 @@ impl Metrics {
                 "served_bytes_total",
                 "Body bytes sent to clients, by source (cache, upstream).",
                 &["source"],
+            ),
+            shared_bytes: counter(
+                &r,
+                "served_shared_bytes_total",
+                "Body bytes of downloads in flight sent from a block another reader of the same download had read (its readers share its blocks in memory).",
             ),
             upstream_requests: counter_vec(
                 &r,

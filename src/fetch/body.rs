@@ -1,7 +1,9 @@
 //! What the core answers with: small in-memory bodies, blob bodies that
 //! read a file in bounded chunks while tailing a download that is still
-//! being written, and verified pass-through of bytes the cache cannot hold.
+//! being written (the readers of one download sharing its blocks, see
+//! `blocks`), and verified pass-through of bytes the cache cannot hold.
 
+use super::blocks::{SharedBlocks, BLOCK};
 use super::download::{BlobSource, Progress, SourceBody};
 use super::FetchError;
 use crate::cache::Lease;
@@ -13,6 +15,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -51,6 +54,8 @@ struct BlobReader {
     /// Exclusive end; `None` while a download of unknown length runs.
     end: Option<u64>,
     progress: Option<watch::Receiver<Progress>>,
+    /// The blocks this download's readers share; `None` for a cached blob.
+    blocks: Option<Arc<SharedBlocks>>,
     /// Metric label: whether these bytes were already cached.
     source: &'static str,
     /// The whole blob's length, when the upstream announced it.
@@ -112,31 +117,17 @@ impl BlobReader {
                 return Some((Err(e), self));
             }
         };
-        let want = (until - self.pos).min(READ_CHUNK) as usize;
-        let mut buf = self.buffers.take(want);
-        let read = match read_from_page_cache(&self.file, &mut buf[..want], self.pos) {
-            Some(n) => Ok((buf, n)),
-            None => {
-                // Not in memory yet: a real disk read, off the async threads.
-                let (file, pos) = (Arc::clone(&self.file), self.pos);
-                tokio::task::spawn_blocking(move || {
-                    file.read_exact_at(&mut buf[..want], pos)?;
-                    Ok::<_, io::Error>((buf, want))
-                })
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)))
-            }
+        let read = match self.shareable_block(until) {
+            Some((blocks, index, span)) => self.read_shared(&blocks, index, span).await,
+            None => self.read_own(until).await,
         };
         match read {
-            Ok((mut buf, n)) => {
-                buf.truncate(n);
-                let bytes = buf.freeze();
-                self.buffers.keep(&bytes);
-                self.pos += n as u64;
+            Ok(bytes) => {
+                self.pos += bytes.len() as u64;
                 self.metrics
                     .bytes_served
                     .with_label_values(&[self.source])
-                    .inc_by(n as u64);
+                    .inc_by(bytes.len() as u64);
                 Some((Ok(Frame::data(bytes)), self))
             }
             Err(e) => {
@@ -145,6 +136,83 @@ impl BlobReader {
                 Some((Err(e), self))
             }
         }
+    }
+
+    /// The shared block `pos` is in, when this body may read all of it
+    /// (a range ending inside a block, or the held-back last byte, is
+    /// read privately).
+    fn shareable_block(&self, until: u64) -> Option<(Arc<SharedBlocks>, u64, Range<u64>)> {
+        let blocks = self.blocks.as_ref()?;
+        let index = self.pos / BLOCK;
+        let start = index * BLOCK;
+        let end = match self.blob_len {
+            Some(total) => (start + BLOCK).min(total),
+            None => start + BLOCK,
+        };
+        (until >= end).then(|| (Arc::clone(blocks), index, start..end))
+    }
+
+    /// From `pos` to the end of its block, read by the first reader of
+    /// the download who needed it.
+    async fn read_shared(
+        &mut self,
+        blocks: &SharedBlocks,
+        index: u64,
+        span: Range<u64>,
+    ) -> io::Result<Bytes> {
+        let from = (self.pos - span.start) as usize;
+        if let Some(block) = blocks.get(index) {
+            self.metrics
+                .shared_bytes
+                .inc_by(block.len() as u64 - from as u64);
+            return Ok(block.slice(from..));
+        }
+        let mut data = vec![0u8; (span.end - span.start) as usize];
+        let got = read_from_page_cache(&self.file, &mut data, span.start).unwrap_or(0);
+        if got < data.len() {
+            let file = Arc::clone(&self.file);
+            data = tokio::task::spawn_blocking(move || {
+                file.read_exact_at(&mut data[got..], span.start + got as u64)?;
+                Ok::<_, io::Error>(data)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))?;
+        }
+        Ok(blocks.share(index, data).slice(from..))
+    }
+
+    /// Up to `READ_CHUNK` bytes below `until` into this body's own buffer;
+    /// for a download's reader, only to the end of the block `pos` is in,
+    /// so that the next read can be of a shared block.
+    async fn read_own(&mut self, until: u64) -> io::Result<Bytes> {
+        let until = match self.blocks {
+            Some(_) => until.min((self.pos / BLOCK + 1) * BLOCK),
+            None => until,
+        };
+        let want = (until - self.pos).min(READ_CHUNK) as usize;
+        let mut buf = self.buffers.take(want);
+        let (mut buf, n) = match read_from_page_cache(&self.file, &mut buf[..want], self.pos) {
+            Some(n) => (buf, n),
+            None => {
+                // Not in memory yet: a real disk read, off the async threads.
+                let (file, pos) = (Arc::clone(&self.file), self.pos);
+                tokio::task::spawn_blocking(move || {
+                    file.read_exact_at(&mut buf[..want], pos)?;
+                    Ok::<_, io::Error>((buf, want))
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))?
+            }
+        };
+        buf.truncate(n);
+        let bytes = buf.freeze();
+        // A download's reader reads its own only at the head of the
+        // download, briefly: buffers kept for it would be held by every
+        // one of a thousand readers for the rest of the blob.
+        if self.blocks.is_none() {
+            self.buffers.keep(&bytes);
+        }
+        Ok(bytes)
     }
 }
 
@@ -218,6 +286,7 @@ pub(super) fn blob(
         pos: start,
         end: end.or(source.total),
         progress: source.progress,
+        blocks: source.blocks,
         _lease: source.lease,
         buffers: ChunkBuffers::default(),
         metrics,

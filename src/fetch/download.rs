@@ -7,6 +7,7 @@
 //! open) or failed, in which case every reader's body ends in an error so
 //! no client ever mistakes a broken transfer for a complete one.
 
+use super::blocks::SharedBlocks;
 use super::misses::Misses;
 use super::resume::ResumingSource;
 use super::visibility::Visibility;
@@ -89,12 +90,14 @@ pub enum Progress {
     /// Bytes `[0, written)` of `file` are on disk and may be read.
     Streaming {
         file: Arc<File>,
+        blocks: Arc<SharedBlocks>,
         total: Option<u64>,
         written: u64,
     },
     /// Verified and committed to the local tier.
     Complete {
         file: Arc<File>,
+        blocks: Arc<SharedBlocks>,
         total: u64,
     },
     Failed(FetchError),
@@ -108,6 +111,8 @@ pub struct BlobSource {
     pub total: Option<u64>,
     /// `None` for a complete file; otherwise the download's progress.
     pub progress: Option<watch::Receiver<Progress>>,
+    /// What the readers of one download share; `None` for a cached blob.
+    pub blocks: Option<Arc<SharedBlocks>>,
     /// Keeps eviction off this blob while it is being served.
     pub lease: Lease,
     /// Hit (on disk), Miss (this request started the download) or
@@ -254,6 +259,7 @@ impl BlobDownloads {
             file: Arc::new(stored.file),
             total: Some(stored.len),
             progress: None,
+            blocks: None,
             lease: usage.lease(digest.hex()),
             outcome: CacheOutcome::Hit,
         }))
@@ -307,17 +313,28 @@ impl BlobDownloads {
         match progress {
             Progress::Connecting => Err((FetchError::Abandoned, outcome)),
             Progress::Failed(e) => Err((e, outcome)),
-            Progress::Streaming { file, total, .. } => Ok(BlobSource {
+            Progress::Streaming {
+                file,
+                blocks,
+                total,
+                ..
+            } => Ok(BlobSource {
                 file,
                 total,
                 progress: Some(rx),
+                blocks: Some(blocks),
                 lease: lease(),
                 outcome,
             }),
-            Progress::Complete { file, total } => Ok(BlobSource {
+            Progress::Complete {
+                file,
+                blocks,
+                total,
+            } => Ok(BlobSource {
                 file,
                 total: Some(total),
                 progress: None,
+                blocks: Some(blocks),
                 lease: lease(),
                 outcome,
             }),
@@ -344,9 +361,13 @@ impl BlobDownloads {
         drop(shown);
         self.metrics.downloads_in_flight.dec();
         match result {
-            Ok((file, total, from_upstream)) => {
+            Ok((file, blocks, total, from_upstream)) => {
                 tracing::info!(%digest, bytes = total, upstream = %name, "blob cached");
-                flight.finish(Progress::Complete { file, total });
+                flight.finish(Progress::Complete {
+                    file,
+                    blocks,
+                    total,
+                });
                 if from_upstream {
                     self.upload_to_tiers(&digest);
                 }
@@ -439,7 +460,7 @@ impl BlobDownloads {
         at: &Target,
         digest: &Digest,
         flight: &crate::coalesce::Flight<Digest, Progress>,
-    ) -> Result<(Arc<File>, u64, bool), FetchError> {
+    ) -> Result<(Arc<File>, Arc<SharedBlocks>, u64, bool), FetchError> {
         let (source, from_upstream) = self.open_source(at, digest).await?;
         let total = source.len;
         let mut reserved = self.store.begin(total);
@@ -458,8 +479,10 @@ impl BlobDownloads {
             Err(e) => return Err(e.into()),
         };
         let file = Arc::clone(temp.file());
+        let blocks = Arc::new(SharedBlocks::default());
         flight.publish(Progress::Streaming {
             file: Arc::clone(&file),
+            blocks: Arc::clone(&blocks),
             total,
             written: 0,
         });
@@ -554,7 +577,7 @@ impl BlobDownloads {
             index.put_content(&digest, &record)
         })
         .await?;
-        Ok((file, got, from_upstream))
+        Ok((file, blocks, got, from_upstream))
     }
 
     /// A tier answered with bytes that are not the blob: never again.

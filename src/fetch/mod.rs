@@ -15,6 +15,7 @@
 //!   cached-only lookups, pins.
 
 pub(crate) mod accept;
+mod blocks;
 mod body;
 mod download;
 pub use download::DownloadView;

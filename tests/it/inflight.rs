@@ -5,6 +5,7 @@
 
 use crate::support::client::{client, files_named, header, hex_of, read_digest, read_transfer};
 use crate::support::hub::{Fault, Hub, Kind, Target};
+use crate::support::metrics::{sample_sum, scrape};
 use crate::support::mirror::Mirror;
 use crate::support::wait_until;
 use http::StatusCode;
@@ -87,6 +88,43 @@ async fn concurrent_cold_gets_share_one_upstream_fetch() {
         "one CDN download for 24 clients"
     );
     assert_eq!(hub.count(Kind::CdnBytesSent), size as u64, "the blob, once");
+    assert_served_from_cache(&hub, &mirror, &digest).await;
+}
+
+/// A fleet joining a download late: what the download has written is read
+/// from disk once and its blocks shared by every reader in memory (issue
+/// 16: a thousand readers each holding their own copies held ~300 KiB of
+/// RSS per client), every reader still getting the exact blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_joiners_share_the_blocks_already_written() {
+    let size = 4 * MIB;
+    let (hub, mirror, digest, _) = setup(size, 2 * MIB as u64).await;
+    let url = blob_url(&mirror, &digest);
+    let mut first = client().get(&url).send().await.expect("first client");
+    assert_eq!(first.status(), StatusCode::OK);
+    let mut received = 0;
+    while received < MIB {
+        let chunk = first.chunk().await.expect("first body");
+        received += chunk.expect("more bytes").len();
+    }
+    let joiners = 16;
+    let outcomes = fan_out(joiners, &url).await;
+    for outcome in &outcomes {
+        assert_eq!(outcome.as_deref(), Ok(digest.as_str()));
+    }
+    drop(first);
+    assert_eq!(hub.count(Kind::CdnGet), 1, "one download for all");
+    // Each joiner started with at least 1 MiB on disk; the first to need
+    // a block reads it, the others mostly get it from memory.
+    let shared = sample_sum(
+        &scrape(mirror.addr),
+        "pullthrough_served_shared_bytes_total",
+        &[],
+    );
+    assert!(
+        shared >= (joiners / 2 * MIB) as f64,
+        "{shared} bytes sent from shared blocks"
+    );
     assert_served_from_cache(&hub, &mirror, &digest).await;
 }
 
