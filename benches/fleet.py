@@ -4,6 +4,7 @@
     python3 benches/fleet.py manifests        # tag/HEAD/digest under wrk
     python3 benches/fleet.py idle             # 10,000 idle keep-alive conns
     python3 benches/fleet.py manifests --perf perf.txt   # and a profile
+    python3 benches/fleet.py h2               # 1,000 HTTP/2 connections x 10 streams
 
 manifests: wrk at -c32 and -c256 against nginx's static server (same bytes,
 access_log off, keepalive_requests 1000000) and pullthrough with its
@@ -15,6 +16,11 @@ idle: N keep-alive HTTP/1.1 connections, each after one GET /v2/, held by
 an asyncio client in this process (RLIMIT_NOFILE raised to the hard limit
 for it and the servers it starts); the server's RSS before and with them,
 and wrk -c32 on a warm tag while they are held vs without.
+
+h2: h2load (nghttp2-client) with 1,000 connections of 10 concurrent
+streams each GETs the warm tag over HTTP/2 without TLS, against nginx
+(`listen ... http2`) and pullthrough, alternating; the servers' peak RSS
+(VmHWM) and CPU per request while it runs, and pullthrough's RSS after.
 
 Reuses benches/run.py (processes, nginx, the test image); 127.0.0.1 only,
 every process stopped by PID, every loop bounded.
@@ -335,6 +341,89 @@ def idle(cfg, work, nginx, manifest, manifest_hex):
     return res
 
 
+def h2load(port, path, conns, streams, duration):
+    argv = ["h2load", "-c", str(conns), "-m", str(streams), "-t", "2", "-D", str(duration),
+            "--warm-up-time=1", "-H", "Accept: " + run.ACCEPT,
+            "http://127.0.0.1:%d%s" % (port, path)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    PROCS.live[p.pid] = ("h2load", p)
+    try:
+        out, _ = p.communicate(timeout=duration + 60)
+    finally:
+        PROCS.live.pop(p.pid, None)
+    out = out.decode(errors="replace")
+    r = {"raw": out, "rps": None, "ok": 0, "failed": None, "duration": duration}
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    if m:
+        r["ok"], r["failed"] = int(m.group(1)), int(m.group(2))
+    m = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    r["non2xx"] = sum(int(x) for x in m.groups()) if m else None
+    return r
+
+
+def h2(cfg, work, nginx, manifest, manifest_hex):
+    pt = DefaultLogPullthrough(work, nginx.upstream_port)
+    pt.config_text = ""
+    pt.start()
+    rows = []
+    try:
+        problems = check_served(pt.port, manifest, manifest_hex)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        path = "/v2/%s/manifests/latest" % REPO
+        rows_rss = run.proc_status_kb(pt.proc.pid, "VmRSS")
+        for rnd in range(cfg.rounds):
+            run.http_get(pt.port, path, headers={"Accept": run.ACCEPT})
+            w = run.Watch(nginx.pids())
+            a = h2load(nginx.h2_port, path, cfg.h2_conns, cfg.h2_streams, cfg.duration)
+            wa = w.stop()
+            w = run.Watch(pt.pids())
+            b = h2load(pt.port, path, cfg.h2_conns, cfg.h2_streams, cfg.duration)
+            wb = w.stop()
+            for who, r in (("nginx", a), ("pullthrough", b)):
+                if not r["rps"] or r["failed"] or r["non2xx"] != 0:
+                    rows.append({"error": "%s: %s" % (who, r["raw"][-600:])})
+            rows.append({"round": rnd + 1, "nginx_rps": a["rps"], "pt_rps": b["rps"],
+                         "nginx_rss": wa["rss_mib"], "pt_rss": wb["rss_mib"],
+                         "nginx_cpu": per_request_us(wa["cpu_s"], a),
+                         "pt_cpu": per_request_us(wb["cpu_s"], b)})
+            log("h2 round %d: nginx %s req/s, pullthrough %s req/s, peak RSS %.1f / %.1f MiB" % (
+                rnd + 1, a["rps"], b["rps"], wa["rss_mib"], wb["rss_mib"]))
+        rows.append({"rss_before_kib": rows_rss,
+                     "rss_after_kib": run.proc_status_kb(pt.proc.pid, "VmRSS")})
+        if not pt.alive():
+            rows.append({"error": "pullthrough died"})
+    finally:
+        pt.stop()
+    return rows
+
+
+def report_h2(rows, cfg):
+    lines = ["h2load -c %d -m %d, %d s per run, GET tag over h2c" % (
+                 cfg.h2_conns, cfg.h2_streams, cfg.duration), "",
+             "| round | nginx req/s | pullthrough req/s | ratio | peak RSS MiB nginx / pullthrough "
+             "| server CPU µs/request nginx / pullthrough |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "round" in r:
+            ratio = r["pt_rps"] / r["nginx_rps"] if r["pt_rps"] and r["nginx_rps"] else None
+            lines.append("| %d | %.0f | %.0f | %s | %.1f / %.1f | %s / %s |" % (
+                r["round"], r["nginx_rps"] or 0, r["pt_rps"] or 0,
+                "%.2fx" % ratio if ratio else "?", r["nginx_rss"], r["pt_rss"],
+                "%.1f" % r["nginx_cpu"] if r["nginx_cpu"] else "?",
+                "%.1f" % r["pt_cpu"] if r["pt_cpu"] else "?"))
+        elif "rss_before_kib" in r:
+            lines.append("")
+            lines.append("- pullthrough RSS before %.1f MiB, after the runs %.1f MiB" % (
+                r["rss_before_kib"] / 1024, r["rss_after_kib"] / 1024))
+        elif "error" in r:
+            lines.append("- error: " + r["error"])
+    return "\n".join(lines)
+
+
 def report_idle(r):
     per = None
     if r.get("rss_held_kib") and r.get("rss_before_kib") and r.get("held"):
@@ -358,7 +447,7 @@ def report_idle(r):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["manifests", "idle"])
+    ap.add_argument("what", choices=["manifests", "idle", "h2"])
     ap.add_argument("--binary", default=os.path.join(run.REPO_ROOT, "target", "release",
                                                      "pullthrough"))
     ap.add_argument("--rounds", type=int, default=3)
@@ -366,16 +455,19 @@ def main():
     ap.add_argument("--conns", default="32,256")
     ap.add_argument("--shapes", default="GET tag,HEAD tag,GET digest")
     ap.add_argument("--connections", type=int, default=10000)
+    ap.add_argument("--h2-conns", type=int, default=1000)
+    ap.add_argument("--h2-streams", type=int, default=10)
     ap.add_argument("--perf", help="profile pullthrough during the first -c GET-tag round "
                     "into this file (perf report --no-children)")
     cfg = ap.parse_args()
     cfg.conns = [int(c) for c in cfg.conns.split(",")]
     cfg.shapes = cfg.shapes.split(",")
     run.Pullthrough.binary = os.path.abspath(cfg.binary)
-    for tool in ("nginx", "wrk", "ab") + (("perf",) if cfg.perf else ()):
+    for tool in ("nginx", "wrk", "ab") + (("perf",) if cfg.perf else ()) + (
+            ("h2load",) if cfg.what == "h2" else ()):
         if shutil.which(tool) is None:
             ap.error("%s is not installed (apt-get install nginx wrk apache2-utils "
-                     "linux-perf)" % tool)
+                     "nghttp2-client linux-perf)" % tool)
     nofile = raise_nofile()
     if cfg.what == "idle" and nofile < cfg.connections + 100:
         ap.error("RLIMIT_NOFILE hard limit %d is below %d connections" % (nofile,
@@ -389,6 +481,8 @@ def main():
         nginx = run.Nginx(work, os.path.join(work, "data"), manifest_hex, "50m")
         if cfg.what == "manifests":
             text = report_manifests(manifests(cfg, work, nginx, manifest, manifest_hex))
+        elif cfg.what == "h2":
+            text = report_h2(h2(cfg, work, nginx, manifest, manifest_hex), cfg)
         else:
             text = report_idle(idle(cfg, work, nginx, manifest, manifest_hex))
         print("%s, %s; load average %.2f at start, %.2f at end; others busy at start: %s; "

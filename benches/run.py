@@ -310,6 +310,7 @@ class Nginx:
         os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
         self.upstream_port = free_port()
         self.static_port = free_port()
+        self.h2_port = free_port()
         with open(os.path.join(HERE, "nginx.conf.in")) as f:
             tmpl = string.Template(f.read())
         conf = tmpl.substitute(
@@ -317,7 +318,7 @@ class Nginx:
             workers=os.cpu_count() or 1,
             dir=self.dir, data=data_dir, rate=rate,
             upstream_port=self.upstream_port, static_port=self.static_port,
-            manifest_hex=manifest_hex)
+            h2_port=self.h2_port, manifest_hex=manifest_hex)
         self.conf = os.path.join(self.dir, "nginx.conf")
         with open(self.conf, "w") as f:
             f.write(conf)

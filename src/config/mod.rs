@@ -270,7 +270,7 @@ impl Config {
         if idle_timeout.is_zero() {
             return Err(invalid("idle_timeout", "must be more than 0s"));
         }
-        let max_connections = parsed.max_connections.unwrap_or(4096);
+        let max_connections = parsed.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
