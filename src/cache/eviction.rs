@@ -47,6 +47,7 @@ pub fn evict(
     budget: &Budget,
     dry_run: bool,
 ) -> EvictionReport {
+    let started = std::time::Instant::now();
     store.usage().flush_access_times(index);
     let mut candidates: Vec<(u64, String, u64, bool)> = index
         .contents()
@@ -102,6 +103,7 @@ pub fn evict(
             entries = report.removed.len(),
             freed_bytes = report.freed_bytes,
             usage_before = usage,
+            millis = started.elapsed().as_millis() as u64,
             "evicted least recently used content"
         );
     }
