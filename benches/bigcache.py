@@ -132,7 +132,7 @@ class Mirror:
         with open(cfg, "w") as f:
             f.write('listen = "127.0.0.1:%d"\ncache_dir = "%s"\n' % (self.port, cache))
             if max_size:
-                f.write("max_size = %d\n" % max_size)
+                f.write("max_size = \"%dB\"\n" % max_size)
             f.write('[[upstream]]\nurl = "http://127.0.0.1:%d"\ntag_ttl = "6h"\n' % upstream_port)
         env = dict(os.environ, RUST_LOG="info")
         self.started = time.monotonic()

@@ -9,11 +9,16 @@
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let usage = "usage: bigcache_gen DIR BLOBS TAGS [BLOB_SIZE] [ACCEPT]";
     let number = |i: usize, default: Option<u64>| -> u64 {
         match args.get(i) {
-            Some(a) => a.parse().unwrap_or_else(|_| panic!("{usage}: {a:?} is no number")),
+            Some(a) => a
+                .parse()
+                .unwrap_or_else(|_| panic!("{usage}: {a:?} is no number")),
             None => default.unwrap_or_else(|| panic!("{usage}")),
         }
     };

@@ -251,7 +251,11 @@ mod tests {
         for (i, d) in digests.iter().enumerate() {
             let gone = (0..15).contains(&i) && i != 3;
             assert_eq!(store.contains(d), !gone, "file of entry {i}");
-            assert_eq!(index.content(d).unwrap().is_none(), gone, "record of entry {i}");
+            assert_eq!(
+                index.content(d).unwrap().is_none(),
+                gone,
+                "record of entry {i}"
+            );
         }
         // Under the high-water mark now: the next pass removes nothing.
         assert!(evict(&store, &index, &budget, false).removed.is_empty());

@@ -167,7 +167,10 @@ mod tests {
             now: 1_000_000,
         };
         let written = write(dir.path(), &shape).unwrap();
-        assert_eq!((written.blobs, written.manifests, written.tags), (40, 12, 12));
+        assert_eq!(
+            (written.blobs, written.manifests, written.tags),
+            (40, 12, 12)
+        );
         let (store, index) = super::super::open(dir.path(), None, Default::default()).unwrap();
         let report = super::super::reconcile(&store, &index, false);
         // Every file hashes to its name and has its entry: nothing adopted,
@@ -175,7 +178,11 @@ mod tests {
         assert_eq!(report.entries, 52);
         assert_eq!(report.bytes, written.bytes);
         assert_eq!(
-            (report.adopted, report.removed_corrupt, report.dropped_entries),
+            (
+                report.adopted,
+                report.removed_corrupt,
+                report.dropped_entries
+            ),
             (0, 0, 0)
         );
         assert_eq!(index.tags().count(), 12);
