@@ -63,6 +63,15 @@ pub(crate) mod upstream;
 pub(crate) mod utc;
 pub mod warm;
 
+/// Synthetic caches for the benchmarks (`benches/bigcache_gen.rs`): a
+/// cache directory written as the mirror would write it. Not an API.
+#[doc(hidden)]
+pub mod synthetic {
+    pub use crate::cache::synthetic::{
+        blob_bytes, manifest_bytes, tag_name, write, Shape, Written, TAGS_PER_REPO,
+    };
+}
+
 /// Thin wrappers over crate-private parsers for the fuzz targets in
 /// `fuzz/` and the stable fuzz smoke test (`tests/it/fuzz_smoke.rs`), which
 /// check their invariants from outside. Not an API: hidden, free to change.

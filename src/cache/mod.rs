@@ -36,6 +36,7 @@ mod s3;
 mod shared_tags;
 mod sigv4;
 mod store;
+pub mod synthetic;
 mod usage;
 
 pub use blobs::{BlobStore, TempBlob};

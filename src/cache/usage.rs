@@ -127,7 +127,7 @@ impl CacheUsage {
 
     /// Replaces the totals with a full scan's, plus whatever was added
     /// during the scan that the scan did not see.
-    pub fn finish_scan(&self, seen: &HashSet<String>, bytes: u64, entries: u64) {
+    pub fn finish_scan(&self, seen: impl Fn(&str) -> bool, bytes: u64, entries: u64) {
         let missed = self
             .added_during_scan
             .lock()
@@ -136,7 +136,7 @@ impl CacheUsage {
             .unwrap_or_default();
         let (mut bytes, mut entries) = (bytes, entries);
         for (hex, len) in missed {
-            if !seen.contains(&hex) {
+            if !seen(&hex) {
                 bytes += len;
                 entries += 1;
             }
@@ -308,7 +308,7 @@ mod tests {
         usage.added("seen", 5);
         usage.added("missed", 7);
         let seen = HashSet::from(["seen".to_owned()]);
-        usage.finish_scan(&seen, 105, 3);
+        usage.finish_scan(|hex| seen.contains(hex), 105, 3);
         assert_eq!((usage.bytes(), usage.entries()), (112, 4));
     }
 
