@@ -220,12 +220,15 @@ where
         let mut conn = Box::new(h1.serve_connection(io, service.clone()));
         let answered_before = traffic.requests();
         let ended = drive(&mut conn, traffic, protocols.park_after, stop).await?;
+        if let Ended::Closed = ended {
+            // Polled as a future it ends as hyper always does: what it
+            // still holds of the last response is written, then the
+            // stream shut down (parting with it does neither).
+            return (&mut *conn).await;
+        }
         let parts = conn.into_parts();
         let (unread, inner) = parts.io.into_inner().into_parts();
         stream = inner;
-        if let Ended::Closed = ended {
-            return Ok(());
-        }
         pending = join(unread, parts.read_buf);
         if traffic.requests() != answered_before {
             head_deadline = None;

@@ -187,3 +187,48 @@ async fn a_head_stalled_across_parks_is_cut_off_after_header_read_timeout() {
         "a half-sent head kept its connection for 10 s (header_read_timeout = 1s)"
     );
 }
+
+/// A response the client asked to end the connection with (HTTP/1.0 style
+/// `Connection: close`) is sent whole before the close, even when the
+/// client is slow to read and hyper still holds its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closing_response_is_sent_whole_to_a_slow_reader() {
+    let hub = Hub::start().await;
+    let blob: Vec<u8> = (0..12_000_000u32).map(|i| (i % 253) as u8).collect();
+    let digest = hub.put_blob("library/app", blob);
+    let mirror = Mirror::builder(&hub.url())
+        .timings(|t| t.park_after = PARK_AFTER)
+        .start();
+    // Cached first, so the second GET streams from disk at full speed.
+    let mut warm = TcpStream::connect(mirror.addr).await.expect("connect");
+    warm.write_all(blob_request(&digest).as_bytes())
+        .await
+        .expect("send");
+    assert_eq!(sha256(&response(&mut warm).await.2), digest);
+
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(mirror.addr).await.expect("connect");
+        let request = format!(
+            "GET /v2/library/app/blobs/{digest} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        // Let the socket buffers fill while nobody reads.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut all))
+            .await
+            .expect("the response and the close within 20 s")
+            .expect("read");
+        let head_end = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        assert_eq!(
+            all.len() - head_end,
+            12_000_000,
+            "the whole body before the close"
+        );
+        assert_eq!(sha256(&all[head_end..]), digest);
+    }
+}
