@@ -15,6 +15,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub cache_lookups: IntCounterVec,
     pub bytes_served: IntCounterVec,
+    pub bytes_sendfile: IntCounter,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub upstream_bytes: IntCounterVec,
@@ -134,6 +135,11 @@ impl Metrics {
                 "served_bytes_total",
                 "Body bytes sent to clients, by source (cache, upstream).",
                 &["source"],
+            ),
+            bytes_sendfile: counter(
+                &r,
+                "served_sendfile_bytes_total",
+                "Of the cached body bytes served, those sent with sendfile(2), straight from the page cache (plain HTTP/1.1 only).",
             ),
             upstream_requests: counter_vec(
                 &r,
