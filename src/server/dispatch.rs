@@ -69,7 +69,11 @@ pub async fn dispatch(
             ApiError::ClientLimited(refused).into_response().into(),
             None,
         ),
-        Ok(_) => {
+        Ok(ref admitted) => {
+            // A paced body keeps its frames of read bytes: the pacing
+            // holds each frame for its bytes' time, so their size is its
+            // grain (and what keeps a slow client's connection moving).
+            let sendfile = sendfile.filter(|_| !admitted.as_ref().is_some_and(|a| a.is_shaped()));
             let slot = if operational {
                 Ok(None)
             } else {
