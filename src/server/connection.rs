@@ -205,7 +205,7 @@ async fn serve_h1<S, Svc>(
     parked: &IntGauge,
 ) -> Result<(), hyper::Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + OffersSendfile + Unpin + Send + 'static,
     Svc: hyper::service::HttpService<hyper::body::Incoming, ResBody = super::body::Body>
         + Clone
         + Unpin,
@@ -235,6 +235,12 @@ where
         let (unread, inner) = parts.io.into_inner().into_parts();
         stream = inner;
         if let Ended::Closed = ended {
+            return Ok(());
+        }
+        if stream.sendfile().is_some_and(|spans| spans.queued() != 0) {
+            // Every response was written, so no span can be left; one
+            // that is would be sent for the next response's marker.
+            tracing::warn!("sendfile spans left after the responses written: closing");
             return Ok(());
         }
         pending = join(unread, parts.read_buf);
