@@ -16,6 +16,7 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     pub bytes_served: IntCounterVec,
     pub shared_bytes: IntCounter,
+    pub bytes_sendfile: IntCounter,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub upstream_bytes: IntCounterVec,
@@ -142,6 +143,11 @@ impl Metrics {
                 &r,
                 "served_shared_bytes_total",
                 "Body bytes of downloads in flight sent from a block another reader of the same download had read (its readers share its blocks in memory).",
+            ),
+            bytes_sendfile: counter(
+                &r,
+                "served_sendfile_bytes_total",
+                "Of the cached body bytes served, those sent with sendfile(2), straight from the page cache (plain HTTP/1.1 only).",
             ),
             upstream_requests: counter_vec(
                 &r,

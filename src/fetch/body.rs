@@ -5,6 +5,7 @@
 
 use super::blocks::{SharedBlocks, BLOCK};
 use super::download::{BlobSource, Progress, SourceBody};
+use super::sendfile::{Sendfile, MAX_SPAN};
 use super::FetchError;
 use crate::cache::Lease;
 use crate::metrics::Metrics;
@@ -64,6 +65,9 @@ struct BlobReader {
     _lease: Lease,
     buffers: ChunkBuffers,
     metrics: Arc<Metrics>,
+    /// Set for a complete file on a connection that sends file spans
+    /// itself: frames then stand for bytes instead of holding them.
+    sendfile: Option<Sendfile>,
 }
 
 impl BlobReader {
@@ -117,23 +121,40 @@ impl BlobReader {
                 return Some((Err(e), self));
             }
         };
+        if let Some(sendfile) = &self.sendfile {
+            let len = (until - self.pos).min(MAX_SPAN as u64) as usize;
+            // A span the page cache does not hold would make sendfile
+            // wait for the disk on an async thread: such chunks are read
+            // below (off those threads) instead, which caches them.
+            if is_resident(&self.file, self.pos, len) {
+                let frame = sendfile.frame(&self.file, self.pos, len);
+                return Some(self.sent(frame, len));
+            }
+        }
         let read = match self.shareable_block(until) {
             Some((blocks, index, span)) => self.read_shared(&blocks, index, span).await,
             None => self.read_own(until).await,
         };
-        match read {
+        let n = read.as_ref().map_or(0, Bytes::len);
+        Some(self.sent(read, n))
+    }
+
+    /// The frame for `len` bytes from `pos`, counted; or the error that
+    /// ends the body.
+    fn sent(mut self, frame: io::Result<Bytes>, len: usize) -> (io::Result<Frame<Bytes>>, Self) {
+        match frame {
             Ok(bytes) => {
-                self.pos += bytes.len() as u64;
+                self.pos += len as u64;
                 self.metrics
                     .bytes_served
                     .with_label_values(&[self.source])
-                    .inc_by(bytes.len() as u64);
-                Some((Ok(Frame::data(bytes)), self))
+                    .inc_by(len as u64);
+                (Ok(Frame::data(bytes)), self)
             }
             Err(e) => {
                 self.end = Some(self.pos);
                 self.progress = None;
-                Some((Err(e), self))
+                (Err(e), self)
             }
         }
     }
@@ -216,6 +237,17 @@ impl BlobReader {
     }
 }
 
+/// Whether the page cache holds the first and last byte of a span, asked
+/// without waiting for a disk. (A span read in sequence is cached as a
+/// whole or not at all, bar memory pressure in between.)
+fn is_resident(file: &File, pos: u64, len: usize) -> bool {
+    let mut byte = [0u8; 1];
+    let last = pos + len as u64 - 1;
+    [pos, last]
+        .into_iter()
+        .all(|at| read_from_page_cache(file, &mut byte, at).is_some())
+}
+
 /// Reads what the page cache already holds, without blocking: a hot blob
 /// is served straight from the async thread (no hand-off to the blocking
 /// pool, which cost more than the copy itself). `None`: go to the disk.
@@ -269,12 +301,16 @@ impl ChunkBuffers {
 }
 
 /// The bytes `[start, end)` of a blob (to its end when `end` is `None`).
+/// With `sendfile`, a complete file's bytes are left to the connection to
+/// send (see `sendfile`); a download still running is read as it grows.
 pub(super) fn blob(
     source: BlobSource,
     start: u64,
     end: Option<u64>,
     metrics: Arc<Metrics>,
+    sendfile: Option<Sendfile>,
 ) -> Body {
+    let sendfile = sendfile.filter(|_| source.is_cached());
     let reader = BlobReader {
         source: if source.is_cached() {
             "cache"
@@ -290,6 +326,7 @@ pub(super) fn blob(
         _lease: source.lease,
         buffers: ChunkBuffers::default(),
         metrics,
+        sendfile,
     };
     let stream = futures_util::stream::unfold(reader, BlobReader::next_chunk);
     StreamBody::new(stream).boxed_unsync()

@@ -7,6 +7,8 @@
 //!
 //! - `download`: one spawned download per blob digest, tailed by readers.
 //! - `body`: the bodies sent: in memory, tailing a file, verified relay.
+//! - `sendfile`: cached bytes left to the connection to send from the
+//!   file (marker frames and their queue of file spans).
 //! - `manifest`, `tags`: manifests by digest; tags and their freshness.
 //! - `visibility`: which repositories may see content fetched with
 //!   upstream credentials.
@@ -25,6 +27,8 @@ mod misses;
 mod prefetch;
 mod referrers;
 mod resume;
+mod sendfile;
+pub use sendfile::{is_marker, Sendfile};
 mod tags;
 mod visibility;
 
@@ -257,12 +261,14 @@ impl PullThrough {
         }
     }
 
-    /// A blob's bytes, whole or the `range` asked for.
+    /// A blob's bytes, whole or the `range` asked for; a cached one's left
+    /// to the connection to send when it offers `sendfile`.
     pub async fn blob(
         &self,
         at: &Target,
         digest: &Digest,
         range: Option<&str>,
+        sendfile: Option<Sendfile>,
     ) -> Result<Served, FetchError> {
         if let Some(redirect) = self.blob_redirect(at, digest).await? {
             return Ok(redirect);
@@ -281,12 +287,14 @@ impl PullThrough {
         let served = match source.total {
             Some(total) => match parse_range(range, total) {
                 RangeRequest::Full => {
-                    let mut s = Served::new(body::blob(source, 0, None, metrics), outcome);
+                    let mut s =
+                        Served::new(body::blob(source, 0, None, metrics, sendfile), outcome);
                     s.blob_headers(digest, Some(total));
                     s
                 }
                 RangeRequest::Partial(span) => {
-                    let body = body::blob(source, span.start, Some(span.end + 1), metrics);
+                    let body =
+                        body::blob(source, span.start, Some(span.end + 1), metrics, sendfile);
                     let mut s = Served::new(body, outcome);
                     s.status = StatusCode::PARTIAL_CONTENT;
                     s.blob_headers(digest, Some(span.len()));
@@ -302,7 +310,7 @@ impl PullThrough {
             },
             // The source did not say how long the blob is: stream it chunked.
             None => {
-                let mut s = Served::new(body::blob(source, 0, None, metrics), outcome);
+                let mut s = Served::new(body::blob(source, 0, None, metrics, sendfile), outcome);
                 s.blob_headers(digest, None);
                 s
             }

@@ -7,6 +7,7 @@
 use super::dispatch::{self, Scope};
 use super::idle::Traffic;
 use super::listener::Shared;
+use super::sendfile::OffersSendfile;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use hyper::server::conn::{http1, http2};
@@ -57,6 +58,11 @@ impl Protocols {
         h1
             // Bounds what one connection can make us buffer (request heads).
             .max_buf_size(64 * 1024)
+            // Body bytes queued as they are, never copied into hyper's
+            // buffer: what lets the plain stream tell a body's sendfile
+            // markers from real bytes (`sendfile`). Every stream we serve
+            // writes vectored anyway, so this only rules the copy out.
+            .writev(true)
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -88,34 +94,39 @@ pub(super) async fn serve<S>(
     protocols: Arc<Protocols>,
     permit: OwnedSemaphorePermit,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + OffersSendfile + Unpin + Send + 'static,
 {
     let mut stop = shared.stop.clone();
     let app = Arc::clone(&shared.app);
     let _open = Counted::new(&shared.app.metrics.connections_open);
+    let sendfile = stream.sendfile().cloned();
     // Boxed per request: hyper keeps the allocation of a connection's
     // request future for the connection's life, and the whole routing
     // future (every handler's state) would be that allocation. A box
     // freed after each request is the cheaper of the two.
     let counted = Arc::clone(&traffic);
-    let service = service_fn(move |req| {
-        let in_flight = counted.request();
-        Box::pin(dispatch::dispatch(
-            Arc::clone(&app),
-            req,
-            peer,
-            scope,
-            Some(in_flight),
-        ))
-        .map(Ok::<_, Infallible>)
-    });
+    let service = move |sendfile: Option<crate::fetch::Sendfile>| {
+        service_fn(move |req| {
+            let in_flight = counted.request();
+            Box::pin(dispatch::dispatch(
+                Arc::clone(&app),
+                req,
+                peer,
+                scope,
+                Some(in_flight),
+                sendfile.clone(),
+            ))
+            .map(Ok::<_, Infallible>)
+        })
+    };
     let Some(first) = opening(&mut stream, &mut stop).await else {
         return;
     };
     if first.starts_with(H2_PREFACE) {
+        // HTTP/2 frames body bytes itself: it must see them all.
         let conn = protocols
             .h2
-            .serve_connection(TokioIo::new(Prefixed::new(first, stream)), service);
+            .serve_connection(TokioIo::new(Prefixed::new(first, stream)), service(None));
         // Boxed: HTTP/2's state is large, and an HTTP/1 connection's task
         // must not be sized for it.
         let mut conn = Box::pin(conn);
@@ -133,7 +144,7 @@ pub(super) async fn serve<S>(
         stream,
         &traffic,
         first,
-        service,
+        service(sendfile),
         &protocols,
         &mut stop,
         &shared.app.metrics.connections_parked,
@@ -194,7 +205,7 @@ async fn serve_h1<S, Svc>(
     parked: &IntGauge,
 ) -> Result<(), hyper::Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + OffersSendfile + Unpin + Send + 'static,
     Svc: hyper::service::HttpService<hyper::body::Incoming, ResBody = super::body::Body>
         + Clone
         + Unpin,
@@ -229,6 +240,12 @@ where
         let parts = conn.into_parts();
         let (unread, inner) = parts.io.into_inner().into_parts();
         stream = inner;
+        if stream.sendfile().is_some_and(|spans| spans.queued() != 0) {
+            // Every response was written, so no span can be left; one
+            // that is would be sent for the next response's marker.
+            tracing::warn!("sendfile spans left after the responses written: closing");
+            return Ok(());
+        }
         pending = join(unread, parts.read_buf);
         if traffic.requests() != answered_before {
             head_deadline = None;

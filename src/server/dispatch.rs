@@ -15,7 +15,7 @@ use super::select::select;
 use super::App;
 use super::{api, page, search, warm};
 use crate::config::AdminRead;
-use crate::fetch::FetchError;
+use crate::fetch::{FetchError, Sendfile};
 use crate::oci::Reference;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
@@ -45,6 +45,7 @@ pub async fn dispatch(
     peer: SocketAddr,
     scope: Scope,
     request: Option<InFlight>,
+    sendfile: Option<Sendfile>,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
@@ -67,14 +68,18 @@ pub async fn dispatch(
             ApiError::ClientLimited(refused).into_response().into(),
             None,
         ),
-        Ok(_) => {
+        Ok(ref admitted) => {
+            // A paced body keeps its frames of read bytes: the pacing
+            // holds each frame for its bytes' time, so their size is its
+            // grain (and what keeps a slow client's connection moving).
+            let sendfile = sendfile.filter(|_| !admitted.as_ref().is_some_and(|a| a.is_shaped()));
             let slot = if operational {
                 Ok(None)
             } else {
                 request_slot(&app).await.map(Some)
             };
             match slot {
-                Ok(slot) => match route(&app, req, scope, client, via_proxy).await {
+                Ok(slot) => match route(&app, req, scope, client, via_proxy, sendfile).await {
                     Ok(h) => (h, slot),
                     Err(e) => (e.into_response().into(), slot),
                 },
@@ -228,6 +233,7 @@ pub(super) async fn route(
     scope: Scope,
     client: IpAddr,
     via_proxy: bool,
+    sendfile: Option<Sendfile>,
 ) -> Result<Handled, ApiError> {
     let method = req.method();
     let readable = method == Method::GET || method == Method::HEAD;
@@ -336,7 +342,7 @@ pub(super) async fn route(
             handlers::manifest(app, at, method, req.headers(), &reference).await
         }
         (Route::Blob { digest, .. }, Some(at)) => {
-            handlers::blob(app, at, method, req.headers(), &digest).await
+            handlers::blob(app, at, method, req.headers(), &digest, sendfile).await
         }
         (Route::Referrers { digest, .. }, Some(at)) => {
             handlers::referrers(app, at, &digest, req.uri().query()).await

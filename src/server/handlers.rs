@@ -4,7 +4,7 @@
 use super::body::{self, Body};
 use super::error::{ApiError, Origin, Subject};
 use super::App;
-use crate::fetch::{CacheOutcome, FetchError, Served, Target};
+use crate::fetch::{CacheOutcome, FetchError, Sendfile, Served, Target};
 use crate::oci::{Digest, Reference};
 use http::{header, HeaderMap, Method, Response, StatusCode};
 use std::sync::atomic::Ordering;
@@ -62,12 +62,13 @@ pub async fn blob(
     method: &Method,
     headers: &HeaderMap,
     digest: &Digest,
+    sendfile: Option<Sendfile>,
 ) -> Result<Handled, ApiError> {
     let served = if method == Method::HEAD {
         app.core.blob_head(at, digest).await
     } else {
         let range = header_list(headers, header::RANGE);
-        app.core.blob(at, digest, range.as_deref()).await
+        app.core.blob(at, digest, range.as_deref(), sendfile).await
     };
     served
         .map(Handled::from)

@@ -210,3 +210,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+impl<S: super::sendfile::SendfileTarget> super::sendfile::SendfileTarget for IdleTimeout<S> {
+    fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        count: usize,
+    ) -> Poll<io::Result<usize>> {
+        let written = self.inner.poll_sendfile(cx, file, offset, count);
+        self.after_write(cx, written)
+    }
+}

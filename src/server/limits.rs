@@ -69,6 +69,13 @@ pub struct Admitted {
     metrics: Arc<Metrics>,
 }
 
+impl Admitted {
+    /// Whether its response bodies are paced (a bandwidth limit applies).
+    pub fn is_shaped(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| c.bandwidth.is_some()) || self.total.is_some()
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         if let Some(client) = &self.client {
@@ -239,11 +246,7 @@ pub fn limited(body: Body, admitted: Admitted) -> Body {
         // Nothing to hold or pay for.
         return body;
     }
-    let shaped = admitted
-        .client
-        .as_ref()
-        .is_some_and(|c| c.bandwidth.is_some())
-        || admitted.total.is_some();
+    let shaped = admitted.is_shaped();
     LimitedBody {
         inner: body,
         admitted,

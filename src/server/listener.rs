@@ -5,7 +5,9 @@
 use super::connection::{self, Protocols};
 use super::dispatch::Scope;
 use super::idle::IdleTimeout;
+use super::sendfile::SendfileStream;
 use super::App;
+use crate::fetch::Sendfile;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -70,6 +72,8 @@ impl Listener {
             // be sized for a TLS one's handshake and stream.
             match tls {
                 None => {
+                    let spans = Sendfile::new(app.metrics.bytes_sendfile.clone());
+                    let stream = SendfileStream::new(stream, spans);
                     let serving =
                         connection::serve(stream, traffic, peer, scope, shared, protocols, permit);
                     tokio::spawn(serving);

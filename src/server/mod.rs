@@ -23,6 +23,7 @@ mod page;
 mod routes;
 mod search;
 mod select;
+mod sendfile;
 mod tls;
 mod upload;
 mod warm;

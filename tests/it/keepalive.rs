@@ -2,6 +2,7 @@
 //! (their buffers freed), and served on the same connection when the
 //! client speaks again, whatever it had sent by then.
 
+use crate::support::client::{response_on, status_of};
 use crate::support::hub::{Hub, Kind};
 use crate::support::mirror::Mirror;
 use crate::support::wait_until;
@@ -23,42 +24,9 @@ fn blob_request(digest: &str) -> String {
 /// One response off the connection: status, whether it announced its
 /// close, and its body (read to its Content-Length).
 async fn response(stream: &mut TcpStream) -> (u16, bool, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("a response within 10 s")
-            .expect("read");
-        assert!(n > 0, "connection closed before a response head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("content-length");
+    let (head, body) = response_on(stream, false).await;
     let closes = head.lines().any(|l| l == "connection: close");
-    let mut body = buf.split_off(head_end);
-    while body.len() < length {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("the body within 10 s")
-            .expect("read");
-        assert!(n > 0, "connection closed mid-body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(body.len(), length, "no bytes past the body");
-    (status, closes, body)
+    (status_of(&head), closes, body)
 }
 
 fn sha256(bytes: &[u8]) -> String {

@@ -218,6 +218,11 @@ async fn bandwidth_is_shaped_per_client_and_in_total_within_20_percent() {
         ) >= 3.0,
         "slowed responses are counted"
     );
+    assert_eq!(
+        mirror.metric("pullthrough_served_sendfile_bytes_total", &[]),
+        0.0,
+        "paced bodies are sent as read frames, not with sendfile"
+    );
     drop(mirror);
 
     // A total cap: two clients together get 2 MiB/s.

@@ -33,6 +33,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod s3_tier;
+mod sendfile;
 mod support;
 mod tls_auth;
 mod warm;

@@ -164,7 +164,7 @@ fn cert_der(path: &Path) -> Vec<u8> {
 }
 
 /// A rustls client that trusts only the test CA and offers http/1.1.
-fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
+pub(crate) fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(cert_der(ca)))
@@ -180,10 +180,10 @@ fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+pub(crate) type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// Opens a verified TLS connection to 127.0.0.1:`port`.
-async fn tls_connect(connector: &tokio_rustls::TlsConnector, port: u16) -> TlsStream {
+pub(crate) async fn tls_connect(connector: &tokio_rustls::TlsConnector, port: u16) -> TlsStream {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");

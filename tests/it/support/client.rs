@@ -139,6 +139,56 @@ pub async fn raw_request(addr: SocketAddr, method: &str, path: &str) -> (u16, Ve
     }
 }
 
+/// One response read off a keep-alive HTTP/1.1 connection (plain or TLS):
+/// its head, lower-cased, and its body read to its Content-Length (none
+/// after a HEAD). Bytes past the body are left unread.
+pub async fn response_on<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    head_only: bool,
+) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .expect("read");
+        assert!(n > 0, "connection closed before a response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = if head_only {
+        0
+    } else {
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length")
+    };
+    let mut body = buf.split_off(head_end);
+    while body.len() < length {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("the body within 10 s")
+            .expect("read");
+        assert!(n > 0, "connection closed mid-body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(body.len(), length, "no bytes past the body");
+    (head, body)
+}
+
+/// The status code of a response head read by [`response_on`].
+pub fn status_of(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status")
+}
+
 /// Decodes a chunked HTTP/1.1 body (no trailers expected).
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
