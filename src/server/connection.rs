@@ -235,7 +235,10 @@ where
             // Polled as a future it ends as hyper always does: what it
             // still holds of the last response is written, then the
             // stream shut down (parting with it does neither).
-            return (&mut *conn).await;
+            (&mut *conn).await?;
+            let parts = conn.into_parts();
+            linger(parts.io.into_inner().into_parts().1).await;
+            return Ok(());
         }
         let parts = conn.into_parts();
         let (unread, inner) = parts.io.into_inner().into_parts();
@@ -337,6 +340,29 @@ impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// How long, and for how many bytes, a closed connection is read on.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 << 20;
+
+/// Reads and drops what the client still sends after the response and
+/// the mirror's FIN: closing a socket with unread bytes in it makes the
+/// kernel send a reset, which can reach the client before it read the
+/// response (a 401 answered before an upload's body was read, say). As
+/// nginx's lingering close, bounded in time and bytes.
+async fn linger<S: AsyncRead + Unpin>(mut stream: S) {
+    let draining = async {
+        let mut sink = vec![0u8; 16 * 1024];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, draining).await;
 }
 
 /// Resolves once the server stops (at once if it has).
