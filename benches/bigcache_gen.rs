@@ -4,7 +4,9 @@
 //!
 //!     cargo bench --bench bigcache_gen -- DIR BLOBS TAGS [BLOB_SIZE] [ACCEPT]
 //!
-//! Prints one JSON line: what was written and how long it took.
+//! Prints one JSON line: what was written and how long it took. With no
+//! arguments (as `cargo test --all-targets` runs it) it writes a small
+//! cache into a temporary directory and checks the counts.
 
 use std::time::Instant;
 
@@ -14,6 +16,10 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let usage = "usage: bigcache_gen DIR BLOBS TAGS [BLOB_SIZE] [ACCEPT]";
+    if args.is_empty() {
+        self_check();
+        return;
+    }
     let number = |i: usize, default: Option<u64>| -> u64 {
         match args.get(i) {
             Some(a) => a
@@ -44,4 +50,22 @@ fn main() {
         written.bytes,
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A small cache written and counted, so the test run exercises the
+/// generator the bench relies on.
+fn self_check() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let shape = pullthrough::synthetic::Shape {
+        blobs: 64,
+        tags: 8,
+        blob_size: 128,
+        upstream: "docker.io".into(),
+        accept: None,
+        now: 1_700_000_000,
+    };
+    let written = pullthrough::synthetic::write(dir.path(), &shape).expect("cache written");
+    assert_eq!((written.blobs, written.tags), (64, 8), "what was asked for");
+    assert!(written.manifests >= 1 && written.bytes >= 64 * 128);
+    println!("bigcache_gen self-check: 64 blobs, 8 tags written");
 }
