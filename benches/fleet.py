@@ -68,6 +68,18 @@ def raise_nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def load_generator(argv, timeout):
+    """Runs a load generator to its end (stopped by PID if this script is
+    interrupted); its output, stdout and stderr together."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    PROCS.live[p.pid] = (argv[0], p)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    finally:
+        PROCS.live.pop(p.pid, None)
+    return out.decode(errors="replace")
+
+
 def wrk(port, path, conns, duration, head=False):
     """wrk for GET; for HEAD (what dockerd sends) ab -i, since wrk's parser
     waits for a body after a HEAD's Content-Length."""
@@ -77,13 +89,7 @@ def wrk(port, path, conns, duration, head=False):
         return r
     argv = ["ab", "-q", "-k", "-i", "-c", str(conns), "-t", str(duration), "-n", "100000000",
             "-H", "Accept: " + run.ACCEPT, "http://127.0.0.1:%d%s" % (port, path)]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    PROCS.live[p.pid] = ("ab", p)
-    try:
-        out, _ = p.communicate(timeout=duration + 30)
-    finally:
-        PROCS.live.pop(p.pid, None)
-    out = out.decode(errors="replace")
+    out = load_generator(argv, duration + 30)
     r = {"raw": out, "rps": None, "non2xx": 0, "socket_errors": "", "p50": None, "p99": None,
          "duration": duration}
     m = re.search(r"Requests per second:\s+([\d.]+)", out)
@@ -345,13 +351,7 @@ def h2load(port, path, conns, streams, duration):
     argv = ["h2load", "-c", str(conns), "-m", str(streams), "-t", "2", "-D", str(duration),
             "--warm-up-time=1", "-H", "Accept: " + run.ACCEPT,
             "http://127.0.0.1:%d%s" % (port, path)]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    PROCS.live[p.pid] = ("h2load", p)
-    try:
-        out, _ = p.communicate(timeout=duration + 60)
-    finally:
-        PROCS.live.pop(p.pid, None)
-    out = out.decode(errors="replace")
+    out = load_generator(argv, duration + 60)
     r = {"raw": out, "rps": None, "ok": 0, "failed": None, "duration": duration}
     m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     if m:
