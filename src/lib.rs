@@ -26,8 +26,9 @@
 //! - [`warm`]: warming images into the cache (`pullthrough warm`, the
 //!   admin API's warm action), `cache check`, and the `[[warm]]` sets:
 //!   start-up warm, scheduled revalidation, pins, the rate-limit reserve.
-//! - [`server`]: listeners (idle timeouts, HTTP/2 limits, cached bytes
-//!   sent with `sendfile` on plain HTTP/1.1), routing by host,
+//! - [`server`]: listeners and `connection` (HTTP/1.1 keep-alive
+//!   connections parked between requests, HTTP/2 limits, idle timeouts,
+//!   cached bytes sent with `sendfile` on plain HTTP/1.1), routing by host,
 //!   `?ns=` or prefix, per-client limits, handlers (which call only the
 //!   core), the page (`page/`: live figures, search box, snippets), the
 //!   admin API (`api`, fed by `activity`: recent pulls, top repositories,
