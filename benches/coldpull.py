@@ -73,8 +73,9 @@ def make_image(data_dir):
     return manifest, hashlib.sha256(manifest).hexdigest(), digests
 
 
-class Hub:
-    """nginx as Docker Hub: token auth on the registry, blobs via a CDN."""
+class Hub(run.Nginx):
+    """nginx as Docker Hub: token auth on the registry, blobs via a CDN.
+    Its own config and log format; `pids` and `mark` are run.Nginx's."""
 
     def __init__(self, work, data_dir, manifest_hex, rate):
         self.dir = os.path.join(work, "hub")
@@ -95,15 +96,6 @@ class Hub:
         self.proc = PROCS.start("hub-nginx", ["nginx", "-p", self.dir, "-c", self.conf],
                                 os.path.join(self.dir, "nginx-stdout.log"))
         run.wait_ready(self.registry_port, self.proc)
-
-    def pids(self):
-        return [self.proc.pid] + run.children_of(self.proc.pid)
-
-    def mark(self):
-        try:
-            return os.path.getsize(self.access_log)
-        except OSError:
-            return 0
 
     def requests_since(self, offset):
         """(start s, duration s, site, method, uri, status, bytes), by start."""

@@ -153,16 +153,25 @@ SHAPES = [("GET tag", "latest", False), ("HEAD tag", "latest", True),
           ("GET digest", None, False)]
 
 
-def manifests(cfg, work, nginx, manifest, manifest_hex):
+def checked_mirror(work, nginx, manifest, manifest_hex, *peer_ports):
+    """pullthrough as shipped, started, and serving the manifest's bytes
+    and digest (as the peers on `peer_ports` do)."""
     pt = DefaultLogPullthrough(work, nginx.upstream_port)
     pt.config_text = ""
     pt.start()
+    problems = []
+    for port in (pt.port,) + peer_ports:
+        problems += check_served(port, manifest, manifest_hex)
+    if problems:
+        pt.stop()
+        raise RuntimeError("; ".join(problems))
+    return pt
+
+
+def manifests(cfg, work, nginx, manifest, manifest_hex):
+    pt = checked_mirror(work, nginx, manifest, manifest_hex, nginx.static_port)
     rows = []
     try:
-        problems = check_served(pt.port, manifest, manifest_hex)
-        problems += check_served(nginx.static_port, manifest, manifest_hex)
-        if problems:
-            raise RuntimeError("; ".join(problems))
         for conns in cfg.conns:
             for label, ref, head in [x for x in SHAPES if x[0] in cfg.shapes]:
                 path = "/v2/%s/manifests/%s" % (REPO, ref or "sha256:" + manifest_hex)
@@ -365,14 +374,9 @@ def h2load(port, path, conns, streams, duration):
 
 
 def h2(cfg, work, nginx, manifest, manifest_hex):
-    pt = DefaultLogPullthrough(work, nginx.upstream_port)
-    pt.config_text = ""
-    pt.start()
+    pt = checked_mirror(work, nginx, manifest, manifest_hex)
     rows = []
     try:
-        problems = check_served(pt.port, manifest, manifest_hex)
-        if problems:
-            raise RuntimeError("; ".join(problems))
         path = "/v2/%s/manifests/latest" % REPO
         rows_rss = run.proc_status_kb(pt.proc.pid, "VmRSS")
         for rnd in range(cfg.rounds):

@@ -78,18 +78,24 @@ pub fn access_lines_as_text() {
     ACCESS_AS_TEXT.store(true, Ordering::Relaxed);
 }
 
-/// Queues an access line its caller formatted; `false` when it must go
-/// through `tracing` instead (another format, or no queue installed).
-pub fn push_access_line(line: &[u8]) -> bool {
+/// Where access lines go as text their caller formats: `None` when they
+/// must go through `tracing` instead (another format, or no queue).
+pub fn text_access_lines() -> Option<AccessLines> {
     if !ACCESS_AS_TEXT.load(Ordering::Relaxed) {
-        return false;
+        return None;
     }
-    match INSTALLED.get() {
-        Some(shared) => {
-            push(shared, line, true);
-            true
-        }
-        None => false,
+    INSTALLED.get().map(|shared| AccessLines { shared })
+}
+
+/// The installed queue, taking access lines formatted as text.
+pub struct AccessLines {
+    shared: &'static Arc<Shared>,
+}
+
+impl AccessLines {
+    /// Queues one whole line (dropped and counted if the queue is full).
+    pub fn push(&self, line: &[u8]) {
+        push(self.shared, line, true);
     }
 }
 

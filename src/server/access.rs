@@ -66,15 +66,14 @@ impl LoggedBody {
             return;
         }
         let micros = l.started.elapsed().as_micros() as u64;
-        let queued = LINE.with_borrow_mut(|line| {
-            line.clear();
-            text_line(line, &l, self.sent, complete, micros);
-            crate::log_queue::push_access_line(line)
-        });
-        if queued {
-            return;
+        match crate::log_queue::text_access_lines() {
+            Some(queue) => LINE.with_borrow_mut(|line| {
+                line.clear();
+                text_line(line, &l, self.sent, complete, micros);
+                queue.push(line);
+            }),
+            None => traced_line(&l, self.sent, complete, micros),
         }
-        traced_line(&l, self.sent, complete, micros);
     }
 }
 
